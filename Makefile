@@ -1,0 +1,36 @@
+# The commands people type. Every target installs what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv system-deps run test
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements/base.txt requirements/production.txt requirements/dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check -r requirements/dev.txt
+	@touch $@
+
+venv: $(STAMP) ## Create .venv and install the Python packages
+
+system-deps: ## Install NGINX, Consul, Chromium and the benchmark tools (Debian packages)
+	@bash scripts/install-system-deps.sh
+
+run: $(STAMP) ## Serve on port 4000 with the embedded SQLite database (no broker, no Consul)
+	$(PY) manage.py migrate --no-input
+	$(PY) manage.py seed
+	@echo "messenger: serving on http://localhost:$${PORT:-4000} (Ctrl+C to stop)"
+	exec $(VENV)/bin/gunicorn -c messenger/gunicorn_conf.py messenger.wsgi
+
+test: $(STAMP) system-deps ## Run the whole test suite against the real services
+	@bash scripts/ensure-services.sh
+	$(VENV)/bin/pytest $(PYTEST_ARGS)

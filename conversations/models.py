@@ -1,0 +1,96 @@
+"""The chat data model, on the reference service's table names.
+
+Tables keep the reference's names (`users`, `channels`, `users_channels`,
+`messages`) so its SQL, tooling and habits carry over; the constraints the
+reference lacked are added here, enforced by the database.
+"""
+
+from django.db import models
+from django.db.models import F, Q
+
+
+class User(models.Model):
+    name = models.TextField()
+    inserted_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "users"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.pk})"
+
+
+class Conversation(models.Model):
+    """A two-person conversation (a "channel" in the reference's schema).
+
+    `user_low`/`user_high` hold the pair ordered by id, so "at most one
+    conversation per pair" is a unique constraint, not a racy check.
+    `last_index` is the per-conversation message counter: a message post
+    increments it in the same transaction that inserts the message, so indexes
+    are gap-free and never duplicated, whatever the concurrency.
+    """
+
+    user_low = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    user_high = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    last_index = models.BigIntegerField(default=0)
+    inserted_at = models.DateTimeField(auto_now_add=True)
+    participants = models.ManyToManyField(User, through="Participant", related_name="conversations")
+
+    class Meta:
+        db_table = "channels"
+        constraints = [
+            models.UniqueConstraint(fields=["user_low", "user_high"], name="channels_one_per_pair"),
+            models.CheckConstraint(condition=Q(user_low__lt=F("user_high")), name="channels_pair_ordered"),
+        ]
+
+
+class Participant(models.Model):
+    """A user's membership of a conversation, with their view horizon."""
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, db_column="channel_id")
+    user = models.ForeignKey(User, on_delete=models.CASCADE)
+    last_viewed_index = models.BigIntegerField(default=0)
+    inserted_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "users_channels"
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "user"], name="users_channels_user_channel_unique"),
+        ]
+        indexes = [models.Index(fields=["user", "conversation"], name="users_channels_user_idx")]
+
+
+class Message(models.Model):
+    content = models.TextField()
+    user = models.ForeignKey(User, on_delete=models.CASCADE)
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, db_column="channel_id")
+    index = models.BigIntegerField()
+    inserted_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "messages"
+        constraints = [
+            # Also the index that serves a page of a conversation in index order.
+            models.UniqueConstraint(fields=["conversation", "index"], name="messages_channel_index_unique"),
+        ]
+
+
+class OutboxEvent(models.Model):
+    """An event waiting to be published, written in the same transaction as its cause.
+
+    An event exists if and only if its message committed. The relay marks a row
+    `sent_at` only after the broker has confirmed it.
+    """
+
+    event_id = models.CharField(max_length=64, unique=True)
+    event_type = models.CharField(max_length=64)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.IntegerField(default=0)
+
+    class Meta:
+        db_table = "outbox"
+        indexes = [
+            models.Index(fields=["id"], name="outbox_pending_idx", condition=Q(sent_at__isnull=True)),
+        ]

@@ -1,0 +1,90 @@
+"""Parsing of client input: request bodies, path ids, query parameters.
+
+Every function either returns a clean Python value or raises `InvalidInput`
+with a sentence the client can act on, so bad input is a 400, never a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from conversations.errors import InvalidInput
+
+# PostgreSQL bigint: an id beyond this names nothing and cannot be queried.
+MAX_ID = 2**63 - 1
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def positive_id(raw: Any, what: str) -> int:
+    """A database id given as text (path, header) or as a JSON integer."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if not text.isdecimal() or not text.isascii():
+            raise InvalidInput(f"{what} must be a positive integer, got {raw!r}")
+        value = int(text)
+    elif _is_int(raw):
+        value = raw
+    else:
+        raise InvalidInput(f"{what} must be a positive integer")
+    if not 1 <= value <= MAX_ID:
+        raise InvalidInput(f"{what} must be a positive integer no larger than {MAX_ID}")
+    return value
+
+
+def body_object(data: Any) -> Mapping[str, Any]:
+    """The request body as a JSON object (an absent body counts as `{}`)."""
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise InvalidInput("Request body must be a JSON object")
+    return data
+
+
+def participant_ids(data: Any) -> list[int]:
+    body = body_object(data)
+    ids = body.get("participant_ids")
+    if ids is None:
+        ids = []
+    if not isinstance(ids, list):
+        raise InvalidInput("participant_ids must be a list of user ids")
+    if not all(_is_int(item) for item in ids):
+        raise InvalidInput("participant_ids must contain only integer user ids")
+    return ids
+
+
+def message_content(data: Any) -> str:
+    content = body_object(data).get("content")
+    if not isinstance(content, str) or not content.strip():
+        raise InvalidInput("content must be a non-empty string")
+    if "\x00" in content:
+        raise InvalidInput("content must not contain NUL characters")
+    return content
+
+
+def view_horizon_index(data: Any) -> int:
+    index = body_object(data).get("index")
+    if not _is_int(index) or not 0 <= index <= MAX_ID:
+        raise InvalidInput("index must be a non-negative integer")
+    return index
+
+
+def user_name(data: Any) -> str:
+    name = body_object(data).get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput("name must be a non-empty string")
+    if "\x00" in name or len(name) > 200:
+        raise InvalidInput("name must be at most 200 characters, without NUL characters")
+    return name.strip()
+
+
+def query_int(params: Mapping[str, str], name: str, *, default: int, minimum: int, maximum: int) -> int:
+    """An integer query parameter within [minimum, maximum]."""
+    raw = params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdecimal() or not raw.isascii() or not minimum <= int(raw) <= maximum:
+        raise InvalidInput(f"{name} must be an integer from {minimum} to {maximum}")
+    return int(raw)

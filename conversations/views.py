@@ -1,0 +1,146 @@
+"""HTTP views: parse and identify, then call one service or selector.
+
+Views hold no rules; they translate between the wire (contract JSON, status
+codes) and the services. DRF's browsable API answers on the same URLs when a
+browser asks for HTML.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from django.db import connection
+from django.http import HttpResponse
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from conversations import presenters, selectors, services, validation
+from conversations.authentication import require_user
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+
+def health(request):
+    """200 `OK` while this instance can serve: the database answers."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:  # any failure to reach the database means "not healthy"
+        return HttpResponse("Database unavailable", status=503, content_type="text/plain")
+    return HttpResponse("OK", content_type="text/plain")
+
+
+def _page_limit(request) -> int:
+    return validation.query_int(request.query_params, "limit", default=DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
+
+
+def _cursor(request, name: str) -> int:
+    return validation.query_int(request.query_params, name, default=0, minimum=0, maximum=validation.MAX_ID)
+
+
+def _next_link(request, cursor_name: str, cursor_value: int, limit: int) -> str:
+    query = urlencode({cursor_name: cursor_value, "limit": limit})
+    return request.build_absolute_uri(f"{request.path}?{query}")
+
+
+def _paged(request, key: str, items: list, cursor_name: str, cursor_of, limit: int) -> dict:
+    """`{key: items}`, plus a `next` link when a further page exists.
+
+    Selectors are asked for `limit + 1` rows; the extra row only says "more".
+    """
+    body = {key: items[:limit]}
+    if len(items) > limit:
+        body["next"] = _next_link(request, cursor_name, cursor_of(items[limit - 1]), limit)
+    return body
+
+
+class UsersView(APIView):
+    """Users of the chat. `POST {"name": ...}` adds one."""
+
+    def get(self, request):
+        limit = _page_limit(request)
+        rows = selectors.users_page(after_id=_cursor(request, "after_id"), limit=limit + 1)
+        users = [presenters.user(row) for row in rows]
+        return Response(_paged(request, "users", users, "after_id", lambda u: u["id"], limit))
+
+    def post(self, request):
+        user = services.user_create(name=validation.user_name(request.data))
+        return Response({"user": presenters.user(user)}, status=status.HTTP_201_CREATED)
+
+
+class ConversationsView(APIView):
+    """Two-person conversations. `GET` lists the caller's (header `User-Id`)."""
+
+    def get(self, request):
+        user = require_user(request)
+        limit = _page_limit(request)
+        rows = selectors.conversations_for_user(
+            user_id=user.pk, after_id=_cursor(request, "after_id"), limit=limit + 1
+        )
+        conversations = [
+            {"id": row["id"], "inserted_at": presenters.timestamp(row["inserted_at"]), "name": row["name"]}
+            for row in rows
+        ]
+        return Response(_paged(request, "conversations", conversations, "after_id", lambda c: c["id"], limit))
+
+    def post(self, request):
+        conversation = services.conversation_create(participant_ids=validation.participant_ids(request.data))
+        return Response({"conversation": presenters.conversation(conversation)}, status=status.HTTP_201_CREATED)
+
+
+class MessagesView(APIView):
+    """A conversation's messages in index order, paged by `after_index` and `limit`."""
+
+    def get(self, request, conversation_id: str):
+        conversation_id = validation.positive_id(conversation_id, "Conversation id")
+        limit = _page_limit(request)
+        rows = selectors.messages_for_conversation(
+            conversation_id=conversation_id, after_index=_cursor(request, "after_index"), limit=limit + 1
+        )
+        # An empty page may mean "no such conversation": only then is it worth a query.
+        if not rows and not selectors.conversation_exists(conversation_id):
+            raise services.conversation_not_found(conversation_id)
+        messages = [
+            {
+                "id": row["id"],
+                "content": row["content"],
+                "user_id": row["user_id"],
+                "channel_id": row["conversation_id"],
+                "index": row["index"],
+                "inserted_at": presenters.timestamp(row["inserted_at"]),
+                "username": row["user__name"],
+            }
+            for row in rows
+        ]
+        return Response(_paged(request, "messages", messages, "after_index", lambda m: m["index"], limit))
+
+    def post(self, request, conversation_id: str):
+        user = require_user(request)
+        conversation_id = validation.positive_id(conversation_id, "Conversation id")
+        content = validation.message_content(request.data)
+        message = services.message_create(conversation_id=conversation_id, user=user, content=content)
+        body = {
+            "message": {
+                "id": message.id,
+                "content": message.content,
+                "index": message.index,
+                "user_id": message.user_id,
+                "username": message.username,
+                "conversation_id": message.conversation_id,
+                "inserted_at": presenters.timestamp(message.inserted_at),
+            }
+        }
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class ViewHorizonView(APIView):
+    """Record how far the caller has read: `{"index": n}`; it never moves back."""
+
+    def post(self, request, conversation_id: str):
+        user = require_user(request)
+        conversation_id = validation.positive_id(conversation_id, "Conversation id")
+        index = validation.view_horizon_index(request.data)
+        services.view_horizon_set(conversation_id=conversation_id, user=user, index=index)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,287 @@
+"""The service's configuration schema: every environment variable, declared once.
+
+This module is the single source of truth for configuration, the way the
+reference service used a convict schema. Each `Setting` names its variable, its
+type, its default (optionally per environment), and a one-line doc. `load()`
+reads the environment once, collects *every* missing or invalid value, and
+raises one `ConfigError` naming them all, so a bad deploy fails at start-up with
+a clear message instead of on the first request.
+
+Settings modules read from the `Config` object this returns; nothing else in the
+project reads `os.environ` for its configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import environ
+
+ENVIRONMENTS = ("development", "test", "production")
+_UNSET = object()
+
+# Units as the `bytes` library the reference used: 1kb = 1024 bytes.
+_BYTE_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40, "pb": 1 << 50}
+_BYTES_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb|tb|pb)?\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+class ConfigError(Exception):
+    """One or more environment variables are missing or invalid."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"Invalid configuration ({len(problems)} problem(s)):\n{lines}")
+
+
+def parse_bytes(raw: str) -> int:
+    """Parse a size such as `20b`, `100kb` or `1.5mb` into bytes."""
+    match = _BYTES_RE.match(raw)
+    if not match:
+        raise ValueError("expected a size such as 20b, 100kb or 1mb")
+    number, unit = match.groups()
+    return int(float(number) * _BYTE_UNITS[(unit or "b").lower()])
+
+
+def parse_duration(raw: str) -> float:
+    """Parse a duration such as `15s`, `1m`, `500ms` or `2` (seconds) into seconds."""
+    match = _DURATION_RE.match(raw)
+    if not match:
+        raise ValueError("expected a duration such as 500ms, 15s or 1m")
+    number, unit = match.groups()
+    return float(number) * _DURATION_UNITS[unit]
+
+
+def format_duration(seconds: float) -> str:
+    """The Consul/Go form of a duration: `15s`, `1m`, `500ms`."""
+    if seconds < 1:
+        return f"{int(round(seconds * 1000))}ms"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    return f"{seconds:g}s"
+
+
+def _parse_port(raw: str) -> int:
+    port = int(raw)
+    if not 0 < port < 65536:
+        raise ValueError("expected a port between 1 and 65535")
+    return port
+
+
+def _parse_positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _parse_non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("expected a number >= 0")
+    return value
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in environ.Env.BOOLEAN_TRUE_STRINGS:
+        return True
+    if lowered in ("false", "off", "no", "n", "0", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _parse_list(raw: str) -> list[str]:
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": int,
+    "port": _parse_port,
+    "positive_int": _parse_positive_int,
+    "float": _parse_non_negative_float,
+    "bool": _parse_bool,
+    "bytes": parse_bytes,
+    "duration": parse_duration,
+    "list": _parse_list,
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One environment variable: its type, default and meaning."""
+
+    name: str
+    type: str
+    doc: str
+    default: Any = None
+    # Per-environment defaults override `default` for that environment.
+    env_defaults: Mapping[str, Any] = field(default_factory=dict)
+    choices: tuple[str, ...] | None = None
+    secret: bool = False
+    # Required in these environments (no default is good enough there).
+    required_in: tuple[str, ...] = ()
+    # Older names still honoured (the reference's NODE_ENV, for example).
+    aliases: tuple[str, ...] = ()
+    # A `<NAME>_FILE` variable may hold the path of a file with the value,
+    # for secret stores that mount files (Docker/Kubernetes secrets).
+    from_file: bool = False
+
+    def default_for(self, environment: str) -> Any:
+        return self.env_defaults.get(environment, self.default)
+
+
+# The schema. Group by integration; keep each doc to one line.
+SCHEMA: tuple[Setting, ...] = (
+    # --- the service -------------------------------------------------------
+    Setting("APP_ENV", "str", "Environment that selects defaults: development, test or production.",
+            default="development", choices=ENVIRONMENTS, aliases=("NODE_ENV",)),
+    Setting("PORT", "port", "TCP port the HTTP server listens on.", default=4000),
+    Setting("BIND_HOST", "str", "Address the HTTP server binds to.", default="0.0.0.0"),
+    Setting("JSON_BODY_LIMIT", "bytes", "Largest request body accepted, with unit (20b, 100kb, 1mb); larger is refused with 413.",
+            default="100kb"),
+    Setting("SECRET_KEY", "str", "Django signing key; the API signs nothing, so a random per-process key is used when unset.",
+            secret=True, from_file=True),
+    Setting("DEBUG", "bool", "Django debug mode (never in production).", default=False),
+    Setting("ALLOWED_HOSTS", "list", "Host headers the service answers to, comma-separated.", default="*"),
+    Setting("LOG_LEVEL", "str", "Log level of the service's own loggers.", default="INFO",
+            env_defaults={"test": "WARNING"}, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    Setting("DATA_DIR", "str", "Folder for the embedded SQLite database used when PGHOST is unset.", default="var"),
+    Setting("WEB_CONCURRENCY", "positive_int", "gunicorn worker processes per instance.", default=2),
+    Setting("WEB_THREADS", "positive_int", "Threads per gunicorn worker.", default=4),
+    Setting("GRACEFUL_TIMEOUT", "float", "Seconds gunicorn lets in-flight requests finish on shutdown.", default=20),
+    # --- PostgreSQL (unset PGHOST: embedded SQLite) -------------------------
+    Setting("PGHOST", "str", "PostgreSQL host; unset runs on the embedded SQLite database."),
+    Setting("PGPORT", "port", "PostgreSQL port.", default=5432),
+    Setting("PGUSER", "str", "PostgreSQL role the service connects as.", default="postgres"),
+    Setting("PGPASSWORD", "str", "Password of PGUSER (or PGPASSWORD_FILE: a file holding it).", secret=True, from_file=True),
+    Setting("PGDATABASE", "str", "PostgreSQL database name.", default="messenger"),
+    Setting("CREATE_DB_NAME", "str", "Database the create_db job creates (it connects to PGDATABASE to do so)."),
+    # --- RabbitMQ (unset AMQPHOST: no broker, events wait in the outbox) ---
+    Setting("AMQPHOST", "str", "RabbitMQ host; unset means no broker (events stay in the outbox)."),
+    Setting("AMQPPORT", "port", "RabbitMQ port.", default=5672),
+    Setting("AMQPUSER", "str", "RabbitMQ user.", default="guest"),
+    Setting("AMQPPASSWORD", "str", "RabbitMQ password (or AMQPPASSWORD_FILE).", default="guest", secret=True, from_file=True),
+    Setting("AMQPVHOST", "str", "RabbitMQ virtual host.", default="/"),
+    # --- Consul --------------------------------------------------------------
+    Setting("CONSUL_SERVICE_NAME", "str", "Name this instance registers under in Consul; unset means do not register."),
+    Setting("CONSUL_HOST", "str", "Host of the Consul agent.", default="consul-client"),
+    Setting("CONSUL_PORT", "port", "HTTP port of the Consul agent.", default=8500),
+)
+
+SCHEMA_BY_NAME = {s.name: s for s in SCHEMA}
+
+
+class Config(Mapping[str, Any]):
+    """The loaded configuration: a read-only mapping of name to typed value."""
+
+    def __init__(self, values: dict[str, Any], sources: dict[str, str], raw: dict[str, str | None]):
+        self._values = values
+        self._sources = sources
+        self._raw = raw
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def environment(self) -> str:
+        return self._values["APP_ENV"]
+
+    def source(self, name: str) -> str:
+        """Where a value came from: `environment`, `file`, or `default`."""
+        return self._sources[name]
+
+    def display(self, name: str) -> str:
+        """The value as `manage.py config` shows it, secrets masked."""
+        value = self._values[name]
+        if value is None:
+            return "(unset)"
+        if SCHEMA_BY_NAME[name].secret:
+            return "********"
+        if isinstance(value, list):
+            return ",".join(value)
+        if SCHEMA_BY_NAME[name].type in ("bytes", "duration"):
+            return str(self._raw[name])  # as written: 100kb, not 102400
+        return str(value)
+
+
+def _raw_value(setting: Setting, env: Mapping[str, str]) -> tuple[str | None, str, str | None]:
+    """Return (raw value, source, problem) for one setting."""
+    for name in (setting.name, *setting.aliases):
+        if env.get(name, "") != "":
+            return env[name], "environment", None
+    if setting.from_file and env.get(f"{setting.name}_FILE"):
+        path = env[f"{setting.name}_FILE"]
+        try:
+            return Path(path).read_text().strip(), "file", None
+        except OSError as exc:
+            return None, "file", f"{setting.name}_FILE: cannot read {path}: {exc.strerror}"
+    return None, "default", None
+
+
+def load(env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate every setting; raise one ConfigError naming all problems."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    raws: dict[str, str | None] = {}
+
+    # The environment name comes first: it selects the other defaults.
+    app_env_setting = SCHEMA_BY_NAME["APP_ENV"]
+    raw_env, _, _ = _raw_value(app_env_setting, env)
+    environment = (raw_env or app_env_setting.default).strip()
+    if environment not in ENVIRONMENTS:
+        problems.append(f"APP_ENV: {environment!r} is not one of {', '.join(ENVIRONMENTS)}")
+        environment = app_env_setting.default
+
+    for setting in SCHEMA:
+        raw, source, problem = _raw_value(setting, env)
+        if problem:
+            problems.append(problem)
+            continue
+        if raw is None:
+            default = setting.default_for(environment)
+            if environment in setting.required_in:
+                problems.append(f"{setting.name}: required in {environment} ({setting.doc})")
+                continue
+            raw = None if default is None else str(default)
+            source = "default"
+        sources[setting.name] = source
+        raws[setting.name] = raw
+        if raw is None:
+            values[setting.name] = None
+            continue
+        if setting.choices and raw not in setting.choices:
+            if setting.name != "APP_ENV":  # already reported above
+                problems.append(f"{setting.name}: {raw!r} is not one of {', '.join(setting.choices)}")
+            values[setting.name] = setting.default_for(environment)
+            continue
+        try:
+            values[setting.name] = PARSERS[setting.type](raw)
+        except ValueError as exc:
+            shown = "********" if setting.secret else repr(raw)
+            problems.append(f"{setting.name}: {shown} is invalid ({exc})")
+
+    if problems:
+        raise ConfigError(problems)
+    return Config(values, sources, raws)

@@ -1,0 +1,116 @@
+"""Django settings, derived entirely from the configuration schema.
+
+Every value an operator can change comes from `messenger.config` (the schema);
+what is left here is how this codebase is wired, which needs a commit to change.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from messenger import config as config_schema
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+CONFIG = config_schema.load()
+APP_ENV = CONFIG.environment
+
+SECRET_KEY = CONFIG.SECRET_KEY or secrets.token_urlsafe(50)
+DEBUG = CONFIG.DEBUG
+ALLOWED_HOSTS = CONFIG.ALLOWED_HOSTS
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "conversations.apps.ConversationsConfig",
+]
+
+MIDDLEWARE = [
+    "conversations.middleware.BodyLimitMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.middleware.common.CommonMiddleware",
+]
+
+ROOT_URLCONF = "messenger.urls"
+WSGI_APPLICATION = "messenger.wsgi.application"
+APPEND_SLASH = False  # the contract's paths have no trailing slash and never redirect
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+
+# --- database --------------------------------------------------------------
+if CONFIG.PGHOST:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": CONFIG.PGHOST,
+            "PORT": CONFIG.PGPORT,
+            "USER": CONFIG.PGUSER,
+            "PASSWORD": CONFIG.PGPASSWORD or "",
+            "NAME": CONFIG.PGDATABASE,
+            "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": {"application_name": "messenger"},
+        }
+    }
+else:
+    DATA_DIR = (BASE_DIR / CONFIG.DATA_DIR).resolve()
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "messenger.sqlite3",
+            # Concurrent writers wait for the lock instead of failing at once.
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- HTTP ------------------------------------------------------------------
+JSON_BODY_LIMIT = CONFIG.JSON_BODY_LIMIT
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(CONFIG.JSON_BODY_LIMIT, 1)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["conversations.authentication.UserIdHeaderAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": [],
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "rest_framework.renderers.BrowsableAPIRenderer",
+    ],
+    "EXCEPTION_HANDLER": "conversations.errors.exception_handler",
+    "UNICODE_JSON": True,
+    "COMPACT_JSON": True,
+}
+
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"  # filled by collectstatic in the Docker image
+STATIC_ROOT.mkdir(exist_ok=True)
+WHITENOISE_USE_FINDERS = True  # serve DRF's assets without a collectstatic step
+
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "messenger": {"level": CONFIG.LOG_LEVEL},
+        "conversations": {"level": CONFIG.LOG_LEVEL},
+    },
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Installs the system pieces the test suite and the local topology need, from
+# Debian's packages: NGINX, a Consul agent, Chromium for browser tests, and the
+# benchmark tools. Idempotent: a machine that has everything installs nothing.
+#
+# Consul is not packaged for bookworm; Debian's older "bullseye" suite carries a
+# real agent (1.8.7). We add that suite on the same mirror this machine already
+# uses (read from its own apt sources, never hard-coded) and pin it low, so it
+# only ever supplies packages that bookworm lacks.
+set -euo pipefail
+
+PACKAGES=(nginx chromium chromium-driver wrk hyperfine curl jq)
+BULLSEYE_LIST=/etc/apt/sources.list.d/messenger-bullseye.list
+BULLSEYE_PIN=/etc/apt/preferences.d/messenger-bullseye
+
+log() { printf '[install-system-deps] %s\n' "$*"; }
+
+missing=()
+for cmd in nginx chromium chromedriver wrk hyperfine curl jq consul; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
+done
+if [ "${#missing[@]}" -eq 0 ]; then
+  log "all present: nginx consul chromium chromedriver wrk hyperfine curl jq"
+  exit 0
+fi
+log "missing: ${missing[*]}"
+
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO=sudo
+else
+  SUDO=
+fi
+
+mirror_uri() {
+  # The first Debian (non-security) URI this machine's apt already uses.
+  local uri=""
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    uri=$(awk '/^URIs:/ {print $2}' /etc/apt/sources.list.d/debian.sources | grep -v security | head -n 1 || true)
+  fi
+  if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+    uri=$(awk '/^deb / && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list || true)
+  fi
+  printf '%s' "$uri"
+}
+
+if ! command -v consul >/dev/null 2>&1 && [ ! -f "$BULLSEYE_LIST" ]; then
+  uri=$(mirror_uri)
+  if [ -z "$uri" ]; then
+    echo "Cannot find this machine's Debian mirror in its apt sources; cannot add bullseye for consul." >&2
+    exit 1
+  fi
+  log "adding the bullseye suite (for consul) on this machine's own mirror"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] ${uri} bullseye main" | $SUDO tee "$BULLSEYE_LIST" >/dev/null
+  printf 'Package: *\nPin: release n=bullseye\nPin-Priority: 100\n' | $SUDO tee "$BULLSEYE_PIN" >/dev/null
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+log "apt-get update"
+$SUDO apt-get update -qq
+log "apt-get install ${PACKAGES[*]} consul"
+$SUDO apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null
+$SUDO apt-get install -y -qq --no-install-recommends -t bullseye consul >/dev/null
+# The packages' own services are never used: the project runs NGINX and Consul
+# as its own processes with its own config files.
+if command -v systemctl >/dev/null 2>&1; then
+  $SUDO systemctl disable --now nginx consul >/dev/null 2>&1 || true
+fi
+pkill -x nginx >/dev/null 2>&1 || true
+log "installed: $(nginx -v 2>&1) / $(consul version | head -n 1) / $(chromium --version 2>/dev/null)"
