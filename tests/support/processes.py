@@ -1,0 +1,139 @@
+"""Real processes for system tests: free ports, waiting, and a Consul agent.
+
+Everything here runs on loopback only, and every wait is bounded in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # keep polling; report the last error on timeout
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
+
+
+def http_get(url: str, timeout: float = 5.0, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+class ConsulAgent:
+    """A real `consul agent -dev` on free loopback ports, owned by one test run."""
+
+    def __init__(self, http_port: int | None = None):
+        if not shutil.which("consul"):
+            raise RuntimeError("consul is not installed: run `make system-deps`")
+        self.http_port = http_port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="consul-test-"))
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    def start(self, timeout: float = 30) -> "ConsulAgent":
+        ports = {
+            "http": self.http_port,
+            "dns": -1,
+            "grpc": -1,
+            "serf_lan": free_port(),
+            "serf_wan": free_port(),
+            "server": free_port(),
+        }
+        config = self.dir / "ports.json"
+        config.write_text(json.dumps({"ports": ports}))
+        log = open(self.dir / "agent.log", "ab")
+        self.process = subprocess.Popen(
+            ["consul", "agent", "-dev", "-client", "127.0.0.1", "-bind", "127.0.0.1",
+             "-config-file", str(config), "-data-dir", str(self.dir / "data")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        wait_until(self._leader_elected, timeout, what=f"consul agent on {self.address}")
+        return self
+
+    def _leader_elected(self) -> bool:
+        if self.process and self.process.poll() is not None:
+            raise RuntimeError(f"consul exited: {(self.dir / 'agent.log').read_text()[-2000:]}")
+        status, body, _ = http_get(f"{self.url}/v1/status/leader", timeout=1)
+        return status == 200 and body.strip() not in (b'""', b"")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # Small helpers over the HTTP API, so tests read like what they check.
+    def kv_get(self, key: str) -> str | None:
+        status, body, _ = http_get(f"{self.url}/v1/kv/{key}?raw=true")
+        return body.decode() if status == 200 else None
+
+    def kv_put(self, key: str, value: str) -> None:
+        request = urllib.request.Request(f"{self.url}/v1/kv/{key}", data=value.encode(), method="PUT")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+
+    def healthy_instances(self, service: str) -> list[dict]:
+        status, body, _ = http_get(f"{self.url}/v1/health/service/{service}?passing=true")
+        return json.loads(body) if status == 200 else []
+
+    def catalog_instances(self, service: str) -> list[dict]:
+        status, body, _ = http_get(f"{self.url}/v1/catalog/service/{service}")
+        return json.loads(body) if status == 200 else []
+
+    def checks(self, service: str) -> list[dict]:
+        status, body, _ = http_get(f"{self.url}/v1/health/checks/{service}")
+        return json.loads(body) if status == 200 else []
