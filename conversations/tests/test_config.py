@@ -44,7 +44,7 @@ def test_every_invalid_value_is_reported_at_once():
     with pytest.raises(ConfigError) as excinfo:
         load({"APP_ENV": "staging", "PORT": "99999", "JSON_BODY_LIMIT": "lots", "PGPORT": "x", "DEBUG": "maybe"})
     problems = excinfo.value.problems
-    assert [p.split(":")[0] for p in problems] == ["APP_ENV", "PORT", "JSON_BODY_LIMIT", "PGPORT", "DEBUG"]
+    assert [p.split(":")[0] for p in problems] == ["APP_ENV", "PORT", "JSON_BODY_LIMIT", "DEBUG", "PGPORT"]
     assert "'staging' is not one of development, test, production" in problems[0]
 
 
