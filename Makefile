@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps run test
+.PHONY: help venv system-deps run test docs
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,3 +34,6 @@ run: $(STAMP) ## Serve on port 4000 with the embedded SQLite database (no broker
 test: $(STAMP) system-deps ## Run the whole test suite against the real services
 	@bash scripts/ensure-services.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+docs: $(STAMP) ## Regenerate the README's configuration table and .env.example from the schema
+	$(PY) scripts/render-config-docs.py

@@ -285,3 +285,31 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     if problems:
         raise ConfigError(problems)
     return Config(values, sources, raws)
+
+
+# --- documentation rendered from the schema (README table, .env.example) -----
+
+def markdown_table() -> str:
+    """The schema as the README's configuration table."""
+    lines = ["| variable | type | default | description |", "|---|---|---|---|"]
+    for setting in SCHEMA:
+        default = "" if setting.default is None else str(setting.default)
+        per_env = ", ".join(f"{env}: {value}" for env, value in setting.env_defaults.items())
+        if per_env:
+            default = f"{default} ({per_env})"
+        lines.append(f"| `{setting.name}` | {setting.type} | {default} | {setting.doc} |")
+    return "\n".join(lines) + "\n"
+
+
+def env_example() -> str:
+    """The schema as `.env.example`: every variable, with its default where it has one."""
+    lines = [
+        "# Every variable the messenger service reads, with its default (from messenger/config.py).",
+        "# Export them (or give them to your process manager); unset variables take the default shown.",
+        "",
+    ]
+    for setting in SCHEMA:
+        lines.append(f"# {setting.doc}")
+        default = None if setting.default is None else str(setting.default)
+        lines.append(f"{setting.name}={default}" if default is not None else f"# {setting.name}=")
+    return "\n".join(lines) + "\n"

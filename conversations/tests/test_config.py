@@ -69,8 +69,17 @@ def test_unreadable_password_file_is_a_config_error(tmp_path):
 
 
 def test_env_example_lists_exactly_the_schema():
+    """Regenerate with `make docs` when this fails."""
     names = re.findall(r"^#? ?([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE)
     assert names == [setting.name for setting in SCHEMA]
+    assert (ROOT / ".env.example").read_text() == config.env_example()
+
+
+def test_readme_configuration_table_matches_the_schema():
+    """Regenerate with `make docs` when this fails."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("<!-- config-table:start -->\n", 1)[1].split("<!-- config-table:end -->", 1)[0]
+    assert table == config.markdown_table()
 
 
 def test_every_setting_has_a_type_parser_and_a_doc():

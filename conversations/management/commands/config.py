@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from messenger.config import SCHEMA
+from messenger.config import SCHEMA, markdown_table
 
 
 class Command(BaseCommand):
@@ -15,14 +15,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         config = settings.CONFIG
         if options["markdown"]:
-            self.stdout.write("| variable | type | default | description |")
-            self.stdout.write("|---|---|---|---|")
-            for setting in SCHEMA:
-                default = setting.default if setting.default is not None else ""
-                per_env = ", ".join(f"{env}: {value}" for env, value in setting.env_defaults.items())
-                if per_env:
-                    default = f"{default} ({per_env})"
-                self.stdout.write(f"| `{setting.name}` | {setting.type} | {default} | {setting.doc} |")
+            self.stdout.write(markdown_table(), ending="")
             return
         self.stdout.write(f"environment: {config.environment}")
         width = max(len(s.name) for s in SCHEMA)
