@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps run test docs
+.PHONY: help venv system-deps run test docs bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,3 +37,6 @@ test: $(STAMP) system-deps ## Run the whole test suite against the real services
 
 docs: $(STAMP) ## Regenerate the README's configuration table and .env.example from the schema
 	$(PY) scripts/render-config-docs.py
+
+bench: $(STAMP) ## Run every benchmark scenario against the running stack (make up) and pgbench; print one table
+	$(PY) bench/run.py

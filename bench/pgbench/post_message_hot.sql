@@ -1,0 +1,14 @@
+-- The bare writes of one message post, all clients on one conversation:
+-- take the next index (the counter row stays locked until commit), insert the
+-- message, insert its outbox row (marked sent, so the relay never publishes
+-- pgbench's rows). The ceiling the service is measured against.
+\set cid :hot_conversation
+\set uid :hot_user
+BEGIN;
+UPDATE channels SET last_index = last_index + 1 WHERE id = :cid RETURNING last_index AS idx \gset
+INSERT INTO messages (content, user_id, channel_id, index, inserted_at) VALUES ('pgbench message', :uid, :cid, :idx, now());
+INSERT INTO outbox (event_id, event_type, payload, created_at, sent_at, attempts)
+  VALUES (:cid || ':' || :idx, 'new_message',
+          json_build_object('type', 'new_message', 'channel_id', :cid, 'user_id', :uid, 'index', :idx, 'participant_ids', json_build_array(:uid)),
+          now(), now(), 0);
+COMMIT;
