@@ -80,9 +80,8 @@ def pgbench(script: str, clients: int, duration: int, variables: dict[str, int])
             "note": "latency is pgbench's average"}
 
 
-def rss_mib(patterns: dict[str, re.Pattern]) -> dict[str, float]:
-    """Resident memory by component, summed over processes whose command line matches."""
-    totals = {name: 0.0 for name in patterns}
+def _processes():
+    """(pid, parent pid, command line, RSS in MiB) of every readable process."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -92,41 +91,30 @@ def rss_mib(patterns: dict[str, re.Pattern]) -> dict[str, float]:
         except OSError:
             continue
         rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        if not rss:
-            continue
+        parent = re.search(r"^PPid:\s+(\d+)", status, re.MULTILINE)
+        yield int(proc.name), int(parent.group(1)), cmdline, (int(rss.group(1)) / 1024 if rss else 0.0)
+
+
+def rss_mib(patterns: dict[str, re.Pattern]) -> dict[str, float]:
+    """Resident memory by component, summed over processes whose command line matches."""
+    totals = {name: 0.0 for name in patterns}
+    for _, _, cmdline, rss in _processes():
         for name, pattern in patterns.items():
             if pattern.search(cmdline):
-                totals[name] += int(rss.group(1)) / 1024
+                totals[name] += rss
                 break
     return totals
 
 
 def instance_rss_mib() -> list[float]:
-    """RSS of each serving instance (gunicorn master plus its workers)."""
-    masters: dict[int, float] = {}
-    parent_of: dict[int, int] = {}
-    rss_of: dict[int, float] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            status = (proc / "status").read_text()
-        except OSError:
-            continue
-        if "gunicorn" not in cmdline or "messenger.wsgi" not in cmdline:
-            continue
-        pid = int(proc.name)
-        parent_of[pid] = int(re.search(r"^PPid:\s+(\d+)", status, re.MULTILINE).group(1))
-        rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        rss_of[pid] = int(rss.group(1)) / 1024 if rss else 0.0
-    for pid, parent in parent_of.items():
-        if parent not in parent_of:  # a master
-            masters[pid] = rss_of[pid]
-    for pid, parent in parent_of.items():
-        if parent in masters:
-            masters[parent] += rss_of[pid]
-    return sorted(masters.values())
+    """RSS of each serving instance: a gunicorn master plus its workers."""
+    serving = {pid: (parent, rss) for pid, parent, cmdline, rss in _processes()
+               if "gunicorn" in cmdline and "messenger.wsgi" in cmdline}
+    instances = {pid: rss for pid, (parent, rss) in serving.items() if parent not in serving}
+    for pid, (parent, rss) in serving.items():
+        if parent in instances:
+            instances[parent] += rss
+    return sorted(instances.values())
 
 
 def main() -> int:
