@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system pieces the test suite and the local topology need, from
-# Debian's packages: NGINX, a Consul agent, Chromium for browser tests, and the
-# benchmark tools. Idempotent: a machine that has everything installs nothing.
+# Debian's packages: NGINX, a Consul agent, Chromium for browser tests, the
+# benchmark tools, and docker-compose (only to validate docker/compose.yaml:
+# installed without recommends, so no Docker engine comes with it).
+# Idempotent: a machine that has everything installs nothing.
 #
 # Consul is not packaged for bookworm; Debian's older "bullseye" suite carries a
 # real agent (1.8.7). We add that suite on the same mirror this machine already
@@ -9,18 +11,18 @@
 # only ever supplies packages that bookworm lacks.
 set -euo pipefail
 
-PACKAGES=(nginx chromium chromium-driver wrk hyperfine curl jq)
+PACKAGES=(nginx chromium chromium-driver wrk hyperfine curl jq docker-compose)
 BULLSEYE_LIST=/etc/apt/sources.list.d/messenger-bullseye.list
 BULLSEYE_PIN=/etc/apt/preferences.d/messenger-bullseye
 
 log() { printf '[install-system-deps] %s\n' "$*"; }
 
 missing=()
-for cmd in nginx chromium chromedriver wrk hyperfine curl jq consul; do
+for cmd in nginx chromium chromedriver wrk hyperfine curl jq docker-compose consul; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-  log "all present: nginx consul chromium chromedriver wrk hyperfine curl jq"
+  log "all present: nginx consul chromium chromedriver wrk hyperfine curl jq docker-compose"
   exit 0
 fi
 log "missing: ${missing[*]}"
