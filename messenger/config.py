@@ -164,6 +164,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("PGPASSWORD", "str", "Password of PGUSER (or PGPASSWORD_FILE: a file holding it).", secret=True, from_file=True),
     Setting("PGDATABASE", "str", "PostgreSQL database name.", default="messenger"),
     Setting("CREATE_DB_NAME", "str", "Database the create_db job creates (it connects to PGDATABASE to do so)."),
+    Setting("DB_APPLICATION_USER", "str", "Role of the serving instances; `migrate` (run as the migrator) grants it row access to every table (unset: no grants)."),
+    Setting("REQUIRE_MIGRATED_DB", "bool", "A serving instance refuses to start while the database has unapplied migrations (the migrator instance turns this off).",
+            default=True),
     # --- RabbitMQ (unset AMQPHOST: no broker, events wait in the outbox) ---
     Setting("AMQPHOST", "str", "RabbitMQ host; unset means no broker (events stay in the outbox)."),
     Setting("AMQPPORT", "port", "RabbitMQ port.", default=5672),

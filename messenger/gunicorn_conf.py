@@ -5,6 +5,7 @@ Start a serving instance with:
 """
 
 from messenger import config as config_schema
+from messenger import startup_checks
 
 _config = config_schema.load()
 
@@ -22,3 +23,8 @@ proc_name = "messenger"
 # Load the app in the master so a bad configuration or an unmigrated database
 # stops start-up once, with one clear message, before any worker forks.
 preload_app = True
+
+
+def on_starting(server):
+    """Before binding the socket or forking: refuse to serve an unmigrated database."""
+    startup_checks.refuse_unmigrated_database()

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.support.postgres import ThrowawayPostgres
 from tests.support.processes import ConsulAgent
 
 
@@ -13,3 +14,13 @@ def consul_agent():
         yield agent
     finally:
         agent.cleanup()
+
+
+@pytest.fixture(scope="session")
+def throwaway_postgres():
+    """A PostgreSQL cluster of the test run's own that checks passwords (scram-sha-256)."""
+    cluster = ThrowawayPostgres().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +25,9 @@ class ServiceProcess:
             "PORT": str(self.port),
             "WEB_CONCURRENCY": "1",
             "WEB_THREADS": "2",
+            # Most service tests need no tables (an empty SQLite database serves them);
+            # the tests of the start-up check itself pass "true".
+            "REQUIRE_MIGRATED_DB": "false",
             **env,
         }
         self.log_path = log_path
@@ -32,15 +37,43 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30) -> "ServiceProcess":
+    def _spawn(self) -> None:
         gunicorn = Path(sys.executable).with_name("gunicorn")
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [str(gunicorn), "-c", "messenger/gunicorn_conf.py", "messenger.wsgi"],
-            cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [str(gunicorn), "-c", "messenger/gunicorn_conf.py", "messenger.wsgi"],
+                cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+
+    def start(self, timeout: float = 30) -> "ServiceProcess":
+        self._spawn()
         wait_until(self._answers, timeout, what=f"service on port {self.port}")
         return self
+
+    def run_until_exit(self, timeout: float = 30) -> tuple[int, str]:
+        """Start an instance that is expected to refuse to start; return (exit status, its log)."""
+        self._spawn()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop(signal.SIGKILL)
+            raise AssertionError(f"the service did not exit within {timeout}s: {self.log_path.read_text()[-3000:]}")
+        return self.process.returncode, self.log_path.read_text()
+
+    def request(self, method: str, path: str, body: dict | None = None, user_id: int | None = None,
+                timeout: float = 10) -> tuple[int, dict | None]:
+        """One JSON request to this instance: (status, decoded body or None)."""
+        headers = {"Content-Type": "application/json"}
+        if user_id is not None:
+            headers["User-Id"] = str(user_id)
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        finally:
+            conn.close()
+        return response.status, json.loads(raw) if raw else None
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
@@ -57,3 +90,19 @@ class ServiceProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
         return self.process.returncode if self.process else None
+
+
+def manage_command(*args: str) -> list[str]:
+    """The argv of `python manage.py ARGS` with this test run's interpreter."""
+    return [sys.executable, "manage.py", *args]
+
+
+def job_env(env: dict[str, str]) -> dict[str, str]:
+    """A clean environment for a job: only PATH, APP_ENV=test and `env` (nothing leaks from pytest's PG*)."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "APP_ENV": "test", **env}
+
+
+def manage(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a management command as the deploy scripts do: its own process, its own environment."""
+    return subprocess.run(manage_command(*args), cwd=REPO_ROOT, env=job_env(env), capture_output=True,
+                          text=True, timeout=timeout)

@@ -3,6 +3,7 @@
 from django.core.management.base import BaseCommand
 from django.db import connection, transaction
 
+from conversations.job_lock import add_lock_arguments, job_lock
 from conversations.models import User
 
 SEED_USERS = (
@@ -15,7 +16,15 @@ SEED_USERS = (
 class Command(BaseCommand):
     help = "Create the three seed users (ids 1, 2, 3 on a fresh database); running it again changes nothing."
 
+    def add_arguments(self, parser):
+        add_lock_arguments(parser)
+
     def handle(self, *args, **options):
+        # The schema-jobs lock: a seed never interleaves with a migration or another seed.
+        with job_lock("seed", timeout=options["lock_timeout"], progress=self.stderr.write):
+            self._seed()
+
+    def _seed(self):
         created = 0
         with transaction.atomic():
             for user_id, name in SEED_USERS:
