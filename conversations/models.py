@@ -94,3 +94,26 @@ class OutboxEvent(models.Model):
         indexes = [
             models.Index(fields=["id"], name="outbox_pending_idx", condition=Q(sent_at__isnull=True)),
         ]
+
+
+class IdempotencyKey(models.Model):
+    """A client's `Idempotency-Key` for a message post, and the message it produced.
+
+    Written in the same transaction as the message, so a key exists if and only
+    if its message committed; the unique (user, key) constraint decides between
+    two concurrent posts with the same key. `fingerprint` is a hash of what was
+    posted (conversation and content): a repeat that differs is refused.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)
+    message = models.ForeignKey(Message, on_delete=models.CASCADE)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "idempotency_keys"
+        constraints = [
+            models.UniqueConstraint(fields=["user", "key"], name="idempotency_keys_user_key_unique"),
+        ]
+        indexes = [models.Index(fields=["created_at"], name="idempotency_keys_created_idx")]

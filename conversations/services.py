@@ -7,16 +7,20 @@ subclasses with the contract's texts.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
+from django.utils import timezone
 
 from conversations import events
-from conversations.errors import InvalidInput, NotFound
-from conversations.models import Conversation, Message, Participant, User
+from conversations.errors import InvalidInput, NotFound, Unprocessable
+from conversations.models import Conversation, IdempotencyKey, Message, Participant, User
 
 PARTICIPANT_COUNT = 2
 
@@ -72,6 +76,12 @@ def _membership_error(conversation_id: int, user_id: int) -> Exception:
     return _not_in_conversation(user_id)
 
 
+def check_member(*, conversation_id: int, user: User) -> None:
+    """Raise the contract's error unless the user is a participant of the conversation."""
+    if not Participant.objects.filter(conversation_id=conversation_id, user_id=user.pk).exists():
+        raise _membership_error(conversation_id, user.pk)
+
+
 @dataclass(frozen=True)
 class PostedMessage:
     id: int
@@ -81,6 +91,57 @@ class PostedMessage:
     username: str
     conversation_id: int
     inserted_at: datetime
+    # True when an Idempotency-Key repeat returned the message posted before.
+    replayed: bool = False
+
+
+IDEMPOTENCY_KEY_REUSED = (
+    "Idempotency-Key was already used for a different request (another conversation or content); "
+    "use a new key for a new message"
+)
+
+
+def _message_fingerprint(conversation_id: int, content: str) -> str:
+    """What a keyed post asked for, so a repeat can be told from a different request."""
+    return hashlib.sha256(json.dumps([conversation_id, content]).encode()).hexdigest()
+
+
+def _idempotent_replay(*, user: User, key: str, fingerprint: str) -> PostedMessage | None:
+    """The message a live key already produced; None for an unknown (or expired, now purged) key."""
+    record = IdempotencyKey.objects.filter(user_id=user.pk, key=key).select_related("message").first()
+    if record is None:
+        return None
+    if record.created_at < _idempotency_cutoff():
+        record.delete()  # expired: forgotten, and the key is free for this post
+        return None
+    if record.fingerprint != fingerprint:
+        raise Unprocessable(IDEMPOTENCY_KEY_REUSED)
+    message = record.message
+    return PostedMessage(
+        id=message.pk,
+        content=message.content,
+        index=message.index,
+        user_id=user.pk,
+        username=user.name,
+        conversation_id=message.conversation_id,
+        inserted_at=message.inserted_at,
+        replayed=True,
+    )
+
+
+def _idempotency_cutoff() -> datetime:
+    return timezone.now() - timedelta(seconds=settings.IDEMPOTENCY_KEY_TTL)
+
+
+def idempotency_keys_expired():
+    """Keys older than IDEMPOTENCY_KEY_TTL: ignored by posts, and purged by `purge_idempotency_keys`."""
+    return IdempotencyKey.objects.filter(created_at__lt=_idempotency_cutoff())
+
+
+def idempotency_keys_purge() -> int:
+    """Delete every expired key; returns how many went."""
+    deleted, _ = idempotency_keys_expired().delete()
+    return deleted
 
 
 # Takes the next index and returns the pair, in one statement; the counter row
@@ -92,25 +153,52 @@ _NEXT_INDEX_SQL = (
 )
 
 
-def message_create(*, conversation_id: int, user: User, content: str) -> PostedMessage:
-    """Store a message with the conversation's next index and its outbox event."""
-    if not Participant.objects.filter(conversation_id=conversation_id, user_id=user.pk).exists():
-        raise _membership_error(conversation_id, user.pk)
+def message_create(
+    *, conversation_id: int, user: User, content: str, idempotency_key: str | None = None
+) -> PostedMessage:
+    """Store a message with the conversation's next index and its outbox event.
 
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute(_NEXT_INDEX_SQL, [conversation_id])
-            row = cursor.fetchone()
-        if row is None:  # deleted since the membership check
-            raise conversation_not_found(conversation_id)
-        index, low, high = row
-        message = Message.objects.create(
-            content=content, user_id=user.pk, conversation_id=conversation_id, index=index
-        )
-        events.record_new_message(
-            conversation_id=conversation_id, user_id=user.pk, index=index, participant_ids=[low, high]
-        )
-        transaction.on_commit(events.relay_after_commit)
+    With an `idempotency_key`, a repeat of the same post by the same user
+    returns the first message (no second message, no second event); the key is
+    stored in the message's transaction, so two concurrent repeats are decided
+    by its unique constraint and the loser answers with the winner's message.
+    """
+    check_member(conversation_id=conversation_id, user=user)
+    fingerprint = None
+    if idempotency_key is not None:
+        fingerprint = _message_fingerprint(conversation_id, content)
+        replay = _idempotent_replay(user=user, key=idempotency_key, fingerprint=fingerprint)
+        if replay is not None:
+            return replay
+
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute(_NEXT_INDEX_SQL, [conversation_id])
+                row = cursor.fetchone()
+            if row is None:  # deleted since the membership check
+                raise conversation_not_found(conversation_id)
+            index, low, high = row
+            message = Message.objects.create(
+                content=content, user_id=user.pk, conversation_id=conversation_id, index=index
+            )
+            events.record_new_message(
+                conversation_id=conversation_id, user_id=user.pk, index=index, participant_ids=[low, high]
+            )
+            if idempotency_key is not None:
+                IdempotencyKey.objects.create(
+                    user_id=user.pk, key=idempotency_key, fingerprint=fingerprint, message=message
+                )
+            transaction.on_commit(events.relay_after_commit)
+    except IntegrityError:
+        # A concurrent post with the same key committed first (the whole
+        # transaction, index included, rolled back): answer with its message.
+        replay = None
+        if idempotency_key is not None:
+            replay = _idempotent_replay(user=user, key=idempotency_key, fingerprint=fingerprint)
+        if replay is None:
+            raise
+        return replay
 
     return PostedMessage(
         id=message.pk,

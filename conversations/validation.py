@@ -64,6 +64,21 @@ def message_content(data: Any) -> str:
     return content
 
 
+IDEMPOTENCY_KEY_MAX = 255
+_IDEMPOTENCY_KEY_CHARS = frozenset(chr(code) for code in range(0x21, 0x7F))  # visible ASCII
+
+
+def idempotency_key(raw: str | None) -> str | None:
+    """The `Idempotency-Key` header: absent, or 1 to 255 visible ASCII characters (a UUID fits)."""
+    if raw is None:
+        return None
+    if not 1 <= len(raw) <= IDEMPOTENCY_KEY_MAX or not set(raw) <= _IDEMPOTENCY_KEY_CHARS:
+        raise InvalidInput(
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters (a UUID, say)"
+        )
+    return raw
+
+
 def view_horizon_index(data: Any) -> int:
     index = body_object(data).get("index")
     if not _is_int(index) or not 0 <= index <= MAX_ID:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from conversations import presenters, selectors, services, validation
+from conversations import openapi, presenters, selectors, services, validation
 from conversations.authentication import require_user
 
 DEFAULT_PAGE = 100
@@ -59,12 +60,14 @@ def _paged(request, key: str, items: list, cursor_name: str, cursor_of, limit: i
 class UsersView(APIView):
     """Users of the chat. `POST {"name": ...}` adds one."""
 
+    @openapi.users_list
     def get(self, request):
         limit = _page_limit(request)
         rows = selectors.users_page(after_id=_cursor(request, "after_id"), limit=limit + 1)
         users = [presenters.user(row) for row in rows]
         return Response(_paged(request, "users", users, "after_id", lambda u: u["id"], limit))
 
+    @openapi.users_create
     def post(self, request):
         user = services.user_create(name=validation.user_name(request.data))
         return Response({"user": presenters.user(user)}, status=status.HTTP_201_CREATED)
@@ -73,6 +76,7 @@ class UsersView(APIView):
 class ConversationsView(APIView):
     """Two-person conversations. `GET` lists the caller's (header `User-Id`)."""
 
+    @openapi.conversations_list
     def get(self, request):
         user = require_user(request)
         limit = _page_limit(request)
@@ -85,6 +89,7 @@ class ConversationsView(APIView):
         ]
         return Response(_paged(request, "conversations", conversations, "after_id", lambda c: c["id"], limit))
 
+    @openapi.conversations_create
     def post(self, request):
         conversation = services.conversation_create(participant_ids=validation.participant_ids(request.data))
         return Response({"conversation": presenters.conversation(conversation)}, status=status.HTTP_201_CREATED)
@@ -93,8 +98,11 @@ class ConversationsView(APIView):
 class MessagesView(APIView):
     """A conversation's messages in index order, paged by `after_index` and `limit`."""
 
+    @openapi.messages_list
     def get(self, request, conversation_id: str):
         conversation_id = validation.positive_id(conversation_id, "Conversation id")
+        if settings.READS_REQUIRE_MEMBER:
+            services.check_member(conversation_id=conversation_id, user=require_user(request))
         limit = _page_limit(request)
         rows = selectors.messages_for_conversation(
             conversation_id=conversation_id, after_index=_cursor(request, "after_index"), limit=limit + 1
@@ -116,11 +124,15 @@ class MessagesView(APIView):
         ]
         return Response(_paged(request, "messages", messages, "after_index", lambda m: m["index"], limit))
 
+    @openapi.messages_create
     def post(self, request, conversation_id: str):
         user = require_user(request)
         conversation_id = validation.positive_id(conversation_id, "Conversation id")
         content = validation.message_content(request.data)
-        message = services.message_create(conversation_id=conversation_id, user=user, content=content)
+        key = validation.idempotency_key(request.headers.get("Idempotency-Key"))
+        message = services.message_create(
+            conversation_id=conversation_id, user=user, content=content, idempotency_key=key
+        )
         body = {
             "message": {
                 "id": message.id,
@@ -132,12 +144,14 @@ class MessagesView(APIView):
                 "inserted_at": presenters.timestamp(message.inserted_at),
             }
         }
-        return Response(body, status=status.HTTP_201_CREATED)
+        headers = {"Idempotent-Replayed": "true"} if message.replayed else None
+        return Response(body, status=status.HTTP_201_CREATED, headers=headers)
 
 
 class ViewHorizonView(APIView):
     """Record how far the caller has read: `{"index": n}`; it never moves back."""
 
+    @openapi.view_horizon_set
     def post(self, request, conversation_id: str):
         user = require_user(request)
         conversation_id = validation.positive_id(conversation_id, "Conversation id")

@@ -167,6 +167,10 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("DB_APPLICATION_USER", "str", "Role of the serving instances; `migrate` (run as the migrator) grants it row access to every table (unset: no grants)."),
     Setting("REQUIRE_MIGRATED_DB", "bool", "A serving instance refuses to start while the database has unapplied migrations (the migrator instance turns this off).",
             default=True),
+    Setting("PG_CONNECT_TIMEOUT", "duration", "Longest wait for a new PostgreSQL connection (whole seconds, at least 2s as libpq requires).",
+            default="5s"),
+    Setting("PG_STATEMENT_TIMEOUT", "duration", "Longest a single SQL statement may run before PostgreSQL cancels it (0 disables).",
+            default="5s"),
     # --- RabbitMQ (unset AMQPHOST: no broker, events wait in the outbox) ---
     Setting("AMQPHOST", "str", "RabbitMQ host; unset means no broker (events stay in the outbox)."),
     Setting("AMQPPORT", "port", "RabbitMQ port.", default=5672),
@@ -177,6 +181,14 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("CONSUL_SERVICE_NAME", "str", "Name this instance registers under in Consul; unset means do not register."),
     Setting("CONSUL_HOST", "str", "Host of the Consul agent.", default="consul-client"),
     Setting("CONSUL_PORT", "port", "HTTP port of the Consul agent.", default=8500),
+    # --- API behaviour and observability -------------------------------------
+    Setting("READS_REQUIRE_MEMBER", "bool", "Only participants may read a conversation's messages (User-Id required); off keeps the tutorial's open reads.",
+            default=False),
+    Setting("IDEMPOTENCY_KEY_TTL", "duration", "How long an Idempotency-Key on a message post is remembered; a replay after that posts again.",
+            default="24h"),
+    Setting("METRICS_TOKEN", "str", "Bearer token that GET /metrics requires; unset leaves /metrics open (keep it off the public load balancer).",
+            secret=True, from_file=True),
+    Setting("PROMETHEUS_MULTIPROC_DIR", "str", "Folder where gunicorn's workers share metric files; unset: gunicorn makes a fresh temporary one."),
 )
 
 SCHEMA_BY_NAME = {s.name: s for s in SCHEMA}

@@ -6,6 +6,7 @@ what is left here is how this codebase is wired, which needs a commit to change.
 
 from __future__ import annotations
 
+import math
 import secrets
 from pathlib import Path
 
@@ -25,10 +26,14 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc assets, served locally (no CDN)
     "conversations.apps.ConversationsConfig",
 ]
 
 MIDDLEWARE = [
+    # Outermost, so the log line and the metrics also cover refusals (413) and errors.
+    "conversations.observability.RequestObservabilityMiddleware",
     "conversations.middleware.BodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -60,7 +65,20 @@ if CONFIG.PGHOST:
             "NAME": CONFIG.PGDATABASE,
             "CONN_MAX_AGE": 60,
             "CONN_HEALTH_CHECKS": True,
-            "OPTIONS": {"application_name": "messenger"},
+            "OPTIONS": {
+                "application_name": "messenger",
+                # A lost database must fail requests quickly (503), not hang them:
+                # libpq's connect timeout counts whole seconds, 2 at least.
+                "connect_timeout": max(2, math.ceil(CONFIG.PG_CONNECT_TIMEOUT)),
+                "options": f"-c statement_timeout={int(CONFIG.PG_STATEMENT_TIMEOUT * 1000)}",
+                # A peer that vanishes without closing the connection (a partition)
+                # is detected by TCP keepalives and the unacknowledged-data timeout.
+                "keepalives": 1,
+                "keepalives_idle": 10,
+                "keepalives_interval": 2,
+                "keepalives_count": 3,
+                "tcp_user_timeout": 15000,
+            },
         }
     }
 else:
@@ -90,8 +108,27 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "EXCEPTION_HANDLER": "conversations.errors.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNICODE_JSON": True,
     "COMPACT_JSON": True,
+}
+
+# --- API behaviour -----------------------------------------------------------
+READS_REQUIRE_MEMBER = CONFIG.READS_REQUIRE_MEMBER
+IDEMPOTENCY_KEY_TTL = CONFIG.IDEMPOTENCY_KEY_TTL  # seconds
+METRICS_TOKEN = CONFIG.METRICS_TOKEN
+
+# OpenAPI description at /schema, Swagger UI at /schema/docs.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "messenger",
+    "DESCRIPTION": "The chat API of the Microservices March messenger. Every error is `{\"error\": \"...\"}`.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "AUTHENTICATION_WHITELIST": [],  # identity is the User-Id header, documented per operation
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "POSTPROCESSING_HOOKS": ["conversations.openapi.postprocess"],
 }
 
 STATIC_URL = "/static/"
@@ -106,10 +143,18 @@ LANGUAGE_CODE = "en-us"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "message": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "requests": {"class": "logging.StreamHandler", "formatter": "message", "stream": "ext://sys.stdout"},
+    },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
+        # One JSON line per request (conversations.observability), on stdout, alone.
+        "messenger.requests": {"handlers": ["requests"], "level": CONFIG.LOG_LEVEL, "propagate": False},
         "messenger": {"level": CONFIG.LOG_LEVEL},
         "conversations": {"level": CONFIG.LOG_LEVEL},
     },

@@ -1,0 +1,191 @@
+"""What an instance tells its operators: a JSON log line per request, and metrics.
+
+`RequestObservabilityMiddleware` runs outermost. For every request it takes
+the caller's `X-Request-Id` (or makes one), echoes it in the response, counts
+the request and its latency in Prometheus metrics labelled by route template
+(never by raw path, so ids do not explode the series), and writes one JSON
+line on the `messenger.requests` logger:
+
+    {"ts": "...", "msg": "request", "method": "POST", "path": "/conversations/1/messages",
+     "route": "/conversations/{conversation_id}/messages", "status": 201, "duration_ms": 4.1,
+     "instance": "host:4000", "request_id": "...", "pid": 1234}
+
+`metrics` serves `/metrics` in Prometheus' text format. gunicorn runs several
+worker processes, so the counters live in prometheus-client's multi-process
+files (PROMETHEUS_MULTIPROC_DIR, which gunicorn's config sets) and a scrape of
+any worker sums every worker. Gauges that describe the instance rather than a
+worker (outbox backlog, database reachability, Consul registration) are
+computed when scraped.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import re
+import socket
+import time
+import uuid
+from datetime import datetime, timezone
+
+from django.conf import settings
+from django.http import HttpResponse
+from django.urls import Resolver404, resolve
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from conversations.errors import json_error
+
+logger = logging.getLogger("messenger.requests")
+
+REQUEST_ID_HEADER = "X-Request-Id"
+# A caller's id is kept only if it is short and plain, so it is safe in logs and headers.
+_USABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+UNMATCHED_ROUTE = "unmatched"
+
+REQUESTS = Counter(
+    "messenger_http_requests", "HTTP requests answered, by method, route template and status.",
+    ["method", "route", "status"],
+)
+LATENCY = Histogram(
+    "messenger_http_request_duration_seconds", "Time to answer an HTTP request, by method, route template and status.",
+    ["method", "route", "status"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+def instance_id() -> str:
+    """This instance, as logs and metrics name it: host and port (unique per host, as in Consul)."""
+    return f"{socket.gethostname()}:{settings.CONFIG.PORT}"
+
+
+_INSTANCE = None
+_ROUTE_TEMPLATES: dict[str, str] = {}
+_CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")
+
+
+def _route_template(request) -> str:
+    """`/conversations/{conversation_id}/messages` for the route that served the request."""
+    match = getattr(request, "resolver_match", None)
+    if match is None:  # answered before URL resolution (a 413, say): resolve it now
+        try:
+            match = resolve(request.path_info)
+        except Resolver404:
+            return UNMATCHED_ROUTE
+    route = match.route
+    template = _ROUTE_TEMPLATES.get(route)
+    if template is None:
+        # The JSON 404 catch-all is a regex route: every unknown path shares one label.
+        template = UNMATCHED_ROUTE if route.startswith("^") else "/" + _CONVERTER.sub(r"{\1}", route)
+        _ROUTE_TEMPLATES[route] = template
+    return template
+
+
+def _request_id(request) -> str:
+    offered = request.META.get("HTTP_X_REQUEST_ID", "")
+    return offered if _USABLE_REQUEST_ID.match(offered) else uuid.uuid4().hex
+
+
+class RequestObservabilityMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        global _INSTANCE
+        started = time.perf_counter()
+        request.request_id = _request_id(request)
+        response = self.get_response(request)
+        elapsed = time.perf_counter() - started
+        response[REQUEST_ID_HEADER] = request.request_id
+
+        route = _route_template(request)
+        status = str(response.status_code)
+        REQUESTS.labels(request.method, route, status).inc()
+        LATENCY.labels(request.method, route, status).observe(elapsed)
+        if logger.isEnabledFor(logging.INFO):
+            if _INSTANCE is None:
+                _INSTANCE = instance_id()
+            logger.info(json.dumps({
+                "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "msg": "request",
+                "method": request.method,
+                "path": request.path,
+                "route": route,
+                "status": response.status_code,
+                "duration_ms": round(elapsed * 1000, 3),
+                "instance": _INSTANCE,
+                "request_id": request.request_id,
+                "pid": os.getpid(),
+            }, ensure_ascii=False, separators=(",", ":")))
+        return response
+
+
+# --- /metrics -----------------------------------------------------------------------
+
+def _consul_registered() -> float | None:
+    """1 registered, 0 not, None when this codebase has no registration state to read."""
+    try:
+        from conversations import registration  # the Consul integration, when present
+    except ImportError:
+        return None
+    state = getattr(registration, "is_registered", None)
+    return None if state is None else float(bool(state()))
+
+
+class InstanceCollector:
+    """Gauges computed at scrape time, for the instance as a whole."""
+
+    def collect(self):
+        from conversations.models import OutboxEvent
+
+        up = GaugeMetricFamily("messenger_database_up", "1 when the database answered this scrape, else 0.")
+        try:
+            backlog = OutboxEvent.objects.filter(sent_at__isnull=True).count()
+        except Exception:  # the database is down: report that rather than fail the scrape
+            up.add_metric([], 0)
+            yield up
+        else:
+            up.add_metric([], 1)
+            yield up
+            yield GaugeMetricFamily(
+                "messenger_outbox_backlog", "Events stored but not yet published to the broker.", value=backlog
+            )
+        registered = _consul_registered()
+        if registered is not None:
+            yield GaugeMetricFamily(
+                "messenger_consul_registered", "1 while this instance is registered in Consul, else 0.",
+                value=registered,
+            )
+
+
+def _scrape() -> bytes:
+    instance = CollectorRegistry(auto_describe=False)
+    instance.register(InstanceCollector())
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        workers = CollectorRegistry()
+        multiprocess.MultiProcessCollector(workers)
+        return generate_latest(workers) + generate_latest(instance)
+    return generate_latest(REGISTRY) + generate_latest(instance)
+
+
+def _authorised(request) -> bool:
+    token = settings.METRICS_TOKEN
+    if not token:
+        return True
+    offered = request.META.get("HTTP_AUTHORIZATION", "")
+    return hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())
+
+
+def metrics(request):
+    """Prometheus text format; with METRICS_TOKEN set, only for `Authorization: Bearer <token>`."""
+    if request.method not in ("GET", "HEAD"):
+        return json_error(f"Method \"{request.method}\" not allowed.", 405)
+    if not _authorised(request):
+        response = json_error("Metrics need the bearer token in METRICS_TOKEN.", 401)
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(_scrape(), content_type=CONTENT_TYPE_LATEST)
