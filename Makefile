@@ -8,8 +8,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# The event worker: relays the outbox to RabbitMQ, with beat's periodic sweep embedded.
+WORKER := $(VENV)/bin/celery -A messenger worker --beat --schedule var/celerybeat-schedule --loglevel INFO
 
-.PHONY: help venv system-deps run test docs bench
+.PHONY: help venv system-deps run worker test docs bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,11 +27,21 @@ venv: $(STAMP) ## Create .venv and install the Python packages
 system-deps: ## Install NGINX, Consul, Chromium and the benchmark tools (Debian packages)
 	@bash scripts/install-system-deps.sh
 
-run: $(STAMP) ## Serve on port 4000 with the embedded SQLite database (no broker, no Consul)
+run: $(STAMP) ## Serve on port 4000 (embedded SQLite, no broker, no Consul); with AMQPHOST set, the event worker too
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py seed
 	@echo "messenger: serving on http://localhost:$${PORT:-4000} (Ctrl+C to stop)"
-	exec $(VENV)/bin/gunicorn -c messenger/gunicorn_conf.py messenger.wsgi
+	@if [ -z "$${AMQPHOST:-}" ]; then exec $(VENV)/bin/gunicorn -c messenger/gunicorn_conf.py messenger.wsgi; fi; \
+	mkdir -p var; \
+	echo "messenger: event worker ($(WORKER)) logging to var/celery-worker.log"; \
+	$(WORKER) >> var/celery-worker.log 2>&1 & worker=$$!; \
+	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT; \
+	$(VENV)/bin/gunicorn -c messenger/gunicorn_conf.py messenger.wsgi
+
+worker: $(STAMP) ## Run the event worker (Celery, with its beat sweep) in the foreground; needs AMQPHOST
+	@test -n "$${AMQPHOST:-}" || { echo "worker: set AMQPHOST (and AMQPPORT, AMQPUSER, ...) to a RabbitMQ first" >&2; exit 1; }
+	@mkdir -p var
+	exec $(WORKER)
 
 test: $(STAMP) system-deps ## Run the whole test suite against the real services
 	@bash scripts/ensure-services.sh

@@ -177,6 +177,10 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("AMQPUSER", "str", "RabbitMQ user.", default="guest"),
     Setting("AMQPPASSWORD", "str", "RabbitMQ password (or AMQPPASSWORD_FILE).", default="guest", secret=True, from_file=True),
     Setting("AMQPVHOST", "str", "RabbitMQ virtual host.", default="/"),
+    Setting("EVENTS_SWEEP_INTERVAL", "duration", "How often the worker's beat relays outbox events still pending (broker or worker was down).",
+            default="10s"),
+    Setting("EVENTS_RELAY_BATCH", "positive_int", "Outbox events published per relay transaction; a relay killed mid-batch resends at most this many.",
+            default=100),
     # --- Consul --------------------------------------------------------------
     Setting("CONSUL_SERVICE_NAME", "str", "Name this instance registers under in Consul; unset means do not register."),
     Setting("CONSUL_HOST", "str", "Host of the Consul agent.", default="consul-client"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import secrets
 from pathlib import Path
+from urllib.parse import quote
 
 from messenger import config as config_schema
 
@@ -34,6 +35,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # Outermost, so the log line and the metrics also cover refusals (413) and errors.
     "conversations.observability.RequestObservabilityMiddleware",
+    "conversations.db_deadline.DatabaseDeadlineMiddleware",
     "conversations.middleware.BodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -93,6 +95,42 @@ else:
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# A request still waiting on PostgreSQL this long has its connection cut (a hung
+# server or a partition that the two timeouts cannot see): conversations.db_deadline.
+DATABASE_REQUEST_DEADLINE = (
+    CONFIG.PG_STATEMENT_TIMEOUT + max(2, math.ceil(CONFIG.PG_CONNECT_TIMEOUT)) + 1
+    if CONFIG.PGHOST and CONFIG.PG_STATEMENT_TIMEOUT
+    else None
+)
+
+# --- events: Celery over RabbitMQ (unset AMQPHOST: no broker) ---------------
+# One broker for Celery's own tasks and for the `chat_queue` events it relays.
+CELERY_BROKER_URL = (
+    "amqp://{user}:{password}@{host}:{port}/{vhost}".format(
+        user=quote(CONFIG.AMQPUSER, safe=""), password=quote(CONFIG.AMQPPASSWORD or "", safe=""),
+        host=CONFIG.AMQPHOST, port=CONFIG.AMQPPORT, vhost=quote(CONFIG.AMQPVHOST, safe=""),
+    )
+    if CONFIG.AMQPHOST
+    else None
+)
+CELERY_TASK_DEFAULT_QUEUE = "messenger.tasks"  # Celery's own queue; `chat_queue` is the notifier's
+CELERY_TASK_ACKS_LATE = True  # a worker that dies mid-task leaves the task to run again
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True  # no result backend: the outbox rows are the result
+CELERY_TASK_SOFT_TIME_LIMIT = 120
+CELERY_TASK_TIME_LIMIT = 150
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE = {
+    "relay-outbox": {
+        "task": "conversations.tasks.relay_outbox",
+        "schedule": CONFIG.EVENTS_SWEEP_INTERVAL,
+        # A sweep still queued after one interval is superseded by the next one.
+        "options": {"expires": CONFIG.EVENTS_SWEEP_INTERVAL},
+    }
+}
+EVENTS_RELAY_BATCH = CONFIG.EVENTS_RELAY_BATCH
 
 # --- HTTP ------------------------------------------------------------------
 JSON_BODY_LIMIT = CONFIG.JSON_BODY_LIMIT
