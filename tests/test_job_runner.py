@@ -85,6 +85,19 @@ def dump(cluster, dbname: str, *options: str) -> str:
                    if not line.startswith(("\\restrict ", "\\unrestrict ")))
 
 
+def privileges(cluster, dbname: str) -> dict:
+    """Every access-control list that roles.sql and `migrate` set: database, schema, defaults, legacy tables."""
+    with cluster.connect(dbname=dbname) as conn:
+        return {
+            "database": conn.execute("SELECT datacl::text FROM pg_database WHERE datname = %s", [dbname]).fetchone(),
+            "schema": conn.execute("SELECT nspacl::text FROM pg_namespace WHERE nspname = 'public'").fetchone(),
+            "defaults": conn.execute("SELECT pg_get_userbyid(defaclrole), defaclobjtype, defaclacl::text "
+                                     "FROM pg_default_acl ORDER BY 1, 2").fetchall(),
+            "tables": conn.execute("SELECT relname, relacl::text FROM pg_class WHERE relname LIKE 'legacy%%' "
+                                   "ORDER BY relname").fetchall(),
+        }
+
+
 def new_db_name(purpose: str) -> str:
     return f"{purpose}_{uuid.uuid4().hex[:6]}"
 
@@ -170,10 +183,17 @@ def test_roles_sql_hands_an_existing_database_to_the_migrator(roles, throwaway_p
     assert owners == (MIGRATOR_USER, MIGRATOR_USER, [
         f"legacy_counter:{MIGRATOR_USER}", f"legacy_notes:{MIGRATOR_USER}", f"legacy_notes_id_seq:{MIGRATOR_USER}",
     ])
-    ok(roles.job(name, "migrate", "--no-input"))
-    with roles.as_app(name) as conn:
+    with roles.as_app(name) as conn:  # usable at once, before any migration
         conn.execute("INSERT INTO legacy_notes (body) VALUES ('kept')")
         assert conn.execute("SELECT body FROM legacy_notes").fetchall() == [("kept",)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("DROP TABLE legacy_notes")
+    # roles.sql gave what `migrate` gives: migrating adds Django's tables and changes no privilege.
+    before = privileges(throwaway_postgres, name)
+    ok(roles.job(name, "migrate", "--no-input"))
+    assert privileges(throwaway_postgres, name) == before
+    with roles.as_app(name) as conn:
+        assert conn.execute("SELECT count(*) FROM django_migrations").fetchone()[0] > 0
 
 
 # --- the migrator job ----------------------------------------------------------

@@ -8,28 +8,33 @@
 --        -v migrator_user=messenger_migrator -v migrator_password=... \
 --        [-v db_name=messenger] -f infrastructure/sql/roles.sql
 --
--- * The application role (what serving instances connect as) may log in and, once
---   the migrator has run, read and write rows: nothing else. It never owns an
---   object, holds no CREATE anywhere, and so cannot CREATE, ALTER, DROP or TRUNCATE.
+-- * The application role (what serving instances connect as) may log in and read
+--   and write rows: nothing else. It never owns an object and holds no CREATE
+--   anywhere, so it cannot CREATE, ALTER, DROP or TRUNCATE.
 -- * The migrator role (what the migrator instance connects as) may create databases
 --   and owns the database it creates with `manage.py create_db`, its public schema and
 --   every table in it. It is not a superuser: it can change this schema and nothing
 --   else in the cluster.
--- Row privileges for the application role are per database, so they cannot be given
--- here before the database exists: `manage.py migrate`, run as the migrator, grants
--- them and sets default privileges so every table it creates later is covered too.
+--
+-- Row privileges are per database. A database the migrator creates later gets them
+-- from `manage.py migrate` (conversations/db_privileges.py), which it runs as the
+-- migrator. With db_name set and that database already present (made before these
+-- roles existed, or by an earlier deploy), this file gives them itself, the same
+-- statements as db_privileges.py, after making the migrator the owner of the
+-- database, its public schema and every relation in it (so the next migration can
+-- alter them).
 --
 -- Idempotent: running it again changes nothing but the passwords (set to the values
--- given). With db_name set and that database already present (created before these
--- roles existed, for example by an earlier deploy), the migrator is made the owner of
--- the database, its public schema and every relation in that schema, so the next
--- migration can alter them.
+-- given). Two runs at once take turns (an advisory lock), so neither fails on the
+-- other's half-made role.
 
 \set ON_ERROR_STOP on
 
 SELECT format('DO $$BEGIN RAISE EXCEPTION %L; END$$',
               'app_user and migrator_user must be two different roles')
  WHERE :'app_user' = :'migrator_user' \gexec
+
+SELECT pg_advisory_lock(hashtext('messenger infrastructure/sql/roles.sql')) AS roles_lock \gset
 
 SELECT format('CREATE ROLE %I', :'migrator_user')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'migrator_user') \gexec
@@ -51,6 +56,7 @@ SELECT EXISTS (SELECT FROM pg_database WHERE datname = :'db_name') AS db_exists 
 SELECT format('ALTER DATABASE %I OWNER TO %I', :'db_name', :'migrator_user')
  WHERE (SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = :'db_name') <> :'migrator_user' \gexec
 \connect :"db_name"
+SELECT pg_advisory_lock(hashtext('messenger infrastructure/sql/roles.sql')) AS roles_lock \gset
 SELECT format('ALTER SCHEMA public OWNER TO %I', :'migrator_user')
  WHERE (SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'public') <> :'migrator_user' \gexec
 -- Tables, views and free-standing sequences; indexes and the sequences of identity
@@ -68,5 +74,18 @@ SELECT format('ALTER %s %I.%I OWNER TO %I',
                                          WHERE d.objid = c.oid AND d.classid = 'pg_class'::regclass
                                            AND d.deptype IN ('a', 'i')))
  ORDER BY c.relname \gexec
+
+-- As the migrator, so the grants and default privileges are exactly those its
+-- `migrate` gives (keep in step with STATEMENTS in conversations/db_privileges.py).
+SET ROLE :"migrator_user";
+REVOKE TEMPORARY ON DATABASE :"db_name" FROM PUBLIC;
+GRANT CONNECT ON DATABASE :"db_name" TO :"app_user";
+REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+GRANT USAGE ON SCHEMA public TO :"app_user";
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO :"app_user";
+ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO :"app_user";
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO :"app_user";
+GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO :"app_user";
+RESET ROLE;
 \endif
 \endif
