@@ -66,7 +66,8 @@ def main() -> None:
         for batch in (1, 10, 100, 500):
             count = args.events if batch > 1 else min(args.events, 500)
             backlog.update(sent_at=None)
-            backlog.exclude(pk__in=backlog.order_by("id").values("pk")[:count]).update(sent_at=backlog.first().created_at)
+            first = backlog.order_by("id").values("pk")[:count]
+            backlog.exclude(pk__in=first).update(sent_at=backlog.first().created_at)
             reader.purge()
             started = time.monotonic()
             sent = events.relay_pending(batch_size=batch)

@@ -49,6 +49,9 @@ RELAY_TASK = "conversations.tasks.relay_outbox"
 # The request path's enqueue gives up quickly; the periodic sweep is the fallback.
 ENQUEUE_CONNECT_TIMEOUT = 2.0
 ENQUEUE_PAUSE_AFTER_FAILURE = 1.0
+# A kick still queued after this long is dropped unrun, by RabbitMQ (message TTL) and by the
+# worker: the sweep has covered it by then, and a stopped or absent worker leaves no pile.
+ENQUEUE_EXPIRES = 300.0
 # The relay's limits: a broker that stops answering fails the batch, not the worker.
 PUBLISH_CONNECT_TIMEOUT = 5.0
 CONFIRM_TIMEOUT = 15.0
@@ -119,10 +122,19 @@ def relay_after_commit() -> None:
 
 
 def connect_for_enqueue(url: str):
-    """A Celery broker connection that gives up after one short attempt."""
+    """A Celery broker connection for enqueueing: one short attempt to connect, confirmed publishes."""
     from messenger.celery import app
 
-    connection = app.connection_for_write(url, connect_timeout=ENQUEUE_CONNECT_TIMEOUT)
+    connection = app.connection_for_write(
+        url,
+        connect_timeout=ENQUEUE_CONNECT_TIMEOUT,
+        # Confirmed, so a connection the broker has closed since (a restart) fails loudly
+        # and gets one fresh try, instead of swallowing the task; bounded, so a broker
+        # that stops answering frees this thread.
+        transport_options={
+            "confirm_publish": True, "read_timeout": ENQUEUE_CONNECT_TIMEOUT, "write_timeout": ENQUEUE_CONNECT_TIMEOUT,
+        },
+    )
     connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=ENQUEUE_CONNECT_TIMEOUT)
     return connection
 
@@ -131,11 +143,10 @@ def enqueue_relay(connection=None) -> None:
     """Send one relay task to Celery's queue, without retrying: the periodic sweep is the retry."""
     from messenger.celery import app
 
-    if connection is not None:
-        app.send_task(RELAY_TASK, connection=connection, retry=False)
-        return
-    with connect_for_enqueue(settings.CELERY_BROKER_URL) as connection:
-        app.send_task(RELAY_TASK, connection=connection, retry=False)
+    if connection is None:
+        with connect_for_enqueue(settings.CELERY_BROKER_URL) as connection:
+            return enqueue_relay(connection)
+    app.send_task(RELAY_TASK, connection=connection, retry=False, expires=ENQUEUE_EXPIRES, expiration=ENQUEUE_EXPIRES)
 
 
 class _RelayKicker:
@@ -175,7 +186,9 @@ class _RelayKicker:
                 self._send()
             except Exception as exc:
                 self._close()
-                logger.warning("outbox: could not enqueue the relay (%s); the periodic sweep will send pending events", exc)
+                logger.warning(
+                    "outbox: could not enqueue the relay (%s); the periodic sweep will send pending events", exc
+                )
                 # Kicks meanwhile fold into one try after the pause: no retry storm, no log flood.
                 time.sleep(ENQUEUE_PAUSE_AFTER_FAILURE)
 
@@ -219,6 +232,8 @@ class Publisher:
             password=unquote(parts.password or "guest"),
             virtual_host=unquote(parts.path[1:]) or "/",
             connect_timeout=PUBLISH_CONNECT_TIMEOUT,
+            read_timeout=CONFIRM_TIMEOUT,  # no broker call (declare, confirm_select) waits forever
+            write_timeout=CONFIRM_TIMEOUT,
         )
         self._connection.connect()
         try:

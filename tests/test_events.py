@@ -264,7 +264,9 @@ def test_concurrent_posts_publish_events_whose_indexes_are_the_messages_indexes(
         }
 
 
-def test_two_relays_at_once_publish_each_event_once_in_index_order_per_conversation(users, broker, chat_queue, settings):
+def test_two_relays_at_once_publish_each_event_once_in_index_order_per_conversation(
+    users, broker, chat_queue, settings
+):
     """The row lock makes a second relay wait for the first one's batch: no double send, no overtaking."""
     broker_url, settings.CELERY_BROKER_URL = settings.CELERY_BROKER_URL, None  # backlog first, nothing enqueued
     pairs = [(users[0], users[1]), (users[0], users[2]), (users[1], users[2])]

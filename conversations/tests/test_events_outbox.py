@@ -88,7 +88,8 @@ def test_outbox_command_reports_nothing_pending():
 def test_outbox_command_reports_pending_count_and_the_oldest_event_age(users, conversation):
     for content in ("one", "two"):
         services.message_create(conversation_id=conversation.pk, user=users[0], content=content)
-    OutboxEvent.objects.filter(event_id=f"{conversation.pk}:1").update(created_at=timezone.now() - timedelta(seconds=90))
+    ninety_seconds_ago = timezone.now() - timedelta(seconds=90)
+    OutboxEvent.objects.filter(event_id=f"{conversation.pk}:1").update(created_at=ninety_seconds_ago)
     OutboxEvent.objects.filter(event_id=f"{conversation.pk}:2").update(sent_at=timezone.now())
 
     report = outbox_report()
