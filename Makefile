@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # The event worker: relays the outbox to RabbitMQ, with beat's periodic sweep embedded.
-WORKER := $(VENV)/bin/celery -A messenger worker --beat --schedule var/celerybeat-schedule --loglevel INFO
+WORKER := $(VENV)/bin/celery -A messenger worker --beat --loglevel INFO
 
 .PHONY: help venv system-deps run worker test docs bench
 

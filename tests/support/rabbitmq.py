@@ -112,7 +112,6 @@ class CeleryWorker:
         self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "APP_ENV": "test", **env}
         self.log_path = log_dir / f"{name}.log"
         self.beat = beat
-        self.schedule_path = log_dir / f"{name}-beat-schedule"
         self.name = name
         self.process: subprocess.Popen | None = None
         self._log_start = 0
@@ -124,7 +123,7 @@ class CeleryWorker:
             "--without-gossip", "--without-mingle",
         ]
         if self.beat:
-            command += ["--beat", "--schedule", str(self.schedule_path)]
+            command.append("--beat")
         self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
