@@ -97,7 +97,11 @@ class QueueReader:
             deliveries.extend(self.drain())
             return len(deliveries) >= count
 
-        wait_until(enough, timeout, interval=0.05, what=f"{count} messages on {self.queue} (got {len(deliveries)})")
+        try:
+            wait_until(enough, timeout, interval=0.05, what=f"{count} messages on {self.queue}")
+        except TimeoutError as exc:
+            ids = [d.properties.message_id for d in deliveries]
+            raise TimeoutError(f"{exc}; got {len(ids)}, first ids {ids[:20]}") from None
         return deliveries
 
     def close(self) -> None:
