@@ -7,6 +7,7 @@ contract's shape, and maps a lost database to 503 rather than 500.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from django.db import DatabaseError, InterfaceError, OperationalError
@@ -90,6 +91,20 @@ def exception_handler(exc, context):
 def json_error(message: str, status_code: int) -> JsonResponse:
     """An error response outside DRF (middleware, Django's handlers)."""
     return JsonResponse({"error": message}, status=status_code, json_dumps_params={"separators": (",", ":")})
+
+
+def safe_methods_only(view):
+    """For plain Django views: any method but GET and HEAD gets the JSON 405 DRF views give."""
+
+    @functools.wraps(view)
+    def checked(request, *args, **kwargs):
+        if request.method not in ("GET", "HEAD"):
+            response = json_error(f'Method "{request.method}" not allowed.', 405)
+            response["Allow"] = "GET, HEAD"
+            return response
+        return view(request, *args, **kwargs)
+
+    return checked
 
 
 def handler404(request, exception=None):

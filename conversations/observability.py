@@ -27,8 +27,10 @@ import os
 import re
 import socket
 import time
+import urllib.request
 import uuid
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 from django.conf import settings
 from django.http import HttpResponse
@@ -36,7 +38,7 @@ from django.urls import Resolver404, resolve
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from conversations.errors import json_error
+from conversations.errors import json_error, safe_methods_only
 
 logger = logging.getLogger("messenger.requests")
 
@@ -56,8 +58,24 @@ LATENCY = Histogram(
 )
 
 
+def _consul_registration():
+    """This instance's Consul registration, or None when it does not register.
+
+    `messenger.discovery.start()` makes it in gunicorn's master before the
+    workers fork, so each worker holds a copy of its id and agent address.
+    """
+    try:
+        from messenger import discovery
+    except ImportError:
+        return None
+    return getattr(discovery, "_current", None)
+
+
 def instance_id() -> str:
-    """This instance, as logs and metrics name it: host and port (unique per host, as in Consul)."""
+    """This instance, as logs name it: its Consul service id, else host:port."""
+    registration = _consul_registration()
+    if registration is not None:
+        return registration.service_id
     return f"{socket.gethostname()}:{settings.CONFIG.PORT}"
 
 
@@ -124,14 +142,25 @@ class RequestObservabilityMiddleware:
 
 # --- /metrics -----------------------------------------------------------------------
 
+CONSUL_TIMEOUT = 1.0  # a scrape never waits longer than this on the Consul agent
+
+
 def _consul_registered() -> float | None:
-    """1 registered, 0 not, None when this codebase has no registration state to read."""
-    try:
-        from conversations import registration  # the Consul integration, when present
-    except ImportError:
+    """1 while the Consul agent knows this instance, 0 when not (or unreachable); None: not registering.
+
+    Asked of the agent itself at scrape time: a worker's copy of the
+    registration cannot see what the master's registration thread did since.
+    """
+    registration = _consul_registration()
+    if registration is None:
         return None
-    state = getattr(registration, "is_registered", None)
-    return None if state is None else float(bool(state()))
+    host, port = registration.consul_address
+    url = f"http://{host}:{port}/v1/agent/service/{quote(registration.service_id, safe='')}"
+    try:
+        with urllib.request.urlopen(url, timeout=CONSUL_TIMEOUT) as response:
+            return 1.0 if response.status == 200 else 0.0
+    except (OSError, ValueError):  # 404 (not registered, an HTTPError) or no agent
+        return 0.0
 
 
 class InstanceCollector:
@@ -180,10 +209,9 @@ def _authorised(request) -> bool:
     return hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())
 
 
+@safe_methods_only
 def metrics(request):
     """Prometheus text format; with METRICS_TOKEN set, only for `Authorization: Bearer <token>`."""
-    if request.method not in ("GET", "HEAD"):
-        return json_error(f"Method \"{request.method}\" not allowed.", 405)
     if not _authorised(request):
         response = json_error("Metrics need the bearer token in METRICS_TOKEN.", 401)
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'

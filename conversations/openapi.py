@@ -29,7 +29,7 @@ def ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-_ID = {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID}
+_ID = {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID, "example": 1}
 _TIMESTAMP = {"type": "string", "format": "date-time", "description": "UTC, with milliseconds.",
               "example": "2026-11-29T06:41:59.000Z"}
 _NEXT = {"type": "string", "format": "uri", "description": "The next page; absent on the last page."}
@@ -54,7 +54,9 @@ COMPONENTS: dict[str, dict] = {
     "UserPage": _page("users", "User"),
     "UserCreated": _object({"user": ref("User")}),
     "UserCreate": _object(
-        {"name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": _TEXT_PATTERN}}, closed=False
+        {"name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": _TEXT_PATTERN,
+                  "example": "James Blanderphone"}},
+        closed=False,
     ),
     "Conversation": _object({"id": _ID, "inserted_at": _TIMESTAMP}),
     "ConversationCreated": _object({"conversation": ref("Conversation")}),
@@ -62,7 +64,7 @@ COMPONENTS: dict[str, dict] = {
         {
             "participant_ids": {
                 "type": "array", "items": _ID, "minItems": 2, "maxItems": 2, "uniqueItems": True,
-                "description": "The two users of the conversation.",
+                "description": "The two users of the conversation.", "example": [1, 2],
             }
         },
         closed=False,
@@ -97,10 +99,12 @@ COMPONENTS: dict[str, dict] = {
     ),
     "MessageCreated": _object({"message": ref("Message")}),
     "MessageCreate": _object(
-        {"content": {"type": "string", "minLength": 1, "pattern": _TEXT_PATTERN}}, closed=False
+        {"content": {"type": "string", "minLength": 1, "pattern": _TEXT_PATTERN,
+                     "example": "This is the first message"}},
+        closed=False,
     ),
     "ViewHorizon": _object(
-        {"index": {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_ID,
+        {"index": {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_ID, "example": 1,
                    "description": "The last index the user has seen; a lower value than before changes nothing."}},
         closed=False,
     ),
@@ -276,6 +280,13 @@ _REQUEST_ID_HEADER = {
     "required": True,
     "schema": {"type": "string", "minLength": 1, "maxLength": 128},
 }
+# gunicorn itself refuses a request line (path and query) over 4094 bytes,
+# before the application sees it: no JSON, no X-Request-Id (NGINX does the same
+# at its own limit).
+_URI_TOO_LONG = {
+    "description": "The path and query are longer than the HTTP server accepts (4094 bytes); refused unread.",
+    "content": {"text/html": {"schema": {"type": "string"}}},
+}
 _RETRY_AFTER_HEADER = {"description": "Seconds to wait before retrying.", "required": True,
                        "schema": {"type": "string"}}
 _REPLAYED_HEADER = {"description": "`true` when an Idempotency-Key repeat returned the first message.",
@@ -294,6 +305,9 @@ def postprocess(result: dict, generator, request, public) -> dict:
                 operation["responses"] = copy.deepcopy(_RESPONSES[operation["operationId"]])
             if "requestBody" in operation:
                 operation["requestBody"]["required"] = True
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "query":
+                    parameter["allowEmptyValue"] = True  # `?limit=` means the default, as if absent
             for code, response in operation["responses"].items():
                 headers = response.setdefault("headers", {})
                 headers["X-Request-Id"] = _REQUEST_ID_HEADER
@@ -301,4 +315,5 @@ def postprocess(result: dict, generator, request, public) -> dict:
                     headers["Retry-After"] = _RETRY_AFTER_HEADER
                 if code == "201" and operation["operationId"] == "messages_create":
                     headers["Idempotent-Replayed"] = _REPLAYED_HEADER
+            operation["responses"]["414"] = copy.deepcopy(_URI_TOO_LONG)
     return result

@@ -16,13 +16,14 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from conversations import openapi, presenters, selectors, services, validation
+from conversations import errors, openapi, presenters, selectors, services, validation
 from conversations.authentication import require_user
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 
 
+@errors.safe_methods_only
 def health(request):
     """200 `OK` while this instance can serve: the database answers."""
     try:

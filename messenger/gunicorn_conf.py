@@ -9,6 +9,36 @@ from messenger import startup_checks
 
 _config = config_schema.load()
 
+
+def _share_metrics_between_workers() -> str:
+    """Point prometheus-client's multi-process mode at one folder for all workers.
+
+    Each worker writes its counters to files there and a scrape of any worker
+    sums them all. It must be set before the app (and so prometheus_client) is
+    imported, and emptied at start so an earlier run's counts are not summed in.
+    A folder made here is removed when the master exits (not when a worker does).
+    """
+    import atexit
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    directory = _config.PROMETHEUS_MULTIPROC_DIR
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        for stale in Path(directory).glob("*.db"):
+            stale.unlink()
+    else:
+        directory = tempfile.mkdtemp(prefix="messenger-metrics-")
+        master = os.getpid()
+        atexit.register(lambda: os.getpid() == master and shutil.rmtree(directory, ignore_errors=True))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory
+
+
+_share_metrics_between_workers()
+
 bind = f"{_config.BIND_HOST}:{_config.PORT}"
 workers = _config.WEB_CONCURRENCY
 threads = _config.WEB_THREADS

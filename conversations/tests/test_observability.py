@@ -10,10 +10,10 @@ import logging
 import re
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from conversations import observability
 from conversations.models import OutboxEvent
+from tests.support.metrics import sample
 
 pytestmark = pytest.mark.django_db
 
@@ -89,15 +89,6 @@ def test_no_log_line_is_built_below_info(api, settings):
 
 
 # --- /metrics -----------------------------------------------------------------------
-
-def sample(text: str, name: str, **labels) -> float | None:
-    """The value of one sample in Prometheus' text format, or None when absent."""
-    for family in text_string_to_metric_families(text):
-        for found in family.samples:
-            if found.name == name and found.labels == labels:
-                return found.value
-    return None
-
 
 def scrape(api) -> str:
     response = api.get("/metrics")

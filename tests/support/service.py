@@ -8,9 +8,41 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tests.support.processes import REPO_ROOT, free_port, http_get, wait_until
+
+
+@dataclass
+class Answer:
+    """An HTTP answer as the server sent it, and how long it took."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    seconds: float
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def call(base_url: str, method: str, path: str, body: dict | None = None, headers: dict | None = None,
+         timeout: float = 30) -> Answer:
+    """One JSON request to `base_url`, timed."""
+    host, port = urlsplit(base_url).netloc.split(":")
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    started = time.monotonic()
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=sent)
+        response = conn.getresponse()
+        raw = response.read()
+    finally:
+        conn.close()
+    return Answer(response.status, raw, dict(response.getheaders()), time.monotonic() - started)
 
 
 class ServiceProcess:
@@ -63,17 +95,8 @@ class ServiceProcess:
     def request(self, method: str, path: str, body: dict | None = None, user_id: int | None = None,
                 timeout: float = 10) -> tuple[int, dict | None]:
         """One JSON request to this instance: (status, decoded body or None)."""
-        headers = {"Content-Type": "application/json"}
-        if user_id is not None:
-            headers["User-Id"] = str(user_id)
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-            response = conn.getresponse()
-            raw = response.read()
-        finally:
-            conn.close()
-        return response.status, json.loads(raw) if raw else None
+        answer = call(self.url, method, path, body, {} if user_id is None else {"User-Id": str(user_id)}, timeout)
+        return answer.status, json.loads(answer.body) if answer.body else None
 
     def _answers(self) -> bool:
         if self.process.poll() is not None:
