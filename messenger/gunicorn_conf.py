@@ -4,7 +4,10 @@ Start a serving instance with:
     gunicorn -c messenger/gunicorn_conf.py messenger.wsgi
 """
 
+import time
+
 from messenger import config as config_schema
+from messenger import discovery
 from messenger import startup_checks
 
 _config = config_schema.load()
@@ -53,8 +56,50 @@ proc_name = "messenger"
 # Load the app in the master so a bad configuration or an unmigrated database
 # stops start-up once, with one clear message, before any worker forks.
 preload_app = True
+# gunicorn's control socket has one default path per user, which the several
+# instances a host runs would take from each other; nothing here uses it.
+control_socket_disable = True
 
 
 def on_starting(server):
     """Before binding the socket or forking: refuse to serve an unmigrated database."""
     startup_checks.refuse_unmigrated_database()
+
+
+# --- Consul registration ----------------------------------------------------
+# The design card names Django's AppConfig.ready() as the hook, but ready() also
+# runs in every management command, Celery worker and test run, and in every
+# worker when the app is not preloaded. gunicorn's master exists exactly once
+# per serving instance, so registration lives in its server hooks instead.
+# `when_ready` runs once the listening socket is bound, so Consul's first check
+# can already pass.
+
+
+def when_ready(server):
+    registration = discovery.start(_config)
+    if registration is None:
+        return  # CONSUL_SERVICE_NAME unset: not registered anywhere
+    server.log.info("Registering with Consul as %s", registration.service_id)
+    # gunicorn has no hook that runs before it stops; its master dispatches each
+    # signal to the arbiter's handle_<signal> method, so wrap those two.
+    server.handle_term = _deregister_then(server.handle_term, server)
+    server.handle_int = _deregister_then(server.handle_int, server)
+
+
+def _deregister_then(stop, server):
+    """SIGTERM/SIGINT: leave Consul first, keep serving while the load balancer
+    drops this instance, then stop the way gunicorn would have."""
+
+    def handle():
+        if discovery.stop():
+            server.log.info("Deregistered from Consul; serving %ss more before stopping",
+                            _config.SHUTDOWN_DRAIN_SECONDS)
+            # The workers keep serving while the master waits here.
+            time.sleep(_config.SHUTDOWN_DRAIN_SECONDS)
+        stop()
+
+    return handle
+
+
+def on_exit(server):
+    discovery.stop()  # any other way out, such as workers failing to boot

@@ -1,0 +1,315 @@
+# shellcheck shell=bash
+# Variables set here are read by the scripts that source this file, or passed
+# to an instance by name (start_instance), so shellcheck cannot see them used.
+# shellcheck disable=SC2034
+# Shell functions shared by the scripts in this folder. Sourced, never run:
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# What lives here is what every deploy script needs the same way: talking to
+# Consul (its location comes from the caller), choosing the runtime, and running
+# a service instance either as a Docker container or as a local process with
+# its pid, log and environment under the state folder. Each script keeps its
+# own settings at its top.
+
+INFRA_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "${INFRA_DIR}/.." && pwd)"
+SCRIPT_NAME="$(basename "$0")"
+
+# The image `docker build -t messenger -f docker/Dockerfile .` makes, and the
+# network the platform's containers share (the seed's names).
+MESSENGER_IMAGE=messenger
+MESSENGER_DOCKER_NETWORK=mm_2023
+# Longer than an instance's SHUTDOWN_DRAIN_SECONDS plus GRACEFUL_TIMEOUT
+# (5 + 20 by default): a graceful stop is never cut short by a SIGKILL.
+STOP_TIMEOUT_SECONDS=40
+
+# Where the local runtime keeps pid, log and environment files.
+MESSENGER_STATE_DIR="${MESSENGER_STATE_DIR:-${REPO_ROOT}/.state}"
+# The project's virtualenv (`make venv`), whose gunicorn runs local instances.
+MESSENGER_VENV="${MESSENGER_VENV:-${REPO_ROOT}/.venv}"
+
+# Progress goes to stderr, so a script's stdout carries only its result
+# (messenger-deploy.sh prints the new instance's id).
+log() { printf '[%s] %s\n' "${SCRIPT_NAME}" "$*" >&2; }
+die() {
+  printf '%s: %s\n' "${SCRIPT_NAME}" "$*" >&2
+  exit 1
+}
+
+# --- runtime -------------------------------------------------------------------
+
+docker_engine_answers() {
+  command -v docker >/dev/null 2>&1 && timeout 15 docker info >/dev/null 2>&1
+}
+
+# MESSENGER_RUNTIME=docker|local chooses; unset, Docker when an engine answers.
+select_runtime() {
+  if [ -z "${MESSENGER_RUNTIME:-}" ]; then
+    if docker_engine_answers; then MESSENGER_RUNTIME=docker; else MESSENGER_RUNTIME=local; fi
+  fi
+  case "${MESSENGER_RUNTIME}" in
+    docker) docker_engine_answers || die "MESSENGER_RUNTIME=docker but no Docker engine answers 'docker info'" ;;
+    local) ;;
+    *) die "MESSENGER_RUNTIME must be docker or local, not '${MESSENGER_RUNTIME}'" ;;
+  esac
+}
+
+# --- Consul --------------------------------------------------------------------
+
+# CONSUL_HOST and CONSUL_PORT come from the caller: they are what instances use.
+# This script reaches the same agent at CONSUL_HTTP_ADDR (Consul's own variable),
+# which defaults to them; with Docker, `consul-client` is a name inside the
+# container network, so set CONSUL_HTTP_ADDR to the agent's published port.
+require_consul_location() {
+  [ -n "${CONSUL_HOST:-}" ] || die "CONSUL_HOST is not set (the Consul agent's host, provided by the platform: e.g. CONSUL_HOST=127.0.0.1 CONSUL_PORT=8500 $0)"
+  [ -n "${CONSUL_PORT:-}" ] || die "CONSUL_PORT is not set (the Consul agent's HTTP port, provided by the platform: e.g. CONSUL_HOST=127.0.0.1 CONSUL_PORT=8500 $0)"
+  local addr="${CONSUL_HTTP_ADDR:-${CONSUL_HOST}:${CONSUL_PORT}}"
+  case "${addr}" in
+    http://* | https://*) CONSUL_URL="${addr%/}" ;;
+    *) CONSUL_URL="http://${addr%/}" ;;
+  esac
+}
+
+# Which script writes each key, for the message when one is missing.
+kv_owner() {
+  case "$1" in
+    messenger-db-*) echo "infrastructure/messenger-db-deploy.sh" ;;
+    amqp-*) echo "infrastructure/platform-deploy.sh" ;;
+    *) echo "its owner" ;;
+  esac
+}
+
+consul_unreachable() {
+  local hint=""
+  if [ -z "${CONSUL_HTTP_ADDR:-}" ] && ! getent hosts "${CONSUL_HOST}" >/dev/null 2>&1; then
+    hint=" ('${CONSUL_HOST}' does not resolve here: set CONSUL_HTTP_ADDR to where this host reaches the agent, e.g. 127.0.0.1:8500)"
+  fi
+  die "cannot reach Consul at ${CONSUL_URL}${hint}"
+}
+
+# kv_get KEY: print the value; stop the script, naming the key, when it is
+# missing or empty (the seed's bare curl injected an empty value instead).
+kv_get() {
+  local key=$1 body status
+  body="$(mktemp)"
+  status="$(curl --silent --max-time 10 --output "${body}" --write-out '%{http_code}' \
+    "${CONSUL_URL}/v1/kv/${key}?raw=true")" || { rm -f "${body}"; consul_unreachable; }
+  case "${status}" in
+    200) ;;
+    404) rm -f "${body}"; die "Consul KV key '${key}' is missing at ${CONSUL_URL}: run $(kv_owner "${key}") first" ;;
+    *) rm -f "${body}"; die "reading Consul KV key '${key}' at ${CONSUL_URL} failed with HTTP ${status}" ;;
+  esac
+  if [ ! -s "${body}" ]; then
+    rm -f "${body}"
+    die "Consul KV key '${key}' at ${CONSUL_URL} is empty: run $(kv_owner "${key}") again"
+  fi
+  cat "${body}"
+  rm -f "${body}"
+}
+
+kv_put() {
+  local key=$1 value=$2
+  curl --silent --show-error --fail --max-time 10 --output /dev/null -X PUT \
+    --data-binary "${value}" "${CONSUL_URL}/v1/kv/${key}" || consul_unreachable
+  log "Consul KV: ${key} written"
+}
+
+# --- local processes -------------------------------------------------------------
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+port_answers() {  # host port
+  (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+# A pid names a live process (not a zombie whose parent has not reaped it).
+process_alive() {
+  local stat
+  stat="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
+  [ -n "${stat}" ] && [ "${stat#Z}" = "${stat}" ]
+}
+
+state_path() {  # kind id suffix
+  printf '%s/%s/%s.%s' "${MESSENGER_STATE_DIR}" "$1" "$2" "$3"
+}
+
+# The pid in a pid file, if that process still runs; prints nothing otherwise.
+running_pid() {  # pidfile
+  local pid
+  [ -f "$1" ] || return 0
+  pid="$(cat "$1")"
+  if [ -n "${pid}" ] && process_alive "${pid}"; then echo "${pid}"; fi
+}
+
+# start_local_process KIND ID PORT ENVFILE COMMAND...
+# Runs COMMAND in its own session (so a Ctrl+C in the caller's terminal does
+# not reach it) with exactly the environment in ENVFILE, records its pid, and
+# waits until it accepts connections on 127.0.0.1:PORT.
+start_local_process() {
+  local kind=$1 id=$2 port=$3 envfile=$4
+  shift 4
+  local pidfile logfile pid
+  pidfile="$(state_path "${kind}" "${id}" pid)"
+  logfile="$(state_path "${kind}" "${id}" log)"
+  mkdir -p "$(dirname "${pidfile}")"
+  local -a environment=()
+  mapfile -t environment <"${envfile}"
+  (cd "${REPO_ROOT}" && exec setsid env -i "${environment[@]}" "$@" </dev/null >>"${logfile}" 2>&1) &
+  pid=$!
+  echo "${pid}" >"${pidfile}"
+  for _ in $(seq 1 600); do
+    if port_answers 127.0.0.1 "${port}"; then
+      log "${id}: running, pid ${pid}, port ${port}, log ${logfile}"
+      return 0
+    fi
+    if ! process_alive "${pid}"; then
+      rm -f "${pidfile}"
+      tail -n 40 "${logfile}" >&2 || true
+      die "${id} exited during start-up (log: ${logfile})"
+    fi
+    sleep 0.1
+  done
+  stop_local_process "${kind}" "${id}"
+  die "${id} did not accept connections on port ${port} within 60s (log: ${logfile})"
+}
+
+# stop_local_process KIND ID: SIGTERM, wait for a graceful exit, SIGKILL the
+# whole session only if it outlives STOP_TIMEOUT_SECONDS. Removes the pid and
+# environment files; keeps the log.
+stop_local_process() {
+  local kind=$1 id=$2 pidfile pid
+  pidfile="$(state_path "${kind}" "${id}" pid)"
+  pid="$(running_pid "${pidfile}")"
+  if [ -z "${pid}" ]; then
+    [ -f "${pidfile}" ] && log "${id}: was not running (stale pid file removed)"
+  else
+    kill -TERM "${pid}" 2>/dev/null || true
+    local waited=0
+    while process_alive "${pid}" && [ "${waited}" -lt $((STOP_TIMEOUT_SECONDS * 10)) ]; do
+      sleep 0.1
+      waited=$((waited + 1))
+    done
+    if process_alive "${pid}"; then
+      kill -KILL -- "-${pid}" 2>/dev/null || kill -KILL "${pid}" 2>/dev/null || true
+      log "${id}: killed after ${STOP_TIMEOUT_SECONDS}s without a graceful exit"
+    else
+      log "${id}: stopped"
+    fi
+  fi
+  rm -f "${pidfile}" "$(state_path "${kind}" "${id}" env)"
+}
+
+# Local instances of KIND that have a pid file, also one whose process died
+# without cleaning up (killed), so that stopping it removes its files.
+local_instances() {  # kind
+  local pidfile
+  for pidfile in "${MESSENGER_STATE_DIR}/$1"/*.pid; do
+    [ -e "${pidfile}" ] && basename "${pidfile}" .pid
+  done
+  return 0
+}
+
+# --- service instances (both runtimes) ---------------------------------------------
+
+# Discovery timings every instance gets (messenger/config.py documents them):
+# the schema's defaults unless the caller sets them (the test suite shortens them).
+CONSUL_CHECK_INTERVAL="${CONSUL_CHECK_INTERVAL:-15s}"
+CONSUL_DEREGISTER_CRITICAL_AFTER="${CONSUL_DEREGISTER_CRITICAL_AFTER:-1m}"
+CONSUL_RETRY_INTERVAL="${CONSUL_RETRY_INTERVAL:-10s}"
+SHUTDOWN_DRAIN_SECONDS="${SHUTDOWN_DRAIN_SECONDS:-5}"
+
+# What every service instance is given, by name; each deploy script sets the
+# others.
+INSTANCE_VARIABLES=(
+  APP_ENV PORT BIND_HOST JSON_BODY_LIMIT
+  PGUSER PGPORT PGHOST PGPASSWORD PGDATABASE
+  AMQPHOST AMQPPORT
+  CONSUL_HOST CONSUL_PORT CONSUL_SERVICE_NAME CONSUL_SERVICE_ADDRESS
+  CONSUL_CHECK_INTERVAL CONSUL_DEREGISTER_CRITICAL_AFTER CONSUL_RETRY_INTERVAL SHUTDOWN_DRAIN_SECONDS
+)
+
+# choose_listen_address DOCKER_PORT: set PORT, BIND_HOST and CONSUL_SERVICE_ADDRESS.
+# Every container has an address of its own, so all listen on DOCKER_PORT and
+# the instance detects the address it registers; local instances share this
+# host's loopback, so each takes a free port there.
+choose_listen_address() {
+  if [ "${MESSENGER_RUNTIME}" = docker ]; then
+    PORT=$1
+    BIND_HOST=0.0.0.0
+    CONSUL_SERVICE_ADDRESS=""
+  else
+    PORT="$(free_port)"
+    BIND_HOST=127.0.0.1
+    CONSUL_SERVICE_ADDRESS=127.0.0.1
+  fi
+}
+
+# start_instance KIND ID VAR...: run one instance of the messenger image (or,
+# locally, the project's gunicorn) with exactly the named variables, which the
+# caller has set. In the local runtime PORT must be a free port.
+start_instance() {
+  local kind=$1 id=$2
+  shift 2
+  local name
+  # shellcheck disable=SC2163  # the arguments are names of variables to export
+  export "$@"
+  if [ "${MESSENGER_RUNTIME}" = docker ]; then
+    local -a env_flags=()
+    for name in "$@"; do env_flags+=(-e "${name}"); done
+    # `-e NAME` passes the value from this environment, so no secret appears
+    # on a command line.
+    docker run -d --rm \
+      --name "${id}" \
+      --label "messenger.kind=${kind}" \
+      --network "${MESSENGER_DOCKER_NETWORK}" \
+      --stop-timeout "${STOP_TIMEOUT_SECONDS}" \
+      "${env_flags[@]}" \
+      "${MESSENGER_IMAGE}" >/dev/null
+    log "${id}: container started (docker logs ${id})"
+    return 0
+  fi
+  [ -x "${MESSENGER_VENV}/bin/gunicorn" ] || die "no gunicorn in ${MESSENGER_VENV}: run 'make venv' first"
+  local envfile
+  envfile="$(state_path "${kind}" "${id}" env)"
+  mkdir -p "$(dirname "${envfile}")"
+  # The instance's whole environment, kept (owner-only) so that
+  # messenger-exec.sh can run a job with exactly the same one.
+  (
+    umask 077
+    printf '%s\n' "PATH=${MESSENGER_VENV}/bin:/usr/local/bin:/usr/bin:/bin" "HOME=${HOME:-/root}" "LANG=C.UTF-8"
+    for name in "$@"; do printf '%s=%s\n' "${name}" "${!name}"; done
+  ) >"${envfile}"
+  start_local_process "${kind}" "${id}" "${PORT}" "${envfile}" \
+    "${MESSENGER_VENV}/bin/gunicorn" -c messenger/gunicorn_conf.py messenger.wsgi
+}
+
+instance_running() {  # kind id
+  if [ "${MESSENGER_RUNTIME}" = docker ]; then
+    [ -n "$(docker ps --quiet --filter "name=^$2\$")" ]
+  else
+    [ -n "$(running_pid "$(state_path "$1" "$2" pid)")" ]
+  fi
+}
+
+# stop_instance KIND ID: stop one instance gracefully in the current runtime.
+stop_instance() {
+  local kind=$1 id=$2
+  if [ "${MESSENGER_RUNTIME}" = docker ]; then
+    docker stop --time "${STOP_TIMEOUT_SECONDS}" "${id}" >/dev/null
+    log "${id}: stopped"
+  else
+    stop_local_process "${kind}" "${id}"
+  fi
+}
+
+# Instances of KIND in the current runtime, one id per line: running
+# containers, or local instances with a pid file.
+instances() {  # kind
+  if [ "${MESSENGER_RUNTIME}" = docker ]; then
+    docker ps --filter "label=messenger.kind=$1" --format '{{.Names}}'
+  else
+    local_instances "$1"
+  fi
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2034  # the instance's variables go to start_instance by name
+# Starts the migrator: a messenger instance that connects with the migrator
+# role and registers in Consul as "messenger-migrator", so the load balancer
+# never routes to it. The one-off jobs then run inside it, and it is stopped:
+#
+#   CONSUL_HOST=127.0.0.1 CONSUL_PORT=8500 ./infrastructure/messenger-db-migrator-deploy.sh
+#   ./infrastructure/messenger-exec.sh -e PGDATABASE=postgres -e CREATE_DB_NAME=messenger \
+#       messenger-migrator python manage.py create_db
+#   ./infrastructure/messenger-exec.sh messenger-migrator python manage.py migrate
+#   ./infrastructure/messenger-exec.sh messenger-migrator python manage.py seed
+#   ./infrastructure/messenger-stop.sh --service messenger-migrator messenger-migrator
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+# This configuration requires a new commit to change
+APP_ENV=production
+JSON_BODY_LIMIT=100kb
+CONSUL_SERVICE_NAME=messenger-migrator
+INSTANCE_ID=messenger-migrator
+DOCKER_PORT=4000
+
+# The database's name, unless the caller names another (the test suite does).
+PGDATABASE="${MESSENGER_DB_NAME:-messenger}"
+
+# Consul host and port come from the caller.
+select_runtime
+require_consul_location
+
+# Get the migrator user name and password
+PGUSER="$(kv_get messenger-db-migrator-user)"
+PGPORT="$(kv_get messenger-db-port)"
+PGHOST="$(kv_get messenger-db-host)"
+# NOTE: Never do this in a real-world deployment. Store passwords
+# only in an encrypted secrets store.
+PGPASSWORD="$(kv_get messenger-db-migrator-password-never-do-this)"
+
+# `migrate` gives the application role row access to every table it creates.
+DB_APPLICATION_USER="$(kv_get messenger-db-application-user)"
+
+# RabbitMQ configuration by pulling from the system
+AMQPHOST="$(kv_get amqp-host)"
+AMQPPORT="$(kv_get amqp-port)"
+
+# The migrator is what applies the migrations, so it starts before they are.
+REQUIRE_MIGRATED_DB=false
+
+if instance_running "${CONSUL_SERVICE_NAME}" "${INSTANCE_ID}"; then
+  die "${INSTANCE_ID} is already running: stop it first (infrastructure/messenger-stop.sh --service ${CONSUL_SERVICE_NAME} ${INSTANCE_ID})"
+fi
+choose_listen_address "${DOCKER_PORT}"
+
+start_instance "${CONSUL_SERVICE_NAME}" "${INSTANCE_ID}" "${INSTANCE_VARIABLES[@]}" \
+  REQUIRE_MIGRATED_DB DB_APPLICATION_USER
+echo "${INSTANCE_ID}"

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The platform team's piece: a Consul agent and RabbitMQ, and the KV keys that
+# tell every service where RabbitMQ is (amqp-host, amqp-port). Safe to run again.
+#
+#   CONSUL_HOST=127.0.0.1 CONSUL_PORT=8500 ./infrastructure/platform-deploy.sh
+#
+# Docker runtime: consul-server, consul-client (its HTTP port published on this
+# host as CONSUL_PORT) and rabbitmq, on the network mm_2023, as the seed's
+# platform repository runs them. Local runtime: one `consul agent -dev` (server
+# and client in one process; KV and catalog live in memory) on CONSUL_PORT,
+# unless an agent already answers there, and this machine's RabbitMQ.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+# This configuration requires a new commit to change
+CONSUL_IMAGE=hashicorp/consul:1.15.4
+RABBITMQ_IMAGE=rabbitmq:3.11-management
+AMQP_PORT=5672
+DOCKER_AMQP_HOST=rabbitmq     # the container's name on the network
+LOCAL_AMQP_HOST=127.0.0.1     # this machine's RabbitMQ
+
+select_runtime
+require_consul_location
+
+consul_leader_elected() {
+  local leader
+  leader="$(curl --silent --max-time 2 "${CONSUL_URL}/v1/status/leader" 2>/dev/null)" || return 1
+  [ -n "${leader}" ] && [ "${leader}" != '""' ]
+}
+
+# ensure_container NAME DOCKER-RUN-ARGS...: start it unless it already runs.
+ensure_container() {
+  local name=$1
+  shift
+  if [ -n "$(docker ps --quiet --filter "name=^${name}\$")" ]; then
+    log "${name} is already running"
+  else
+    docker run -d --rm --name "${name}" --network "${MESSENGER_DOCKER_NETWORK}" "$@" >/dev/null
+    log "${name}: container started"
+  fi
+}
+
+if [ "${MESSENGER_RUNTIME}" = docker ]; then
+  docker network inspect "${MESSENGER_DOCKER_NETWORK}" >/dev/null 2>&1 ||
+    docker network create "${MESSENGER_DOCKER_NETWORK}" >/dev/null
+  ensure_container consul-server "${CONSUL_IMAGE}" \
+    agent -server -bootstrap-expect=1 -ui -client=0.0.0.0 -node=consul-server
+  ensure_container consul-client -p "${CONSUL_PORT}:8500" "${CONSUL_IMAGE}" \
+    agent -client=0.0.0.0 -retry-join=consul-server -node=consul-client
+  ensure_container rabbitmq -p "${AMQP_PORT}:5672" -p 15672:15672 "${RABBITMQ_IMAGE}"
+  AMQP_HOST="${DOCKER_AMQP_HOST}"
+else
+  if consul_leader_elected; then
+    log "a Consul agent already answers at ${CONSUL_URL}"
+  else
+    case "${CONSUL_HOST}" in
+      127.* | localhost) ;;
+      *) die "no Consul agent answers at ${CONSUL_URL}, and the local runtime starts one only on this machine (CONSUL_HOST=127.0.0.1)" ;;
+    esac
+    command -v consul >/dev/null 2>&1 || die "consul not found: run 'make system-deps'"
+    envfile="$(state_path platform consul env)"
+    mkdir -p "$(dirname "${envfile}")"
+    printf '%s\n' "PATH=/usr/local/bin:/usr/bin:/bin" "HOME=${HOME:-/root}" >"${envfile}"
+    # Every port but HTTP is a free one (DNS and gRPC off), so this agent never
+    # collides with another on the same machine.
+    start_local_process platform consul "${CONSUL_PORT}" "${envfile}" \
+      consul agent -dev -client 127.0.0.1 -bind 127.0.0.1 -node messenger-platform \
+      -http-port "${CONSUL_PORT}" -dns-port -1 -grpc-port -1 \
+      -serf-lan-port "$(free_port)" -serf-wan-port "$(free_port)" -server-port "$(free_port)"
+  fi
+  # This machine's RabbitMQ (and PostgreSQL), started if installed but stopped.
+  "${REPO_ROOT}/scripts/ensure-services.sh" >&2
+  AMQP_HOST="${LOCAL_AMQP_HOST}"
+fi
+
+for _ in $(seq 1 120); do
+  consul_leader_elected && break
+  sleep 0.5
+done
+consul_leader_elected || die "Consul at ${CONSUL_URL} has no leader after 60s"
+
+kv_put amqp-host "${AMQP_HOST}"
+kv_put amqp-port "${AMQP_PORT}"
+log "platform ready: Consul at ${CONSUL_URL} (UI: ${CONSUL_URL}/ui), RabbitMQ at ${AMQP_HOST}:${AMQP_PORT}"
