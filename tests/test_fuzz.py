@@ -37,7 +37,7 @@ def test_fuzzing_finds_no_server_error_and_no_response_outside_the_description(s
     result = subprocess.run(
         [str(st), "--config-file", str(CONFIG), "--no-color", "run", f"{service.url}/schema",
          "--report", "junit", "--report-dir", str(tmp_path / "report")],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240,
+        cwd=tmp_path, capture_output=True, text=True, timeout=240,
     )
     summary = result.stdout[-8000:]
     assert result.returncode == 0, summary
