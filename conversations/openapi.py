@@ -154,7 +154,8 @@ def _json(name: str, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": ref(name)}}}
 
 
-BAD_INPUT = "Bad input: malformed JSON, a wrong type, a non-numeric id, a malformed or unknown `User-Id`"
+BAD_INPUT = ("Bad input: malformed (or too deeply nested) JSON, a wrong type, text with an unpaired surrogate, "
+             "a non-numeric id, a malformed or unknown `User-Id`")
 UNAVAILABLE = error(f"The database is unreachable or too slow: `{DATABASE_UNAVAILABLE}` (with `Retry-After`).")
 TOO_LARGE = error("The body is larger than JSON_BODY_LIMIT; refused unread, nothing stored.")
 UNSUPPORTED = error("The body is not `application/json`.")

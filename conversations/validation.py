@@ -55,12 +55,21 @@ def participant_ids(data: Any) -> list[int]:
     return ids
 
 
+def _require_storable_text(text: str, what: str) -> None:
+    """JSON may escape half of a surrogate pair (`"\\ud800"`); PostgreSQL (UTF-8) cannot store it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} must be valid Unicode text (it has an unpaired surrogate)") from None
+
+
 def message_content(data: Any) -> str:
     content = body_object(data).get("content")
     if not isinstance(content, str) or not content.strip():
         raise InvalidInput("content must be a non-empty string")
     if "\x00" in content:
         raise InvalidInput("content must not contain NUL characters")
+    _require_storable_text(content, "content")
     return content
 
 
@@ -92,6 +101,7 @@ def user_name(data: Any) -> str:
         raise InvalidInput("name must be a non-empty string")
     if "\x00" in name or len(name) > 200:
         raise InvalidInput("name must be at most 200 characters, without NUL characters")
+    _require_storable_text(name, "name")
     return name.strip()
 
 

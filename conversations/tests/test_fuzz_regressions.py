@@ -1,4 +1,8 @@
-"""What the fuzzer (tests/test_fuzz.py, schemathesis) found once, kept as regular tests."""
+"""What fuzzing found once, kept as regular tests.
+
+Some by schemathesis (tests/test_fuzz.py, the seed named in the test), some by
+hand, probing the inputs JSON Schema cannot describe.
+"""
 
 import pytest
 
@@ -28,3 +32,29 @@ def test_empty_query_values_mean_the_default(api, users, conversation, query):
     response = api.get(f"/conversations/{conversation.pk}/messages?{query}")
     assert response.status_code == 200
     assert [m["content"] for m in response.json()["messages"]] == ["hi"]
+
+
+@pytest.mark.parametrize("path, field", [("messages", "content"), ("users", "name")])
+def test_unpaired_surrogate_in_text_is_a_400_not_a_500(api, users, conversation, path, field):
+    """Found by hand while fuzzing: JSON can escape half a surrogate pair, which PostgreSQL cannot store."""
+    url = f"/conversations/{conversation.pk}/messages" if path == "messages" else "/users"
+    body = '{"%s": "half \\ud800 a pair"}' % field
+    response = api.post(url, body, content_type="application/json", HTTP_USER_ID=str(users[0].pk))
+    assert response.status_code == 400
+    assert response.json() == {"error": f"{field} must be valid Unicode text (it has an unpaired surrogate)"}
+
+
+def test_a_whole_surrogate_pair_is_stored_as_its_character(api, users, conversation):
+    response = api.post(f"/conversations/{conversation.pk}/messages", '{"content": "\\ud83d\\ude00"}',
+                        content_type="application/json", HTTP_USER_ID=str(users[0].pk))
+    assert response.status_code == 201
+    assert response.json()["message"]["content"] == "\U0001F600"
+
+
+@pytest.mark.parametrize("path", ["/conversations", "/users"])
+def test_json_nested_too_deeply_is_a_400_not_a_500(api, users, path):
+    """Found by hand while fuzzing: a 4 kB body of nested arrays made the JSON decoder overflow Python's stack."""
+    body = '{"participant_ids": ' + "[" * 5000 + "]" * 5000 + "}"
+    response = api.post(path, body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json() == {"error": "Malformed JSON in request body: JSON parse error - nested too deeply"}
