@@ -203,6 +203,8 @@ class Nginx:
 # --- the watch loop --------------------------------------------------------------
 
 class Watcher:
+    """The watch loop: Consul's passing instances in, NGINX's upstream list out."""
+
     def __init__(self, args: argparse.Namespace):
         self.consul = args.consul if "://" in args.consul else f"http://{args.consul}"
         self.service = args.service
@@ -346,7 +348,11 @@ class Watcher:
             back_since = None
 
             text = render_upstream(self.service, instances)
-            if text != self._applied_text or self.nginx.master_pid() is None:
+            if text == self._applied_text and self.nginx.master_pid() is not None:
+                # NGINX already runs with this list (after a restart of this
+                # process, the one it found in the state folder).
+                self.status["instances"] = [f"{a}:{p}" for a, p in sorted(set(instances))]
+            else:
                 log.info("passing instances of %s: %s", self.service,
                          ", ".join(f"{a}:{p}" for a, p in sorted(set(instances))) or "none")
                 self._apply(instances)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Stops the load balancer that messenger-load-balancer-deploy.sh started,
+# gracefully: NGINX finishes the requests in flight before it exits.
+#
+#   ./infrastructure/messenger-load-balancer-stop.sh
+#
+# Runs in the same runtime as the deploy scripts (MESSENGER_RUNTIME, default:
+# Docker when an engine answers).
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+# This configuration requires a new commit to change
+LB_NAME=messenger-lb
+
+select_runtime
+
+if [ "${MESSENGER_RUNTIME}" = docker ]; then
+  if [ -z "$(docker ps --quiet --filter "name=^${LB_NAME}\$")" ]; then
+    log "${LB_NAME} is not running"
+    exit 0
+  fi
+  # The image's STOPSIGNAL is SIGQUIT: NGINX's graceful stop.
+  docker stop --time "${STOP_TIMEOUT_SECONDS}" "${LB_NAME}" >/dev/null
+  log "${LB_NAME}: stopped"
+  exit 0
+fi
+
+# SIGTERM to the watcher, which stops NGINX gracefully before it exits.
+stop_local_process load-balancer "${LB_NAME}"
+
+# NGINX runs as its own daemon and outlives a watcher that was killed: stop
+# it too (SIGQUIT: graceful), waiting at most STOP_TIMEOUT_SECONDS.
+NGINX_PID="$(running_pid "${MESSENGER_STATE_DIR}/load-balancer/nginx/nginx.pid")"
+if [ -n "${NGINX_PID}" ]; then
+  kill -QUIT "${NGINX_PID}" 2>/dev/null || true
+  for _ in $(seq 1 $((STOP_TIMEOUT_SECONDS * 10))); do
+    process_alive "${NGINX_PID}" || break
+    sleep 0.1
+  done
+  if process_alive "${NGINX_PID}"; then
+    kill -KILL "${NGINX_PID}" 2>/dev/null || true
+    log "NGINX (pid ${NGINX_PID}): killed after ${STOP_TIMEOUT_SECONDS}s without a graceful exit"
+  else
+    log "NGINX (pid ${NGINX_PID}): stopped"
+  fi
+fi

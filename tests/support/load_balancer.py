@@ -1,0 +1,369 @@
+"""The load balancer's system tests: a whole local topology, a client loop, and nginx.ctmpl expanded.
+
+`Topology` runs what an operator runs, with the project's own scripts in the
+local runtime: a real Consul agent, service instances started by
+infrastructure/messenger-deploy.sh on a PostgreSQL database of their own, and
+the load balancer started by infrastructure/messenger-load-balancer-deploy.sh
+(upstream_watcher.py and a real NGINX) on a free loopback port.
+
+`ClientLoop` is the steady load of the drills: a few threads sending requests
+through the load balancer, each on a new connection, bounded in count and time.
+
+`expand_ctmpl` expands the few Go-template constructs nginx.ctmpl uses, so a
+test can check that the consul-template path renders what the local path does
+(consul-template itself is in no registry these machines reach).
+"""
+
+from __future__ import annotations
+
+import http.client
+import importlib.util
+import json
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from tests.support.infrastructure import INFRA, Infrastructure, migrated_database
+from tests.support.processes import REPO_ROOT, ConsulAgent, free_port, http_get, wait_until
+from tests.support.service import manage
+
+LB_DIR = REPO_ROOT / "load-balancer"
+
+
+def watcher_module():
+    """load-balancer/upstream_watcher.py as a module (its folder is not a package)."""
+    spec = importlib.util.spec_from_file_location("upstream_watcher", LB_DIR / "upstream_watcher.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- the consul-template path, expanded -------------------------------------------
+
+_ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.DOTALL)
+
+
+def expand_ctmpl(template: str, services: dict[str, list[dict]]) -> str:
+    """Expand nginx.ctmpl's constructs as Go's text/template does.
+
+    Supported: comments, whitespace trimming (`{{-`, `-}}`), `range service "X"`
+    with `else` and `end`, `.Address`, `.Port`, and `len (service "X")`. Any
+    other action fails the test, so a template change that this expander does
+    not understand cannot pass unnoticed.
+    """
+    tokens: list[tuple[str, str]] = []
+    position = 0
+    trim_next = False
+    for match in _ACTION.finditer(template):
+        text = template[position:match.start()]
+        if trim_next:
+            text = text.lstrip()
+        if match.group(1):
+            text = text.rstrip()
+        tokens.append(("text", text))
+        tokens.append(("action", match.group(2)))
+        trim_next = bool(match.group(3))
+        position = match.end()
+    tail = template[position:]
+    tokens.append(("text", tail.lstrip() if trim_next else tail))
+
+    def lookup(expression: str) -> list[dict]:
+        found = re.fullmatch(r'service "([^"|]+)(?:\|passing)?"', expression)
+        assert found, f"unsupported service call: {expression}"
+        return services.get(found.group(1), [])
+
+    def render(start: int, dot: dict | None, stop_at: tuple[str, ...]) -> tuple[str, int]:
+        out = []
+        i = start
+        while i < len(tokens):
+            kind, value = tokens[i]
+            if kind == "text":
+                out.append(value)
+            elif value in stop_at:
+                return "".join(out), i
+            elif value.startswith("/*"):
+                pass
+            elif value.startswith("range "):
+                items = lookup(value[len("range "):])
+                body_end = _matching(tokens, i + 1)
+                else_at = next((j for j in range(i + 1, body_end) if tokens[j] == ("action", "else")
+                                and _depth(tokens, i + 1, j) == 0), None)
+                if items:
+                    for item in items:
+                        out.append(render(i + 1, item, ("else", "end"))[0])
+                elif else_at is not None:
+                    out.append(render(else_at + 1, dot, ("end",))[0])
+                i = body_end
+            elif value in (".Address", ".Port"):
+                assert dot is not None, f"{value} outside range"
+                out.append(str(dot[value[1:]]))
+            elif value.startswith("len (") and value.endswith(")"):
+                out.append(str(len(lookup(value[len("len ("):-1]))))
+            else:
+                raise AssertionError(f"expand_ctmpl does not know the action {{{{ {value} }}}}")
+            i += 1
+        return "".join(out), i
+
+    return render(0, None, ())[0]
+
+
+def _depth(tokens, start: int, stop: int) -> int:
+    depth = 0
+    for kind, value in tokens[start:stop]:
+        if kind == "action" and value.startswith(("range ", "if ")):
+            depth += 1
+        elif kind == "action" and value == "end":
+            depth -= 1
+    return depth
+
+
+def _matching(tokens, start: int) -> int:
+    """Index of the `end` closing the block opened just before `start`."""
+    depth = 0
+    for j in range(start, len(tokens)):
+        kind, value = tokens[j]
+        if kind == "action" and value.startswith(("range ", "if ")):
+            depth += 1
+        elif kind == "action" and value == "end":
+            if depth == 0:
+                return j
+            depth -= 1
+    raise AssertionError("unclosed block in template")
+
+
+# --- the whole topology, local runtime -----------------------------------------------
+
+class Topology:
+    """Consul, instances from messenger-deploy.sh, and the load balancer from its deploy script."""
+
+    # Short discovery timings so drills take seconds, not minutes. The drain is
+    # what a graceful stop relies on: the instance keeps serving this long
+    # after it deregistered, while the load balancer drops it.
+    TIMINGS = {"CONSUL_CHECK_INTERVAL": "1s", "CONSUL_RETRY_INTERVAL": "1s", "SHUTDOWN_DRAIN_SECONDS": "2"}
+
+    def __init__(self, state_dir: Path, database: str):
+        self.state_dir = state_dir
+        self.database = database
+        self.consul = ConsulAgent()
+        self.infra = Infrastructure(self.consul, state_dir, database, **self.TIMINGS)
+        self.lb_port = free_port()
+        # The broker is deliberately absent (amqp-port names a closed loopback
+        # port): events wait in each message's outbox row, and these tests leave
+        # nothing in the machine's shared RabbitMQ. The events have their own tests.
+        self.closed_port = free_port()
+
+    # -- lifecycle
+    def start(self) -> "Topology":
+        self.consul.start()
+        self.write_kv()
+        with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.database)))
+        migrated_database(self.database)
+        seeded = manage("seed", env={"PGHOST": "127.0.0.1", "PGUSER": "postgres", "PGDATABASE": self.database})
+        assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+        self.deploy_load_balancer()
+        return self
+
+    def stop(self) -> None:
+        self.infra.run("messenger-load-balancer-stop.sh", check=False)
+        self.infra.cleanup()
+        # NGINX outlives a watcher killed by a failed test: stop it by its pid file.
+        pidfile = self.nginx_dir / "nginx.pid"
+        if pidfile.exists() and alive(pid := int(pidfile.read_text())):
+            os.kill(pid, signal.SIGKILL)
+        self.consul.cleanup()
+
+    def write_kv(self) -> None:
+        """The keys messenger-deploy.sh reads (a dev-mode agent forgets them when it restarts)."""
+        for key, value in {
+            "messenger-db-host": "127.0.0.1", "messenger-db-port": "5432",
+            "messenger-db-application-user": "postgres", "messenger-db-password-never-do-this": "postgres",
+            "amqp-host": "127.0.0.1", "amqp-port": str(self.closed_port),
+        }.items():
+            self.consul.kv_put(key, value)
+
+    def deploy_load_balancer(self) -> None:
+        self.infra.run("messenger-load-balancer-deploy.sh", LB_PORT=str(self.lb_port), LB_BIND="127.0.0.1")
+
+    # -- instances
+    def deploy_instance(self) -> str:
+        """One more instance; returns its id (`messenger-PORT`)."""
+        return self.infra.deploy()
+
+    def stop_instance(self, *instance_ids: str) -> None:
+        """Graceful: deregister, drain, finish in-flight requests, exit (blocks until done)."""
+        self.infra.run("messenger-stop.sh", *(instance_ids or ("--all",)))
+
+    def kill_instance(self, instance_id: str) -> None:
+        """SIGKILL the instance's whole process group (master and workers), as a crash would."""
+        os.killpg(self.infra.pid(instance_id), signal.SIGKILL)
+
+    @staticmethod
+    def address(instance_id: str) -> str:
+        return f"127.0.0.1:{Infrastructure.port(instance_id)}"
+
+    def running_instances(self) -> list[str]:
+        return sorted(p.stem for p in (self.state_dir / "messenger").glob("*.pid") if alive(int(p.read_text())))
+
+    def passing_addresses(self) -> set[str]:
+        return {f"{s['Address']}:{s['Port']}" for s in self.infra.passing().values()}
+
+    def ensure_instances(self, count: int, timeout: float = 60) -> list[str]:
+        """Exactly `count` running, passing instances, all behind the load balancer."""
+        running = self.running_instances()
+        if len(running) > count:
+            self.stop_instance(*running[count:])
+            running = running[:count]
+        while len(running) < count:
+            running.append(self.deploy_instance())
+        self.wait_routed({self.address(i) for i in running}, timeout)
+        return running
+
+    # -- the load balancer
+    @property
+    def lb_url(self) -> str:
+        return f"http://127.0.0.1:{self.lb_port}"
+
+    @property
+    def nginx_dir(self) -> Path:
+        return self.state_dir / "load-balancer" / "nginx"
+
+    def watcher_status(self) -> dict:
+        return json.loads((self.nginx_dir / "status.json").read_text())
+
+    def nginx_master_pid(self) -> int:
+        return int((self.nginx_dir / "nginx.pid").read_text())
+
+    def wait_routed(self, addresses: set[str], timeout: float = 30) -> None:
+        """Until the load balancer's upstream list is exactly `addresses`."""
+        try:
+            wait_until(lambda: set(self.watcher_status()["instances"]) == addresses, timeout,
+                       interval=0.05, what=f"the load balancer to route to {sorted(addresses)}")
+        except TimeoutError as exc:
+            raise AssertionError(f"{exc}\nwatcher status: {self.watcher_status()}\n"
+                                 f"watcher log (tail):\n{self.watcher_log()[-3000:]}") from None
+
+    def watcher_log(self) -> str:
+        return (self.state_dir / "load-balancer" / "messenger-lb.log").read_text()
+
+    def get(self, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+        return http_get(f"{self.lb_url}{path}", headers=headers)
+
+    def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None,
+                timeout: float = 15) -> tuple[int, bytes, dict]:
+        """One request through the load balancer on a new connection: (status, body, headers)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.lb_port, timeout=timeout)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers={"Content-Type": "application/json", **(headers or {})})
+            response = conn.getresponse()
+            return response.status, response.read(), dict(response.headers)
+        finally:
+            conn.close()
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows from the instances' own database (not pytest's)."""
+        with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname=self.database) as conn:
+            return conn.execute(sql, params).fetchall()
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a killed one whose parent has not reaped it yet is a zombie: not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# --- steady load ------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    method: str
+    started: float  # time.monotonic()
+    ended: float
+    status: int | None  # None: no HTTP answer at all (connection error, timeout)
+    upstream: str | None
+    content: str | None = None  # a POSTed message's unique content
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+class ClientLoop:
+    """Threads sending requests through the load balancer until stopped, bounded in count and time.
+
+    Every `post_every`-th request of a thread POSTs a message with unique content
+    (so the database can say whether any was stored twice); the others GET the
+    conversation's messages. Each request opens its own connection.
+    """
+
+    def __init__(self, topology: Topology, conversation_id: int, user_id: int, threads: int = 6,
+                 max_requests: int = 6000, max_seconds: float = 60, post_every: int = 3):
+        self.topology = topology
+        self.path = f"/conversations/{conversation_id}/messages"
+        self.user_id = user_id
+        self.threads = threads
+        self.max_requests = max_requests
+        self.max_seconds = max_seconds
+        self.post_every = post_every
+        self.outcomes: list[Outcome] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
+
+    def _one(self, n: int) -> Outcome:
+        post = n % self.post_every == 0
+        method = "POST" if post else "GET"
+        content = f"lb-drill-{uuid.uuid4().hex}" if post else None
+        started = time.monotonic()
+        try:
+            status, _, headers = self.topology.request(
+                method, self.path if post else f"{self.path}?limit=5",
+                body={"content": content} if post else None, headers={"User-Id": str(self.user_id)})
+            return Outcome(method, started, time.monotonic(), status, headers.get("Upstream-Host"), content)
+        except (OSError, http.client.HTTPException) as exc:
+            return Outcome(method, started, time.monotonic(), None, None, content, repr(exc))
+
+    def _run(self, worker: int) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        n = worker
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                if len(self.outcomes) >= self.max_requests:
+                    return
+            outcome = self._one(n)
+            with self._lock:
+                self.outcomes.append(outcome)
+            n += 1
+
+    def __enter__(self) -> "ClientLoop":
+        for worker in range(self.threads):
+            thread = threading.Thread(target=self._run, args=(worker,), daemon=True)
+            thread.start()
+            self._workers.append(thread)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._workers:
+            thread.join(timeout=30)
+
+    def failures(self) -> list[Outcome]:
+        with self._lock:
+            return [o for o in self.outcomes if not o.ok]
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.outcomes)

@@ -1,0 +1,299 @@
+"""The load balancer in front of a live topology: real Consul, real NGINX, real instances.
+
+Everything is started the way an operator starts it, in the local runtime: the
+instances by infrastructure/messenger-deploy.sh (gunicorn on PostgreSQL, a
+database of these tests' own), the load balancer by
+infrastructure/messenger-load-balancer-deploy.sh (upstream_watcher.py and
+NGINX) on a free loopback port. Discovery timings are shortened (checks every
+second, a 2 s drain on SIGTERM) so every drill takes seconds.
+
+The drills run a steady, bounded client loop through the load balancer (a few
+threads, a new connection per request, GETs and POSTs with unique contents) and
+then ask the database whether any message was stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.support.load_balancer import ClientLoop, Topology, alive
+from tests.support.processes import http_get, wait_until
+
+pytestmark = pytest.mark.slow
+
+NO_INSTANCE = {"error": "No healthy messenger instance is available; try again shortly."}
+
+
+@pytest.fixture(scope="module")
+def topology():
+    # Not under pytest's tmp_path: its clean-up of older runs must never touch
+    # the folder of processes still running.
+    state_dir = Path(tempfile.mkdtemp(prefix="messenger-lb-state-"))
+    topology = Topology(state_dir, database="messenger_lb_instances")
+    try:
+        yield topology.start()
+    finally:
+        topology.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def conversation(topology):
+    """A conversation between seed users 1 and 2, created through the load balancer."""
+    topology.ensure_instances(1)
+    status, body, _ = topology.request("POST", "/conversations", {"participant_ids": [1, 2]})
+    assert status == 201, body
+    return json.loads(body)["conversation"]["id"]
+
+
+def report(name: str, value) -> None:
+    """A figure the drills measure, printed for `pytest -s` (timings are not asserted beyond the issue's bounds)."""
+    print(f"\n[load-balancer figure] {name}: {value}")
+
+
+def assert_each_post_stored_once(topology: Topology, loop: ClientLoop, conversation_id: int) -> None:
+    """Every acknowledged POST is stored once, none twice, and indexes have no gap."""
+    posts = [o for o in loop.outcomes if o.method == "POST"]
+    rows = dict(topology.query("SELECT content, count(*) FROM messages WHERE content = ANY(%s) GROUP BY content",
+                               ([o.content for o in posts],)))
+    assert [c for c, n in rows.items() if n != 1] == []
+    assert [o.content for o in posts if o.status == 201 and o.content not in rows] == []
+    indexes = [i for (i,) in topology.query('SELECT "index" FROM messages WHERE channel_id = %s ORDER BY 1',
+                                            (conversation_id,))]
+    assert indexes == list(range(1, len(indexes) + 1))
+
+
+def test_requests_through_the_load_balancer_reach_all_three_instances(topology):
+    instances = topology.ensure_instances(3)
+
+    served = Counter()
+    for _ in range(300):
+        status, body, headers = topology.get("/health")
+        assert (status, body) == (200, b"OK")
+        served[headers["Upstream-Host"]] += 1
+
+    assert set(served) == {topology.address(i) for i in instances}
+    assert sum(served.values()) == 300
+    report("300 requests per instance", dict(served))
+
+
+def test_links_the_service_builds_point_back_through_the_load_balancer(topology):
+    """Host is passed through, so `next` pages (and the browsable API's links) stay behind port LB."""
+    topology.ensure_instances(1)
+    status, body, headers = topology.get("/users?limit=1")
+    assert status == 200
+    assert json.loads(body)["next"] == f"{topology.lb_url}/users?after_id=1&limit=1"
+    assert headers["Upstream-Host"] in topology.passing_addresses()
+
+
+def test_a_new_instance_serves_within_two_seconds_of_passing_its_first_check(topology):
+    topology.ensure_instances(3)
+    seen: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def probe():
+        deadline = time.monotonic() + 90
+        while not stop.is_set() and time.monotonic() < deadline:
+            status, _, headers = topology.get("/health")
+            if status == 200:
+                seen.append((time.monotonic(), headers["Upstream-Host"]))
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    try:
+        new = topology.deploy_instance()
+        address = topology.address(new)
+        passed_at = wait_until(lambda: address in topology.passing_addresses() and time.monotonic(), 30,
+                               interval=0.02, what=f"{new} to pass its check")
+        served_at = wait_until(lambda: next((t for t, up in seen if up == address), None), 10, interval=0.02,
+                               what=f"a request served by {new}")
+    finally:
+        stop.set()
+        prober.join(timeout=10)
+
+    delay = served_at - passed_at
+    report("passing check -> first request served", f"{delay:.3f}s")
+    assert delay <= 2.0
+
+
+def test_graceful_stop_under_load_fails_no_request(topology, conversation):
+    instances = topology.ensure_instances(3)
+    victim = instances[0]
+    reloads_before = topology.watcher_status()["reloaded"]
+
+    with ClientLoop(topology, conversation, user_id=1) as loop:
+        wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the stop")
+        topology.stop_instance(victim)  # SIGTERM: deregister, drain, finish, exit
+        stopped_at = time.monotonic()
+        after = loop.count()
+        wait_until(lambda: loop.count() >= after + 100, 30, what="100 requests after the stop")
+
+    report("SIGTERM drill", f"{loop.count()} requests, {len(loop.failures())} failed, "
+                            f"{topology.watcher_status()['reloaded'] - reloads_before} reload(s)")
+    assert loop.failures() == []
+    served_by_victim = [o for o in loop.outcomes if o.upstream == topology.address(victim)]
+    assert served_by_victim, "the stopped instance served part of the load before it left"
+    assert [o for o in served_by_victim if o.started > stopped_at] == []
+    assert_each_post_stored_once(topology, loop, conversation)
+
+
+def test_sigkill_under_load_fails_only_requests_in_flight_and_stores_no_post_twice(topology, conversation):
+    instances = topology.ensure_instances(3)
+    victim = instances[0]
+    address = topology.address(victim)
+    reloads_before = topology.watcher_status()["reloaded"]
+
+    with ClientLoop(topology, conversation, user_id=1) as loop:
+        wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the kill")
+        killed_at = time.monotonic()
+        topology.kill_instance(victim)
+        critical_at = wait_until(lambda: address not in topology.passing_addresses() and time.monotonic(), 30,
+                                 interval=0.02, what=f"{victim}'s check to turn critical")
+        topology.wait_routed({topology.address(i) for i in instances[1:]})
+        after = loop.count()
+        wait_until(lambda: loop.count() >= after + 150, 30, what="150 requests after the check turned critical")
+
+    failures = loop.failures()
+    report("SIGKILL drill", f"{loop.count()} requests, {len(failures)} failed "
+                            f"(started {[round(f.started - killed_at, 3) for f in failures]}s after the kill), "
+                            f"check critical after "
+                            f"{critical_at - killed_at:.2f}s, "
+                            f"{topology.watcher_status()['reloaded'] - reloads_before} reload(s)")
+    # After the check turned critical: nothing fails.
+    assert [f for f in failures if f.started >= critical_at] == []
+    # Before: only what the dead instance had in flight, a POST NGINX must not
+    # pass on (a GET or a refused connection goes to the next instance). The
+    # margin covers a request that met the instance while the kernel was still
+    # closing its sockets.
+    for failure in failures:
+        assert failure.started < killed_at + 0.25 and failure.ended > killed_at, failure
+        assert (failure.method, failure.status) == ("POST", 502), failure
+        assert failure.upstream == address, failure
+    assert_each_post_stored_once(topology, loop, conversation)
+
+
+def test_no_healthy_instance_answers_503_json_until_one_comes_back_without_a_restart(topology):
+    topology.ensure_instances(1)
+    nginx_master = topology.nginx_master_pid()
+    watcher_pid = topology.watcher_status()["pid"]
+
+    topology.stop_instance()  # all of them
+    topology.wait_routed(set())
+    for method, body in (("GET", None), ("POST", {"participant_ids": [2, 3]})):
+        status, raw, headers = topology.request(method, "/conversations", body, headers={"User-Id": "1"})
+        assert (status, json.loads(raw)) == (503, NO_INSTANCE)
+        assert headers["Content-Type"] == "application/json"
+        assert headers["Retry-After"] == "1"
+    os.kill(nginx_master, 0)  # NGINX still runs
+
+    back = topology.deploy_instance()
+    topology.wait_routed({topology.address(back)})
+    status, body, headers = topology.get("/health")
+    assert (status, body, headers["Upstream-Host"]) == (200, b"OK", topology.address(back))
+    assert topology.nginx_master_pid() == nginx_master
+    assert topology.watcher_status()["pid"] == watcher_pid
+
+
+def test_consul_outage_keeps_traffic_flowing_and_changes_are_picked_up_when_it_returns(topology, conversation):
+    instances = topology.ensure_instances(2)
+    known = {topology.address(i) for i in instances}
+
+    with ClientLoop(topology, conversation, user_id=2) as loop:
+        wait_until(lambda: loop.count() >= 50, 30, what="50 requests before the outage")
+        topology.consul.stop()
+        wait_until(lambda: topology.watcher_status()["consul_reachable"] is False, 30,
+                   what="the watcher to notice Consul is gone")
+        during = loop.count()
+        wait_until(lambda: loop.count() >= during + 150, 30, what="150 requests during the outage")
+        served_during_outage = {o.upstream for o in loop.outcomes[during:during + 150]}
+
+        # Consul comes back empty (a dev agent keeps nothing); the instances
+        # register again on their own, and a new one is picked up.
+        topology.consul.start()
+        topology.write_kv()
+        wait_until(lambda: topology.passing_addresses() == known, 30, what="the instances to register again")
+        new = topology.deploy_instance()
+        topology.wait_routed(known | {topology.address(new)}, timeout=30)
+        wait_until(lambda: any(o.upstream == topology.address(new) for o in loop.outcomes[-50:]), 30,
+                   what="the new instance to serve part of the load")
+
+    report("Consul outage drill", f"{loop.count()} requests, {len(loop.failures())} failed")
+    assert loop.failures() == []
+    assert served_during_outage == known
+    assert_each_post_stored_once(topology, loop, conversation)
+
+
+def test_body_limits_and_metrics_answer_json_through_the_load_balancer(topology):
+    topology.ensure_instances(1)
+
+    status, body, headers = topology.request("POST", "/users", {"name": "x" * 200_000})
+    assert (status, json.loads(body)) == (413, {"error": "Request body is larger than JSON_BODY_LIMIT (102400 bytes)"})
+    assert "Upstream-Host" in headers  # the service's own answer
+
+    status, body, headers = topology.request("POST", "/users", {"name": "x" * 2_000_000})
+    assert (status, json.loads(body)) == (413, {"error": "Request body is larger than the load balancer accepts (1mb)"})
+
+    status, body, headers = topology.get("/metrics")
+    assert (status, json.loads(body)) == (404, {"error": "No route for GET /metrics"})
+    assert "Upstream-Host" not in headers  # never reached an instance
+
+
+def test_browsable_api_renders_in_chromium_through_the_load_balancer(topology, tmp_path):
+    topology.ensure_instances(2)
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is installed by scripts/install-system-deps.sh"
+    page = f"{topology.lb_url}/users"
+
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page],
+        capture_output=True, text=True, timeout=120)
+    dom = result.stdout
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"<title>\s*Users – Django REST framework\s*</title>", dom), dom[:2000]
+    assert "James Blanderphone" in dom and "Flambaravo Chortleblatt" in dom
+    stylesheets = re.findall(r'<link rel="stylesheet" type="text/css" href="(/static/[^"]+\.css)"', dom)
+    assert "/static/rest_framework/css/bootstrap.min.css" in stylesheets
+    # The browser itself fetched every stylesheet through the load balancer...
+    access_log = (topology.nginx_dir / "logs" / "access.log").read_text()
+    for href in stylesheets:
+        assert re.search(rf'"GET {re.escape(href)} HTTP/1\.1" 200 .*HeadlessChrome', access_log), href
+        # ...and an instance served it as CSS.
+        status, body, headers = http_get(f"{topology.lb_url}{href}")
+        assert (status, headers["Content-Type"].split(";")[0]) == (200, "text/css")
+        assert headers["Upstream-Host"] in topology.passing_addresses()
+        assert len(body) == int(headers["Content-Length"]) > 0
+
+
+def test_deploy_is_idempotent_and_nginx_outlives_a_killed_watcher(topology):
+    topology.ensure_instances(1)
+    watcher_pid = topology.watcher_status()["pid"]
+    nginx_master = topology.nginx_master_pid()
+
+    topology.deploy_load_balancer()
+    assert topology.watcher_status()["pid"] == watcher_pid
+
+    os.kill(watcher_pid, signal.SIGKILL)
+    wait_until(lambda: not alive(watcher_pid), 10, what="the watcher to die")
+    assert topology.get("/health")[0] == 200  # NGINX serves on alone
+
+    topology.deploy_load_balancer()
+    wait_until(lambda: topology.watcher_status()["pid"] != watcher_pid, 30, what="the new watcher")
+    assert topology.nginx_master_pid() == nginx_master  # adopted, not restarted
+    topology.deploy_instance()
+    topology.wait_routed({topology.address(i) for i in topology.running_instances()})
+
