@@ -41,7 +41,7 @@ def topology():
     # Not under pytest's tmp_path: its clean-up of older runs must never touch
     # the folder of processes still running.
     state_dir = Path(tempfile.mkdtemp(prefix="messenger-lb-state-"))
-    topology = Topology(state_dir, database="messenger_lb_instances")
+    topology = Topology(state_dir, database=f"{os.environ['PGDATABASE']}_lb_instances")
     try:
         yield topology.start()
     finally:
@@ -66,6 +66,7 @@ def report(name: str, value) -> None:
 def assert_each_post_stored_once(topology: Topology, loop: ClientLoop, conversation_id: int) -> None:
     """Every acknowledged POST is stored once, none twice, and indexes have no gap."""
     posts = [o for o in loop.outcomes if o.method == "POST"]
+    assert len(posts) >= 20, "the drill posted messages while it ran"
     rows = dict(topology.query("SELECT content, count(*) FROM messages WHERE content = ANY(%s) GROUP BY content",
                                ([o.content for o in posts],)))
     assert [c for c, n in rows.items() if n != 1] == []
@@ -174,9 +175,10 @@ def test_sigkill_under_load_fails_only_requests_in_flight_and_stores_no_post_twi
     # After the check turned critical: nothing fails.
     assert [f for f in failures if f.started >= critical_at] == []
     # Before: only what the dead instance had in flight, a POST NGINX must not
-    # pass on (a GET or a refused connection goes to the next instance). The
-    # margin covers a request that met the instance while the kernel was still
-    # closing its sockets.
+    # pass on (a GET or a refused connection goes to the next instance). A
+    # killed process takes a few milliseconds to die, and until its sockets are
+    # closed the kernel still accepts connections for it: the margin covers
+    # requests sent to it in that moment (seen: up to 15ms after the kill).
     for failure in failures:
         assert failure.started < killed_at + 0.25 and failure.ended > killed_at, failure
         assert (failure.method, failure.status) == ("POST", 502), failure
