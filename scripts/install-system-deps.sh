@@ -67,5 +67,7 @@ $SUDO apt-get install -y -qq --no-install-recommends -t bullseye consul >/dev/nu
 if command -v systemctl >/dev/null 2>&1; then
   $SUDO systemctl disable --now nginx consul >/dev/null 2>&1 || true
 fi
-pkill -x nginx >/dev/null 2>&1 || true
+# Debian's package starts its own NGINX on port 80 where there is no systemd;
+# stop that one (by its package pid file) and no other.
+if [ -f /run/nginx.pid ]; then $SUDO nginx -s quit >/dev/null 2>&1 || true; fi
 log "installed: $(nginx -v 2>&1) / $(consul version | head -n 1) / $(chromium --version 2>/dev/null)"
