@@ -58,3 +58,17 @@ def test_json_nested_too_deeply_is_a_400_not_a_500(api, users, path):
     response = api.post(path, body, content_type="application/json")
     assert response.status_code == 400
     assert response.json() == {"error": "Malformed JSON in request body: JSON parse error - nested too deeply"}
+
+
+@pytest.mark.parametrize("method, path", [
+    ("get", "/conversations/{cid}/messages"),
+    ("get", "/conversations"),
+    ("post", "/conversations/{cid}/messages"),
+])
+def test_an_empty_user_id_header_is_malformed_not_absent(api, users, conversation, method, path):
+    """Found with seed 7: `User-Id:` with no value was read as no header, so an open read answered 200
+    to a value the description (an integer) refuses."""
+    body = {"data": {"content": "x"}, "format": "json"} if method == "post" else {}
+    response = getattr(api, method)(path.format(cid=conversation.pk), HTTP_USER_ID="", **body)
+    assert response.status_code == 400
+    assert response.json() == {"error": "User-Id header must be a positive integer, got ''"}
