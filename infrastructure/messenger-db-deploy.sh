@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The messenger team's database. Starts PostgreSQL (Docker runtime) or uses the
-# one this machine runs (local runtime), makes sure the migrator role exists,
-# and writes where and how to connect to Consul KV, where the services deployed
-# after it read them. Safe to run again.
+# one this machine runs (local runtime), makes sure the application and migrator
+# roles exist (infrastructure/sql/roles.sql), and writes where and how to
+# connect to Consul KV, where the services deployed after it read them. Safe to
+# run again.
 #
 #   CONSUL_HOST=127.0.0.1 CONSUL_PORT=8500 ./infrastructure/messenger-db-deploy.sh
 #
@@ -14,16 +15,28 @@ source "$(dirname "$0")/lib.sh"
 
 # This configuration requires a new commit to change
 PORT=5432
+# The cluster's superuser: only this script uses it, to make the roles below.
 POSTGRES_USER=postgres
 # NOTE: Never do this in a real-world deployment. Store passwords
 # only in an encrypted secrets store.
 POSTGRES_PASSWORD=postgres
-# Migration user
+# Application user: what serving instances connect as. It may read and write
+# rows and nothing else (no CREATE, ALTER, DROP or TRUNCATE).
+POSTGRES_APPLICATION_USER=messenger
+# NOTE: As above, never do this in a real deployment.
+POSTGRES_APPLICATION_PASSWORD=messenger_password
+# Migration user: owns the database it creates (create_db) and its schema; not
+# a superuser.
 POSTGRES_MIGRATOR_USER=messenger_migrator
 # NOTE: As above, never do this in a real deployment.
 POSTGRES_MIGRATOR_PASSWORD=migrator_password
 POSTGRES_IMAGE=postgres:15
 DB_CONTAINER=messenger-db-primary  # also its host name on the Docker network
+
+# The database the migrator creates and migrates, unless the caller names
+# another (the test suite does). If it exists already, roles.sql hands it to
+# the migrator and gives the application user its rows.
+DB_NAME="${MESSENGER_DB_NAME:-messenger}"
 
 # Local runtime: where this machine's PostgreSQL listens (its superuser is
 # POSTGRES_USER; a cluster with trust auth does not check the password).
@@ -69,19 +82,19 @@ for _ in $(seq 1 60); do
 done
 ready || die "PostgreSQL at ${DB_HOST}:${DB_PORT} is not accepting connections after 60s"
 
-# The seed creates the migrator by hand (CREATE USER ... WITH SUPERUSER); here
-# it is created once, and an existing role is left as it is.
-run_psql -v ON_ERROR_STOP=1 -v migrator_user="${POSTGRES_MIGRATOR_USER}" \
-  -v migrator_password="${POSTGRES_MIGRATOR_PASSWORD}" <<'SQL'
-SELECT format('CREATE ROLE %I WITH LOGIN SUPERUSER PASSWORD %L', :'migrator_user', :'migrator_password')
- WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'migrator_user') \gexec
-SQL
-log "PostgreSQL at ${DB_HOST}:${DB_PORT} is ready; role ${POSTGRES_MIGRATOR_USER} exists"
+# The seed makes the migrator a superuser by hand and serves as the superuser;
+# here each job gets a role with only what it needs. Re-running updates the
+# passwords and changes nothing else.
+run_psql -v ON_ERROR_STOP=1 \
+  -v app_user="${POSTGRES_APPLICATION_USER}" -v app_password="${POSTGRES_APPLICATION_PASSWORD}" \
+  -v migrator_user="${POSTGRES_MIGRATOR_USER}" -v migrator_password="${POSTGRES_MIGRATOR_PASSWORD}" \
+  -v db_name="${DB_NAME}" <"${INFRA_DIR}/sql/roles.sql"
+log "PostgreSQL at ${DB_HOST}:${DB_PORT} is ready; roles ${POSTGRES_APPLICATION_USER} (application) and ${POSTGRES_MIGRATOR_USER} (migrator) exist"
 
 kv_put messenger-db-port "${DB_PORT}"
 kv_put messenger-db-host "${DB_HOST}"
-kv_put messenger-db-application-user "${POSTGRES_USER}"
-kv_put messenger-db-password-never-do-this "${POSTGRES_PASSWORD}"
+kv_put messenger-db-application-user "${POSTGRES_APPLICATION_USER}"
+kv_put messenger-db-password-never-do-this "${POSTGRES_APPLICATION_PASSWORD}"
 kv_put messenger-db-migrator-user "${POSTGRES_MIGRATOR_USER}"
 kv_put messenger-db-migrator-password-never-do-this "${POSTGRES_MIGRATOR_PASSWORD}"
 log "Done registering postgres details with Consul at ${CONSUL_URL}"

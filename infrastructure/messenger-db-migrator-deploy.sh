@@ -45,6 +45,8 @@ AMQPPORT="$(kv_get amqp-port)"
 
 # The migrator is what applies the migrations, so it starts before they are.
 REQUIRE_MIGRATED_DB=false
+# A migration may run longer than any request may (0: no statement timeout).
+PG_STATEMENT_TIMEOUT=0
 
 if instance_running "${CONSUL_SERVICE_NAME}" "${INSTANCE_ID}"; then
   die "${INSTANCE_ID} is already running: stop it first (infrastructure/messenger-stop.sh --service ${CONSUL_SERVICE_NAME} ${INSTANCE_ID})"
@@ -52,5 +54,5 @@ fi
 choose_listen_address "${DOCKER_PORT}"
 
 start_instance "${CONSUL_SERVICE_NAME}" "${INSTANCE_ID}" "${INSTANCE_VARIABLES[@]}" \
-  REQUIRE_MIGRATED_DB DB_APPLICATION_USER
+  REQUIRE_MIGRATED_DB DB_APPLICATION_USER PG_STATEMENT_TIMEOUT
 echo "${INSTANCE_ID}"

@@ -62,7 +62,11 @@ def refuse_unmigrated_database(using: str = "default") -> None:
     try:
         pending = pending_migrations(using)
     except DatabaseError as exc:
-        raise StartupRefused(f"cannot check the migrations of {where}: {str(exc).strip()}") from None
+        reason = str(exc).strip()
+        # No SQLSTATE comes with a refused connection; the server's text is what tells.
+        if f'database "{name}" does not exist' in reason:
+            raise StartupRefused(f"{where} does not exist: {RUN_THE_MIGRATOR}") from None
+        raise StartupRefused(f"cannot check the migrations of {where}: {reason}") from None
     finally:
         # Never hand an open connection to the workers gunicorn is about to fork.
         connections.close_all()

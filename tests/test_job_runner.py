@@ -9,6 +9,7 @@ real gunicorn instance with the application role's.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import textwrap
 import time
@@ -21,8 +22,9 @@ import pytest
 
 from conversations.job_lock import lock_key
 from conversations.management.commands.seed import SEED_USERS
-from tests.support.postgres import PG_BIN
-from tests.support.processes import REPO_ROOT, wait_until
+from tests.support.infrastructure import Infrastructure
+from tests.support.postgres import PG_BIN, ThrowawayPostgres
+from tests.support.processes import REPO_ROOT, free_port, http_get, wait_until
 from tests.support.service import ServiceProcess, job_env, manage, manage_command
 
 pytestmark = pytest.mark.slow
@@ -56,6 +58,31 @@ class Roles:
     def create_db(self, name: str) -> subprocess.CompletedProcess:
         """The seed's first job: connect to the maintenance database, create CREATE_DB_NAME."""
         return self.job("postgres", "create_db", CREATE_DB_NAME=name)
+
+
+# What messenger-db-deploy.sh writes: its commit-time settings, where the local runtime's database listens.
+DB_KEYS = {
+    "messenger-db-host": "127.0.0.1",
+    "messenger-db-application-user": "messenger",
+    "messenger-db-password-never-do-this": "messenger_password",
+    "messenger-db-migrator-user": "messenger_migrator",
+    "messenger-db-migrator-password-never-do-this": "migrator_password",
+}
+
+
+@dataclass
+class LoadBalancerView:
+    """The local runtime's load balancer, seen from outside: what it routes to, and a request through it."""
+
+    state_dir: Path
+    port: int
+
+    def routed(self) -> list[str]:
+        status = self.state_dir / "load-balancer" / "nginx" / "status.json"  # written by the watcher
+        return sorted(json.loads(status.read_text())["instances"])
+
+    def get(self, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+        return http_get(f"http://127.0.0.1:{self.port}{path}", headers=headers)
 
 
 def apply_roles_sql(cluster, *, app=(APP_USER, APP_PASSWORD), migrator=(MIGRATOR_USER, MIGRATOR_PASSWORD),
@@ -468,3 +495,69 @@ def test_without_postgresql_the_jobs_need_no_lock_and_the_check_still_guards_sta
         assert service.request("POST", "/conversations", {"participant_ids": [1, 2]})[0] == 201
     finally:
         service.stop()
+
+
+# --- the seed's sequence, through the deploy scripts ----------------------------------
+
+
+@pytest.fixture
+def seed_cluster():
+    """A password-checking cluster whose superuser password is the db script's POSTGRES_PASSWORD setting."""
+    cluster = ThrowawayPostgres(superuser_password="postgres").start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_the_seeds_migration_sequence_through_the_scripts_keeps_the_migrator_out_of_the_load_balancer(
+        seed_cluster, consul_agent, tmp_path):
+    """db deploy, migrator deploy, create_db / migrate / seed inside it, stop it; then serving instances."""
+    infra = Infrastructure(consul_agent, tmp_path / "state", "messenger", LOCAL_PGPORT=str(seed_cluster.port),
+                           CONSUL_CHECK_INTERVAL="1s", CONSUL_RETRY_INTERVAL="1s", SHUTDOWN_DRAIN_SECONDS="0")
+    lb = LoadBalancerView(tmp_path / "state", free_port())
+    try:
+        infra.platform_and_database()
+        assert {key: consul_agent.kv_get(key) for key in DB_KEYS} == DB_KEYS
+        infra.run("messenger-load-balancer-deploy.sh", LB_PORT=str(lb.port), LB_BIND="127.0.0.1")
+        wait_until(lambda: lb.routed() == [], timeout=30, what="the load balancer's first (empty) upstream list")
+
+        # Before the migration a serving instance refuses to start, and says what to do.
+        refused = infra.run("messenger-deploy.sh", check=False)
+        assert refused.returncode == 1
+        assert (f"Error: database 'messenger' at 127.0.0.1:{seed_cluster.port} as 'messenger' does not exist: "
+                "run the migrator job") in refused.stderr
+
+        assert infra.run("messenger-db-migrator-deploy.sh").stdout == "messenger-migrator\n"
+        [migrator] = wait_until(lambda: consul_agent.catalog_instances("messenger-migrator"), timeout=30,
+                                what="the migrator in Consul's catalog")
+
+        created = infra.run("messenger-exec.sh", "-e", "PGDATABASE=postgres", "-e", "CREATE_DB_NAME=messenger",
+                            "messenger-migrator", "python", "manage.py", "create_db")
+        assert created.stdout == "Created database 'messenger'.\n"
+        migrated = infra.run("messenger-exec.sh", "messenger-migrator", "python", "manage.py", "migrate", "--no-input")
+        assert "Application role 'messenger' may read and write rows in" in migrated.stdout
+        seeded = infra.run("messenger-exec.sh", "messenger-migrator", "python", "manage.py", "seed")
+        assert seeded.stdout == "Seed users: 3 created, 0 already present (3 users in all).\n"
+
+        # Its database exists now, so the migrator passes its check: in Consul, but not as `messenger`.
+        infra.wait_passing(1, service="messenger-migrator")
+        assert consul_agent.catalog_instances("messenger") == []
+        assert lb.routed() == [] and lb.get("/health")[0] == 503
+        infra.run("messenger-stop.sh", "--service", "messenger-migrator", "messenger-migrator")
+        assert consul_agent.catalog_instances("messenger-migrator") == []
+
+        instance = infra.deploy()
+        assert infra.instance_environment(instance)["PGUSER"] == "messenger"
+        address = f"127.0.0.1:{infra.port(instance)}"
+        wait_until(lambda: lb.routed() == [address], timeout=30, what="the load balancer to route to the instance")
+        status, body, headers = lb.get("/conversations", {"User-Id": "1"})
+        assert (status, json.loads(body), headers["Upstream-Host"]) == (200, {"conversations": []}, address)
+        assert f"127.0.0.1:{migrator['ServicePort']}" not in (tmp_path / "state").joinpath(
+            "load-balancer", "nginx", "messenger-upstream.conf").read_text()
+        with seed_cluster.connect(dbname="messenger") as conn:
+            assert conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'messenger'"
+                                ).fetchone() == ("messenger_migrator",)
+    finally:
+        infra.run("messenger-load-balancer-stop.sh", check=False)
+        infra.cleanup()

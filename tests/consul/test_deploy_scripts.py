@@ -25,8 +25,8 @@ pytestmark = pytest.mark.slow
 SEED_KEYS = {
     "messenger-db-host": "127.0.0.1",
     "messenger-db-port": "5432",
-    "messenger-db-application-user": "postgres",
-    "messenger-db-password-never-do-this": "postgres",
+    "messenger-db-application-user": "messenger",
+    "messenger-db-password-never-do-this": "messenger_password",
     "messenger-db-migrator-user": "messenger_migrator",
     "messenger-db-migrator-password-never-do-this": "migrator_password",
     "amqp-host": "127.0.0.1",
@@ -96,7 +96,7 @@ def test_db_script_keys_reach_the_instance_the_deploy_script_starts(infrastructu
         "PORT": str(port),
         "BIND_HOST": "127.0.0.1",
         "JSON_BODY_LIMIT": "100kb",
-        "PGUSER": "postgres",
+        "PGUSER": "messenger",
         "PGPORT": "5432",
         "PGHOST": "127.0.0.1",
         "PGPASSWORD": "rotated-in-consul",
@@ -250,7 +250,7 @@ def test_docker_runtime_is_chosen_when_an_engine_answers_and_runs_the_seed_conta
                                                       "AMQPHOST", "AMQPPORT", "CONSUL_HOST", "CONSUL_PORT",
                                                       "CONSUL_SERVICE_ADDRESS")} == {
         "PORT": "4000", "BIND_HOST": "0.0.0.0", "PGHOST": "messenger-db-primary", "PGPORT": "5432",
-        "PGUSER": "postgres", "PGPASSWORD": "postgres", "AMQPHOST": "rabbitmq", "AMQPPORT": "5672",
+        "PGUSER": "messenger", "PGPASSWORD": "messenger_password", "AMQPHOST": "rabbitmq", "AMQPPORT": "5672",
         "CONSUL_HOST": "consul-client", "CONSUL_PORT": "8500", "CONSUL_SERVICE_ADDRESS": "",
     }
     assert list(infrastructure.state_dir.glob("*/*.pid")) == []  # nothing ran locally
