@@ -190,13 +190,12 @@ FAKE_DOCKER = textwrap.dedent("""\
     # Stands in for a Docker engine, which these machines lack: records each
     # call with its environment and answers like an engine with nothing running.
     import json, os, sys
-    with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
-        log.write(json.dumps({"argv": sys.argv[1:], "env": dict(os.environ)}) + "\\n")
     command = sys.argv[1]
+    stdin = sys.stdin.read() if command == "exec" and "-i" in sys.argv else None
+    with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
+        log.write(json.dumps({"argv": sys.argv[1:], "env": dict(os.environ), "stdin": stdin}) + "\\n")
     if command == "info":
         sys.exit(int(os.environ.get("FAKE_DOCKER_INFO_STATUS", "0")))
-    if command == "exec" and "-i" in sys.argv:
-        sys.stdin.read()
     if command == "run":
         print("f" * 64)
 """)
@@ -219,14 +218,20 @@ def fake_docker(tmp_path):
     return calls
 
 
-def test_docker_runtime_is_chosen_when_an_engine_answers_and_runs_the_seed_containers(
-        infrastructure, consul_agent, fake_docker):
+def docker_platform_and_database(infrastructure, consul_agent, fake_docker) -> dict[str, str]:
+    """Run the platform and db scripts in the Docker runtime; return the environment for the next scripts."""
     # Inside the Docker network instances reach Consul as consul-client:8500;
     # this host reaches the same agent at CONSUL_HTTP_ADDR.
     env = {**fake_docker.env, "MESSENGER_RUNTIME": "", "CONSUL_HOST": "consul-client", "CONSUL_PORT": "8500",
            "CONSUL_HTTP_ADDR": consul_agent.address}
     infrastructure.run("platform-deploy.sh", **env)
     infrastructure.run("messenger-db-deploy.sh", **env)
+    return env
+
+
+def test_docker_runtime_is_chosen_when_an_engine_answers_and_runs_the_seed_containers(
+        infrastructure, consul_agent, fake_docker):
+    env = docker_platform_and_database(infrastructure, consul_agent, fake_docker)
     instance = infrastructure.run("messenger-deploy.sh", **env).stdout.strip()
 
     runs = {call["argv"][call["argv"].index("--name") + 1]: call for call in fake_docker("run")}
@@ -254,6 +259,37 @@ def test_docker_runtime_is_chosen_when_an_engine_answers_and_runs_the_seed_conta
         "CONSUL_HOST": "consul-client", "CONSUL_PORT": "8500", "CONSUL_SERVICE_ADDRESS": "",
     }
     assert list(infrastructure.state_dir.glob("*/*.pid")) == []  # nothing ran locally
+
+
+def test_docker_runtime_makes_the_roles_and_runs_the_seeds_jobs_in_a_migrator_container(
+        infrastructure, consul_agent, fake_docker):
+    """The db script pipes roles.sql into the database container; the jobs are the seed's `docker exec` lines."""
+    env = docker_platform_and_database(infrastructure, consul_agent, fake_docker)
+    [roles] = [call for call in fake_docker("exec") if "psql" in call["argv"]]
+    assert roles["argv"][:3] == ["exec", "-i", "messenger-db-primary"]
+    assert {"app_user=messenger", "app_password=messenger_password", "migrator_user=messenger_migrator",
+            "migrator_password=migrator_password", f"db_name={infrastructure.env['MESSENGER_DB_NAME']}"} <= {
+        roles["argv"][i + 1] for i, arg in enumerate(roles["argv"]) if arg == "-v"}
+    assert roles["stdin"] == (INFRA / "sql" / "roles.sql").read_text()
+
+    assert infrastructure.run("messenger-db-migrator-deploy.sh", **env).stdout == "messenger-migrator\n"
+    [migrator] = [call for call in fake_docker("run") if "messenger-migrator" in call["argv"]]
+    assert migrator["argv"][migrator["argv"].index("--name") + 1] == "messenger-migrator"
+    passed = {migrator["argv"][i + 1] for i, arg in enumerate(migrator["argv"]) if arg == "-e"}
+    assert passed == INSTANCE_VARIABLES | {"REQUIRE_MIGRATED_DB", "DB_APPLICATION_USER", "PG_STATEMENT_TIMEOUT"}
+    assert {name: migrator["env"][name] for name in ("PGUSER", "PGPASSWORD", "CONSUL_SERVICE_NAME",
+                                                     "REQUIRE_MIGRATED_DB", "DB_APPLICATION_USER",
+                                                     "PG_STATEMENT_TIMEOUT")} == {
+        "PGUSER": "messenger_migrator", "PGPASSWORD": "migrator_password", "CONSUL_SERVICE_NAME": "messenger-migrator",
+        "REQUIRE_MIGRATED_DB": "false", "DB_APPLICATION_USER": "messenger", "PG_STATEMENT_TIMEOUT": "0",
+    }
+
+    seed_job = ["-e", "PGDATABASE=postgres", "-e", "CREATE_DB_NAME=messenger", "messenger-migrator",
+                "python", "manage.py", "create_db"]
+    job = subprocess.run([str(INFRA / "messenger-exec.sh"), *seed_job], env={**infrastructure.env, **env},
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert job.returncode == 0, job.stderr
+    assert fake_docker("exec")[-1]["argv"] == ["exec", "-i", *seed_job]
 
 
 def test_consul_client_name_that_does_not_resolve_here_asks_for_consul_http_addr(infrastructure, fake_docker):
