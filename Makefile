@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # The event worker: relays the outbox to RabbitMQ, with beat's periodic sweep embedded.
 WORKER := $(VENV)/bin/celery -A messenger worker --beat --loglevel INFO
 
-.PHONY: help venv system-deps run worker test docs bench
+.PHONY: help venv system-deps run worker test docs bench up down ps scale reset-db
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,3 +52,22 @@ docs: $(STAMP) ## Regenerate the README's configuration table and .env.example f
 
 bench: $(STAMP) ## Run every benchmark scenario against the running stack (make up) and pgbench; print one table
 	$(PY) bench/run.py
+
+# --- the whole topology (infrastructure/stack.sh) ---------------------------------
+STACK := infrastructure/stack.sh
+
+up: $(STAMP) system-deps ## Bring up the whole system: Consul, RabbitMQ, PostgreSQL, migrator job, 3 instances, worker, NGINX on 8085
+	@bash $(STACK) up
+
+down: ## Stop everything `make up` started, gracefully
+	@bash $(STACK) down
+
+ps: ## List the pieces of the running system and their health
+	@bash $(STACK) ps
+
+scale: $(STAMP) ## Run N serving instances (make scale N=5); they take traffic without a restart
+	@test -n "$(N)" || { echo "usage: make scale N=5" >&2; exit 2; }
+	@bash $(STACK) scale $(N)
+
+reset-db: $(STAMP) ## Empty the stack's database and seed it again, through the migrator job
+	@bash $(STACK) reset-db

@@ -143,27 +143,45 @@ running_pid() {  # pidfile
   if [ -n "${pid}" ] && process_alive "${pid}"; then echo "${pid}"; fi
 }
 
-# start_local_process KIND ID PORT ENVFILE COMMAND...
+# start_local_process KIND ID READY ENVFILE COMMAND...
 # Runs COMMAND in its own session (so a Ctrl+C in the caller's terminal does
 # not reach it) with exactly the environment in ENVFILE, records its pid, and
-# waits until it accepts connections on 127.0.0.1:PORT.
+# waits until it is ready: READY is a port (it accepts connections on
+# 127.0.0.1:READY) or `log:TEXT` (TEXT appears in what it logs from now on,
+# for a process with no port, such as the event worker).
 start_local_process() {
   local kind=$1 id=$2 port=$3 envfile=$4
   shift 4
-  local pidfile logfile pid
+  local pidfile logfile pid log_offset
   pidfile="$(state_path "${kind}" "${id}" pid)"
   logfile="$(state_path "${kind}" "${id}" log)"
   mkdir -p "$(dirname "${pidfile}")"
+  log_offset="$(stat -c %s "${logfile}" 2>/dev/null || echo 0)"
+  # Another process on the port would pass the readiness check for this one.
+  case "${port}" in
+    log:*) ;;
+    *) ! port_answers 127.0.0.1 "${port}" || die "port ${port} is already in use: cannot start ${id} there" ;;
+  esac
   local -a environment=()
   mapfile -t environment <"${envfile}"
   (cd "${REPO_ROOT}" && exec setsid env -i "${environment[@]}" "$@" </dev/null >>"${logfile}" 2>&1) &
   pid=$!
   echo "${pid}" >"${pidfile}"
   for _ in $(seq 1 600); do
-    if port_answers 127.0.0.1 "${port}"; then
-      log "${id}: running, pid ${pid}, port ${port}, log ${logfile}"
-      return 0
-    fi
+    case "${port}" in
+      log:*)
+        if tail -c "+$((log_offset + 1))" "${logfile}" 2>/dev/null | grep -qF -- "${port#log:}"; then
+          log "${id}: running, pid ${pid}, log ${logfile}"
+          return 0
+        fi
+        ;;
+      *)
+        if port_answers 127.0.0.1 "${port}"; then
+          log "${id}: running, pid ${pid}, port ${port}, log ${logfile}"
+          return 0
+        fi
+        ;;
+    esac
     if ! process_alive "${pid}"; then
       rm -f "${pidfile}"
       tail -n 40 "${logfile}" >&2 || true
@@ -172,7 +190,7 @@ start_local_process() {
     sleep 0.1
   done
   stop_local_process "${kind}" "${id}"
-  die "${id} did not accept connections on port ${port} within 60s (log: ${logfile})"
+  die "${id} was not ready (${port}) within 60s (log: ${logfile})"
 }
 
 # stop_local_process KIND ID: SIGTERM, wait for a graceful exit, SIGKILL the
@@ -249,6 +267,11 @@ choose_listen_address() {
 # start_instance KIND ID VAR...: run one instance of the messenger image (or,
 # locally, the project's gunicorn) with exactly the named variables, which the
 # caller has set. In the local runtime PORT must be a free port.
+# A caller that runs something else from the same image (the event worker) sets
+# INSTANCE_COMMAND (the command, relative to the image's PATH or the venv's
+# bin) and INSTANCE_READY (a start_local_process READY, e.g. log:ready.).
+INSTANCE_COMMAND=()
+INSTANCE_READY=""
 start_instance() {
   local kind=$1 id=$2
   shift 2
@@ -266,7 +289,7 @@ start_instance() {
       --network "${MESSENGER_DOCKER_NETWORK}" \
       --stop-timeout "${STOP_TIMEOUT_SECONDS}" \
       "${env_flags[@]}" \
-      "${MESSENGER_IMAGE}" >/dev/null
+      "${MESSENGER_IMAGE}" ${INSTANCE_COMMAND[@]+"${INSTANCE_COMMAND[@]}"} >/dev/null
     log "${id}: container started (docker logs ${id})"
     return 0
   fi
@@ -281,8 +304,13 @@ start_instance() {
     printf '%s\n' "PATH=${MESSENGER_VENV}/bin:/usr/local/bin:/usr/bin:/bin" "HOME=${HOME:-/root}" "LANG=C.UTF-8"
     for name in "$@"; do printf '%s=%s\n' "${name}" "${!name}"; done
   ) >"${envfile}"
-  start_local_process "${kind}" "${id}" "${PORT}" "${envfile}" \
-    "${MESSENGER_VENV}/bin/gunicorn" -c messenger/gunicorn_conf.py messenger.wsgi
+  if [ "${#INSTANCE_COMMAND[@]}" -gt 0 ]; then
+    start_local_process "${kind}" "${id}" "${INSTANCE_READY:-${PORT}}" "${envfile}" \
+      "${MESSENGER_VENV}/bin/${INSTANCE_COMMAND[0]}" "${INSTANCE_COMMAND[@]:1}"
+  else
+    start_local_process "${kind}" "${id}" "${PORT}" "${envfile}" \
+      "${MESSENGER_VENV}/bin/gunicorn" -c messenger/gunicorn_conf.py messenger.wsgi
+  fi
 }
 
 instance_running() {  # kind id

@@ -30,8 +30,11 @@ stop_local_process load-balancer "${LB_NAME}"
 
 # NGINX runs as its own daemon and outlives a watcher that was killed: stop
 # it too (SIGQUIT: graceful), waiting at most STOP_TIMEOUT_SECONDS.
-NGINX_PID="$(running_pid "${MESSENGER_STATE_DIR}/load-balancer/nginx/nginx.pid")"
-if [ -n "${NGINX_PID}" ]; then
+NGINX_PIDFILE="${MESSENGER_STATE_DIR}/load-balancer/nginx/nginx.pid"
+NGINX_PID="$(running_pid "${NGINX_PIDFILE}")"
+if [ -z "${NGINX_PID}" ]; then
+  rm -f "${NGINX_PIDFILE}"  # stale: NGINX is gone without removing it
+else
   kill -QUIT "${NGINX_PID}" 2>/dev/null || true
   for _ in $(seq 1 $((STOP_TIMEOUT_SECONDS * 10))); do
     process_alive "${NGINX_PID}" || break

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# The whole system on one machine, through the deploy scripts beside this file,
+# in the tutorial's order. `make up`, `make down`, `make ps`, `make scale N=5`
+# and `make reset-db` call it.
+#
+#   ./infrastructure/stack.sh up          # platform, database, migrator job, instances, worker, load balancer
+#   ./infrastructure/stack.sh down        # stop everything `up` started
+#   ./infrastructure/stack.sh ps          # what runs, and its health
+#   ./infrastructure/stack.sh scale N     # N serving instances (more or fewer), no restart of the rest
+#   ./infrastructure/stack.sh reset-db    # empty the database and seed it again, through the migrator job
+#
+# Runtime as in every script here (MESSENGER_RUNTIME=docker|local; default:
+# Docker when an engine answers). Consul's location comes from the caller and
+# defaults to this machine's agent on 8500 (local) or the platform's
+# consul-client published on 8500 (Docker).
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+
+# This configuration requires a new commit to change
+INSTANCES="${STACK_INSTANCES:-3}"
+LB_PORT="${LB_PORT:-8085}"
+DB_NAME="${MESSENGER_DB_NAME:-messenger}"
+MIGRATOR=messenger-migrator
+
+select_runtime
+if [ "${MESSENGER_RUNTIME}" = docker ]; then
+  export CONSUL_HOST="${CONSUL_HOST:-consul-client}" CONSUL_PORT="${CONSUL_PORT:-8500}"
+  export CONSUL_HTTP_ADDR="${CONSUL_HTTP_ADDR:-127.0.0.1:${CONSUL_PORT}}"
+else
+  export CONSUL_HOST="${CONSUL_HOST:-127.0.0.1}" CONSUL_PORT="${CONSUL_PORT:-8500}"
+fi
+export MESSENGER_RUNTIME LB_PORT MESSENGER_DB_NAME="${DB_NAME}"
+require_consul_location
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+count_instances() { instances messenger | grep -c . || true; }
+
+# The seed's challenge 4: a short-lived migrator instance runs the jobs, then stops.
+run_migrator_job() {  # manage.py commands, each as one quoted string
+  "${INFRA_DIR}/messenger-db-migrator-deploy.sh" >/dev/null
+  # shellcheck disable=SC2317  # called by the trap
+  stop_migrator() { "${INFRA_DIR}/messenger-stop.sh" --service "${MIGRATOR}" "${MIGRATOR}" || true; }
+  trap stop_migrator EXIT
+  local job
+  for job in "$@"; do
+    log "migrator job: python manage.py ${job}"
+    # shellcheck disable=SC2086  # each job is a command line of words
+    case "${job}" in
+      create_db*) "${INFRA_DIR}/messenger-exec.sh" -e PGDATABASE=postgres -e "CREATE_DB_NAME=${DB_NAME}" \
+                    "${MIGRATOR}" python manage.py ${job} ;;
+      *) "${INFRA_DIR}/messenger-exec.sh" "${MIGRATOR}" python manage.py ${job} ;;
+    esac
+  done
+  trap - EXIT
+  stop_migrator
+}
+
+wait_for_traffic() {  # every serving instance passing in Consul, and 200 through the load balancer
+  local want=$1 passing=0
+  for _ in $(seq 1 120); do
+    passing="$(curl --silent --max-time 2 "${CONSUL_URL}/v1/health/service/messenger?passing=true" |
+      python3 -c 'import json, sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)"
+    if [ "${passing}" -ge "${want}" ] &&
+      [ "$(curl --silent --output /dev/null --write-out '%{http_code}' --max-time 2 "http://127.0.0.1:${LB_PORT}/health")" = 200 ]; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "after 60s, ${passing} of ${want} instances pass their check or the load balancer does not answer on ${LB_PORT}"
+}
+
+scale_to() {
+  local want=$1 have
+  have="$(count_instances)"
+  while [ "${have}" -lt "${want}" ]; do
+    "${INFRA_DIR}/messenger-deploy.sh" >/dev/null
+    have=$((have + 1))
+  done
+  if [ "${have}" -gt "${want}" ]; then
+    # The surplus stop together; each deregisters and drains before it exits.
+    mapfile -t extra < <(instances messenger | sort -V | tail -n "$((have - want))")
+    "${INFRA_DIR}/messenger-stop.sh" "${extra[@]}"
+  fi
+}
+
+ps_report() {
+  printf '%-22s %-10s %s\n' PIECE STATE WHERE
+  local leader
+  leader="$(curl --silent --max-time 2 "${CONSUL_URL}/v1/status/leader" 2>/dev/null || true)"
+  if [ -n "${leader}" ] && [ "${leader}" != '""' ]; then
+    printf '%-22s %-10s %s\n' consul up "${CONSUL_URL}/ui"
+  else
+    printf '%-22s %-10s %s\n' consul down "${CONSUL_URL}"
+  fi
+  local health
+  health="$(curl --silent --max-time 2 "${CONSUL_URL}/v1/health/service/messenger" 2>/dev/null || echo '[]')"
+  local id
+  while read -r id; do
+    [ -n "${id}" ] || continue
+    printf '%-22s %-10s %s\n' "${id}" "$(check_status "${health}" "$(instance_match messenger "${id}")")" \
+      "$(instance_where messenger "${id}")"
+  done < <(instances messenger)
+  for id in $(instances messenger-worker); do
+    printf '%-22s %-10s %s\n' "${id}" running "$(instance_where messenger-worker "${id}")"
+  done
+  local lb_status
+  lb_status="$(curl --silent --output /dev/null --write-out '%{http_code}' --max-time 2 "http://127.0.0.1:${LB_PORT}/health" || true)"
+  if [ "${lb_status}" = 200 ]; then
+    printf '%-22s %-10s %s\n' load-balancer up "http://localhost:${LB_PORT}/"
+  else
+    printf '%-22s %-10s %s\n' load-balancer "down" "http://localhost:${LB_PORT}/ (HTTP ${lb_status:-none})"
+  fi
+}
+
+# What identifies an instance in Consul's catalog: its port (local: every
+# instance shares 127.0.0.1) or its container's host name (Docker).
+instance_match() {  # kind id
+  if [ "${MESSENGER_RUNTIME}" = docker ]; then
+    echo "host:$(docker inspect --format '{{.Config.Hostname}}' "$2" 2>/dev/null || true)"
+  else
+    echo "port:$(sed -n 's/^PORT=//p' "$(state_path "$1" "$2" env)" 2>/dev/null || true)"
+  fi
+}
+
+# The worst check status of the catalog entry matching `port:N` or `host:H`.
+check_status() {  # health-json match
+  printf '%s' "$1" | python3 -c '
+import json, sys
+kind, _, value = sys.argv[1].partition(":")
+order = {"passing": 0, "warning": 1, "critical": 2}
+for entry in json.load(sys.stdin):
+    service = entry["Service"]
+    if (kind == "port" and str(service["Port"]) == value) or (kind == "host" and value and value in service["ID"]):
+        print(max((c["Status"] for c in entry["Checks"] if c.get("ServiceID")), key=order.get, default="passing"))
+        break
+else:
+    print("unregistered")' "$2" 2>/dev/null || echo unknown
+}
+
+instance_where() {  # kind id
+  if [ "${MESSENGER_RUNTIME}" = docker ]; then
+    echo "container $2"
+  else
+    local pid envfile port
+    pid="$(running_pid "$(state_path "$1" "$2" pid)")"
+    envfile="$(state_path "$1" "$2" env)"
+    port="$(sed -n 's/^PORT=//p' "${envfile}" 2>/dev/null || true)"
+    echo "pid ${pid:-?}${port:+, http://127.0.0.1:${port}}, log $(state_path "$1" "$2" log)"
+  fi
+}
+
+build_images() {
+  step "building the images (docker)"
+  docker build --quiet -f "${REPO_ROOT}/docker/Dockerfile" -t "${MESSENGER_IMAGE}" "${REPO_ROOT}" >/dev/null
+  docker build --quiet -t messenger-lb "${REPO_ROOT}/load-balancer" >/dev/null
+}
+
+up() {
+  [ "${MESSENGER_RUNTIME}" = docker ] && build_images
+  step "platform: Consul and RabbitMQ (amqp-host, amqp-port in Consul KV)"
+  "${INFRA_DIR}/platform-deploy.sh"
+  step "database: roles and connection details in Consul KV"
+  "${INFRA_DIR}/messenger-db-deploy.sh"
+  step "migrator job: create_db, migrate, seed (as messenger-migrator), then stop it"
+  run_migrator_job create_db migrate seed
+  step "serving instances: ${INSTANCES} of messenger"
+  scale_to "${INSTANCES}"
+  step "event worker"
+  "${INFRA_DIR}/messenger-worker-deploy.sh" >/dev/null
+  step "load balancer on port ${LB_PORT}"
+  "${INFRA_DIR}/messenger-load-balancer-deploy.sh"
+  wait_for_traffic "${INSTANCES}"
+  step "the stack is up"
+  ps_report
+  printf '\nTry: curl -s localhost:%s/health   (the README walks through the API)\n' "${LB_PORT}"
+}
+
+down() {
+  step "load balancer"
+  "${INFRA_DIR}/messenger-load-balancer-stop.sh"
+  step "serving instances (each deregisters and drains first)"
+  "${INFRA_DIR}/messenger-stop.sh" --all
+  "${INFRA_DIR}/messenger-stop.sh" --service "${MIGRATOR}" --all
+  step "event worker"
+  "${INFRA_DIR}/messenger-stop.sh" --service messenger-worker --all
+  step "platform"
+  "${INFRA_DIR}/platform-stop.sh"
+  step "stopped"
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  ps) ps_report ;;
+  scale)
+    [[ "${2:-}" =~ ^[0-9]+$ ]] || die "usage: $0 scale N (N >= 0 serving instances)"
+    scale_to "$2"
+    [ "$2" -eq 0 ] || wait_for_traffic "$2"
+    ps_report
+    ;;
+  reset-db)
+    step "migrator job: flush and seed ${DB_NAME}"
+    run_migrator_job "flush --no-input" seed
+    ;;
+  *) die "usage: $0 up|down|ps|scale N|reset-db" ;;
+esac
