@@ -146,12 +146,12 @@ def _cursor(name: str, what: str) -> OpenApiParameter:
 
 # --- responses -------------------------------------------------------------------
 
-def error(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {"schema": ref("Error")}}}
-
-
 def _json(name: str, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": ref(name)}}}
+
+
+def error(description: str) -> dict:
+    return _json("Error", description)
 
 
 BAD_INPUT = ("Bad input: malformed (or too deeply nested) JSON, a wrong type, text with an unpaired surrogate, "
