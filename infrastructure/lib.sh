@@ -157,10 +157,16 @@ start_local_process() {
   logfile="$(state_path "${kind}" "${id}" log)"
   mkdir -p "$(dirname "${pidfile}")"
   log_offset="$(stat -c %s "${logfile}" 2>/dev/null || echo 0)"
-  # Another process on the port would pass the readiness check for this one.
+  # Another process on the port would pass the readiness check for this one
+  # (unless the caller knows the port is held by its own process, which the
+  # new one adopts: PORT_HELD_BY_OWN_PROCESS=true).
   case "${port}" in
     log:*) ;;
-    *) ! port_answers 127.0.0.1 "${port}" || die "port ${port} is already in use: cannot start ${id} there" ;;
+    *)
+      if [ "${PORT_HELD_BY_OWN_PROCESS:-false}" != true ] && port_answers 127.0.0.1 "${port}"; then
+        die "port ${port} is already in use: cannot start ${id} there"
+      fi
+      ;;
   esac
   local -a environment=()
   mapfile -t environment <"${envfile}"
@@ -183,7 +189,7 @@ start_local_process() {
         ;;
     esac
     if ! process_alive "${pid}"; then
-      rm -f "${pidfile}"
+      rm -f "${pidfile}" "$(state_path "${kind}" "${id}" env)"
       tail -n 40 "${logfile}" >&2 || true
       die "${id} exited during start-up (log: ${logfile})"
     fi

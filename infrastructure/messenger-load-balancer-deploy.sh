@@ -60,6 +60,11 @@ if [ -n "$(running_pid "$(state_path load-balancer "${LB_NAME}" pid)")" ]; then
 fi
 command -v nginx >/dev/null 2>&1 || die "nginx not found: run 'make system-deps'"
 command -v python3 >/dev/null 2>&1 || die "python3 not found"
+# An NGINX of ours that outlived its watcher still holds the port; the new
+# watcher adopts it rather than starting another.
+if [ -n "$(running_pid "${MESSENGER_STATE_DIR}/load-balancer/nginx/nginx.pid")" ]; then
+  PORT_HELD_BY_OWN_PROCESS=true
+fi
 
 ENVFILE="$(state_path load-balancer "${LB_NAME}" env)"
 mkdir -p "$(dirname "${ENVFILE}")"
