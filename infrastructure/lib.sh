@@ -63,6 +63,16 @@ select_runtime() {
 require_consul_location() {
   [ -n "${CONSUL_HOST:-}" ] || die "CONSUL_HOST is not set (the Consul agent's host, provided by the platform: e.g. CONSUL_HOST=127.0.0.1 CONSUL_PORT=8500 $0)"
   [ -n "${CONSUL_PORT:-}" ] || die "CONSUL_PORT is not set (the Consul agent's HTTP port, provided by the platform: e.g. CONSUL_HOST=127.0.0.1 CONSUL_PORT=8500 $0)"
+  # The seed's commands say CONSUL_HOST=consul-client, a name on its Docker
+  # network. In the local runtime the platform's agent runs on this machine, so
+  # a name that does not resolve here means this machine: scripts and the
+  # instances they start use 127.0.0.1 instead.
+  if [ "${MESSENGER_RUNTIME:-}" = local ] && [ -z "${CONSUL_HTTP_ADDR:-}" ] &&
+    ! getent hosts "${CONSUL_HOST}" >/dev/null 2>&1; then
+    log "CONSUL_HOST=${CONSUL_HOST} does not resolve here; the local runtime's Consul agent is on this machine: using 127.0.0.1"
+    CONSUL_HOST=127.0.0.1
+    export CONSUL_HOST
+  fi
   local addr="${CONSUL_HTTP_ADDR:-${CONSUL_HOST}:${CONSUL_PORT}}"
   case "${addr}" in
     http://* | https://*) CONSUL_URL="${addr%/}" ;;

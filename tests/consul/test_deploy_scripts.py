@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.support.infrastructure import INFRA, Infrastructure
-from tests.support.processes import ConsulAgent, free_port, http_get, port_open
+from tests.support.processes import ConsulAgent, free_port, http_get, port_open, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -293,8 +293,9 @@ def test_docker_runtime_makes_the_roles_and_runs_the_seeds_jobs_in_a_migrator_co
 
 
 def test_consul_client_name_that_does_not_resolve_here_asks_for_consul_http_addr(infrastructure, fake_docker):
+    """With Docker, consul-client is a name on the containers' network: this host needs CONSUL_HTTP_ADDR."""
     result = infrastructure.run("messenger-deploy.sh", check=False, CONSUL_HOST="consul-client", CONSUL_PORT="8500",
-                                **fake_docker.env)
+                                MESSENGER_RUNTIME="docker", **fake_docker.env)
     assert result.returncode == 1
     assert result.stderr == (
         "messenger-deploy.sh: cannot reach Consul at http://consul-client:8500 ('consul-client' does not resolve "
@@ -321,3 +322,17 @@ def test_deploy_scripts_pass_shellcheck():
     scripts = sorted(path.name for path in INFRA.glob("*.sh"))
     result = subprocess.run([str(shellcheck), *scripts], cwd=INFRA, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout
+
+
+def test_seed_consul_client_name_means_this_machine_in_the_local_runtime(infrastructure, consul_agent, instances_db):
+    """The seed types CONSUL_HOST=consul-client; locally that name does not resolve, and the agent is here."""
+    seed_location = {"CONSUL_HOST": "consul-client", "CONSUL_PORT": str(consul_agent.http_port)}
+    infrastructure.run("platform-deploy.sh", **seed_location)
+    result = infrastructure.run("messenger-db-deploy.sh", **seed_location)
+    assert "CONSUL_HOST=consul-client does not resolve here; the local runtime's Consul agent is on this machine: " \
+           "using 127.0.0.1" in result.stderr
+    assert consul_agent.kv_get("messenger-db-host") == "127.0.0.1"
+    instance = infrastructure.run("messenger-deploy.sh", **seed_location).stdout.strip()
+    environ = (infrastructure.state_dir / "messenger" / f"{instance}.env").read_text().splitlines()
+    assert "CONSUL_HOST=127.0.0.1" in environ
+    wait_until(lambda: len(consul_agent.healthy_instances("messenger")) == 1, 30, what="the instance registered")
