@@ -49,6 +49,10 @@ RELAY_TASK = "conversations.tasks.relay_outbox"
 # The request path's enqueue gives up quickly; the periodic sweep is the fallback.
 ENQUEUE_CONNECT_TIMEOUT = 2.0
 ENQUEUE_PAUSE_AFTER_FAILURE = 1.0
+# At most one relay task per process per this interval. A task relays everything pending, so
+# kicks meanwhile fold into the next one: under load the worker runs a few tasks a second, not
+# one per post (each costs it a few milliseconds of CPU); an idle service still relays at once.
+ENQUEUE_MIN_INTERVAL = 0.1
 # A kick still queued after this long is dropped unrun, by RabbitMQ (message TTL) and by the
 # worker: the sweep has covered it by then, and a stopped or absent worker leaves no pile.
 ENQUEUE_EXPIRES = 300.0
@@ -152,9 +156,10 @@ def enqueue_relay(connection=None) -> None:
 class _RelayKicker:
     """One daemon thread per process that turns kicks into relay tasks.
 
-    Kicks that arrive while a task is being enqueued fold into one more task
-    (each relay sends everything pending), so a burst of posts costs a few
-    tasks, and a slow or dead broker only ever holds up this thread. The thread
+    Kicks that arrive while a task is being enqueued, or within
+    ENQUEUE_MIN_INTERVAL of the last one, fold into one more task (each relay
+    sends everything pending), so a burst of posts costs a few tasks, and a
+    slow or dead broker only ever holds up this thread. The thread
     keeps its broker connection between kicks rather than opening one per post.
     """
 
@@ -184,6 +189,7 @@ class _RelayKicker:
             wake.clear()
             try:
                 self._send()
+                time.sleep(ENQUEUE_MIN_INTERVAL)
             except Exception as exc:
                 self._close()
                 logger.warning(

@@ -30,8 +30,9 @@ class Conversation(models.Model):
     are gap-free and never duplicated, whatever the concurrency.
     """
 
-    user_low = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
-    user_high = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    # Indexed with the id (Meta.indexes), not alone: a user's conversations are read by id.
+    user_low = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+", db_index=False)
+    user_high = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+", db_index=False)
     last_index = models.BigIntegerField(default=0)
     inserted_at = models.DateTimeField(auto_now_add=True)
     participants = models.ManyToManyField(User, through="Participant", related_name="conversations")
@@ -41,6 +42,12 @@ class Conversation(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["user_low", "user_high"], name="channels_one_per_pair"),
             models.CheckConstraint(condition=Q(user_low__lt=F("user_high")), name="channels_pair_ordered"),
+        ]
+        # A page of a user's conversations in id order is one ordered range scan per
+        # side of the pair (selectors.conversations_page_json), however many they have.
+        indexes = [
+            models.Index(fields=["user_low", "id"], name="channels_user_low_id_idx"),
+            models.Index(fields=["user_high", "id"], name="channels_user_high_id_idx"),
         ]
 
 
@@ -63,7 +70,9 @@ class Participant(models.Model):
 class Message(models.Model):
     content = models.TextField()
     user = models.ForeignKey(User, on_delete=models.CASCADE)
-    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, db_column="channel_id")
+    # No index of its own: the unique (channel_id, index) below serves it, and each
+    # message post then writes one index fewer.
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, db_column="channel_id", db_index=False)
     index = models.BigIntegerField()
     inserted_at = models.DateTimeField(auto_now_add=True)
 

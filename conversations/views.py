@@ -16,7 +16,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from conversations import errors, openapi, presenters, selectors, services, validation
+from conversations import errors, openapi, plain_json, presenters, selectors, services, validation
 from conversations.authentication import require_user
 
 DEFAULT_PAGE = 100
@@ -34,12 +34,13 @@ def health(request):
     return HttpResponse("OK", content_type="text/plain")
 
 
+# `request.GET` is DRF's `query_params` too, so these serve both the DRF and the plain paths.
 def _page_limit(request) -> int:
-    return validation.query_int(request.query_params, "limit", default=DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
+    return validation.query_int(request.GET, "limit", default=DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
 
 
 def _cursor(request, name: str) -> int:
-    return validation.query_int(request.query_params, name, default=0, minimum=0, maximum=validation.MAX_ID)
+    return validation.query_int(request.GET, name, default=0, minimum=0, maximum=validation.MAX_ID)
 
 
 def _next_link(request, cursor_name: str, cursor_value: int, limit: int) -> str:
@@ -58,6 +59,31 @@ def _paged(request, key: str, items: list, cursor_name: str, cursor_of, limit: i
     return body
 
 
+def _plain_page(view, request, key: str, cursor_name: str, read) -> HttpResponse | None:
+    """`_paged`'s answer, byte for byte as DRF renders it, around items PostgreSQL wrote as JSON.
+
+    `read(after, limit)` is a `*_page_json` selector; None (bad paging input, or
+    no such owner) leaves the request to DRF's path.
+    """
+    try:
+        limit, after = _page_limit(request), _cursor(request, cursor_name)
+    except errors.ServiceError:
+        return None
+    page = read(after, limit)
+    if page is None:
+        return None
+    body = b'{"' + key.encode() + b'":[' + page.items.encode() + b"]"
+    if page.more:
+        body += b',"next":' + plain_json.json_string(_next_link(request, cursor_name, page.last, limit))
+    return view.plain_response(body + b"}", status.HTTP_200_OK)
+
+
+def _header_user_id(request) -> int | None:
+    """The User-Id header's id as authentication parses it; None when absent (its unknown user is DRF's to report)."""
+    raw = request.META.get("HTTP_USER_ID")
+    return None if raw is None else validation.positive_id(raw.strip(), "User-Id header")
+
+
 class UsersView(APIView):
     """Users of the chat. `POST {"name": ...}` adds one."""
 
@@ -74,8 +100,19 @@ class UsersView(APIView):
         return Response({"user": presenters.user(user)}, status=status.HTTP_201_CREATED)
 
 
-class ConversationsView(APIView):
+class ConversationsView(plain_json.PlainJsonMixin, APIView):
     """Two-person conversations. `GET` lists the caller's (header `User-Id`)."""
+
+    def plain_get(self, request):
+        """The caller's page in one statement that also checks the caller exists (DRF's path reports if not)."""
+        try:
+            user_id = _header_user_id(request)
+        except errors.ServiceError:
+            return None
+        if user_id is None:
+            return None
+        return _plain_page(self, request, "conversations", "after_id", lambda after, limit: (
+            selectors.conversations_page_json(user_id=user_id, after_id=after, limit=limit)))
 
     @openapi.conversations_list
     def get(self, request):
@@ -96,8 +133,52 @@ class ConversationsView(APIView):
         return Response({"conversation": presenters.conversation(conversation)}, status=status.HTTP_201_CREATED)
 
 
-class MessagesView(APIView):
+def _message_body(message: services.PostedMessage) -> dict:
+    return {
+        "message": {
+            "id": message.id,
+            "content": message.content,
+            "index": message.index,
+            "user_id": message.user_id,
+            "username": message.username,
+            "conversation_id": message.conversation_id,
+            "inserted_at": presenters.timestamp(message.inserted_at),
+        }
+    }
+
+
+class MessagesView(plain_json.PlainJsonMixin, APIView):
     """A conversation's messages in index order, paged by `after_index` and `limit`."""
+
+    def plain_get(self, request, conversation_id: str):
+        """The page in one statement; members-only reads, and a User-Id to check, take DRF's path."""
+        if settings.READS_REQUIRE_MEMBER or "HTTP_USER_ID" in request.META:
+            return None
+        try:
+            conversation_id = validation.positive_id(conversation_id, "Conversation id")
+        except errors.ServiceError:
+            return None
+        # No such conversation reads as None: DRF's path answers the 404.
+        return _plain_page(self, request, "messages", "after_index", lambda after, limit: (
+            selectors.messages_page_json(conversation_id=conversation_id, after_index=after, limit=limit)))
+
+    def plain_post(self, request, conversation_id: str):
+        """The post in one statement; an Idempotency-Key, and every refusal, take DRF's path."""
+        if "HTTP_IDEMPOTENCY_KEY" in request.META:
+            return None
+        data = plain_json.json_body(request)
+        try:
+            user_id = _header_user_id(request)
+            conversation_id = validation.positive_id(conversation_id, "Conversation id")
+            content = validation.message_content(data)
+        except errors.ServiceError:
+            return None
+        if user_id is None:
+            return None
+        message = services.message_post(conversation_id=conversation_id, user_id=user_id, content=content)
+        if message is None:
+            return None
+        return self.plain_response(plain_json.render(_message_body(message)), status.HTTP_201_CREATED)
 
     @openapi.messages_list
     def get(self, request, conversation_id: str):
@@ -134,19 +215,8 @@ class MessagesView(APIView):
         message = services.message_create(
             conversation_id=conversation_id, user=user, content=content, idempotency_key=key
         )
-        body = {
-            "message": {
-                "id": message.id,
-                "content": message.content,
-                "index": message.index,
-                "user_id": message.user_id,
-                "username": message.username,
-                "conversation_id": message.conversation_id,
-                "inserted_at": presenters.timestamp(message.inserted_at),
-            }
-        }
         headers = {"Idempotent-Replayed": "true"} if message.replayed else None
-        return Response(body, status=status.HTTP_201_CREATED, headers=headers)
+        return Response(_message_body(message), status=status.HTTP_201_CREATED, headers=headers)
 
 
 class ViewHorizonView(APIView):

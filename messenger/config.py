@@ -154,8 +154,9 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("LOG_LEVEL", "str", "Log level of the service's own loggers.", default="INFO",
             env_defaults={"test": "WARNING"}, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
     Setting("DATA_DIR", "str", "Folder for the embedded SQLite database used when PGHOST is unset.", default="var"),
-    Setting("WEB_CONCURRENCY", "positive_int", "gunicorn worker processes per instance.", default=2),
-    Setting("WEB_THREADS", "positive_int", "Threads per gunicorn worker.", default=4),
+    Setting("WEB_CONCURRENCY", "positive_int", "gunicorn worker processes per instance; one by default: scale out with more instances (each process costs ~70 MiB).",
+            default=1),
+    Setting("WEB_THREADS", "positive_int", "Threads per gunicorn worker, each with its own PostgreSQL connection.", default=4),
     Setting("GRACEFUL_TIMEOUT", "float", "Seconds gunicorn lets in-flight requests finish on shutdown.", default=20),
     # --- PostgreSQL (unset PGHOST: embedded SQLite) -------------------------
     Setting("PGHOST", "str", "PostgreSQL host; unset runs on the embedded SQLite database."),
@@ -171,6 +172,8 @@ SCHEMA: tuple[Setting, ...] = (
             default="5s"),
     Setting("PG_STATEMENT_TIMEOUT", "duration", "Longest a single SQL statement may run before PostgreSQL cancels it (0 disables).",
             default="5s"),
+    Setting("PG_FAST_PATHS", "bool", "On PostgreSQL, answer message posts, message pages and conversation lists with one prepared statement each (off: the portable ORM path; needed behind a transaction-pooling pgbouncer).",
+            default=True),
     # --- RabbitMQ (unset AMQPHOST: no broker, events wait in the outbox) ---
     Setting("AMQPHOST", "str", "RabbitMQ host; unset means no broker (events stay in the outbox)."),
     Setting("AMQPPORT", "port", "RabbitMQ port.", default=5672),

@@ -59,7 +59,8 @@ TEMPLATES = [
 if CONFIG.PGHOST:
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.postgresql",
+            # Django's backend with a cheaper per-request health check (messenger/postgresql).
+            "ENGINE": "messenger.postgresql",
             "HOST": CONFIG.PGHOST,
             "PORT": CONFIG.PGPORT,
             "USER": CONFIG.PGUSER,
@@ -73,6 +74,9 @@ if CONFIG.PGHOST:
                 # libpq's connect timeout counts whole seconds, 2 at least.
                 "connect_timeout": max(2, math.ceil(CONFIG.PG_CONNECT_TIMEOUT)),
                 "options": f"-c statement_timeout={int(CONFIG.PG_STATEMENT_TIMEOUT * 1000)}",
+                # The hot requests' statements (conversations.pg) are prepared on
+                # first use; Django's own client-side-bound queries never are.
+                "prepare_threshold": 0,
                 # A peer that vanishes without closing the connection (a partition)
                 # is detected by TCP keepalives and the unacknowledged-data timeout.
                 "keepalives": 1,
@@ -155,6 +159,7 @@ REST_FRAMEWORK = {
 
 # --- API behaviour -----------------------------------------------------------
 READS_REQUIRE_MEMBER = CONFIG.READS_REQUIRE_MEMBER
+PG_FAST_PATHS = CONFIG.PG_FAST_PATHS  # conversations.pg
 IDEMPOTENCY_KEY_TTL = CONFIG.IDEMPOTENCY_KEY_TTL  # seconds
 METRICS_TOKEN = CONFIG.METRICS_TOKEN
 

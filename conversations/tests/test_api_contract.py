@@ -141,12 +141,15 @@ def test_conversation_list_pages_with_a_next_link(api, users):
     assert "next" not in second
 
 
-def test_conversation_list_costs_one_query_for_the_page(api, users, django_assert_num_queries):
+@pytest.mark.parametrize("fast_paths, queries", [(True, 1), (False, 2)], ids=["one-statement", "portable"])
+def test_conversation_list_costs_one_query_for_the_page(api, users, settings, django_assert_num_queries,
+                                                         fast_paths, queries):
+    """One statement checks the caller and reads the page with the names; the portable path authenticates first."""
+    settings.PG_FAST_PATHS = fast_paths
     for i in range(5):
         friend = User.objects.create(name=f"friend {i}")
         api.post("/conversations", {"participant_ids": [users[0].pk, friend.pk]})
-    # One query authenticates the caller, one reads the page with the names.
-    with django_assert_num_queries(2):
+    with django_assert_num_queries(queries):
         response = api.get("/conversations", HTTP_USER_ID=str(users[0].pk))
     assert len(response.json()["conversations"]) == 5
 

@@ -1,0 +1,58 @@
+"""PostgreSQL's share of the hot requests: one prepared statement each, JSON built by the database.
+
+A message post, a page of messages and a page of conversations are what a chat
+does all day. On PostgreSQL each is one statement, prepared once per
+connection (PostgreSQL then skips parsing and planning), and the two reads
+come back as the JSON text of their items, which the view hands through
+without building a Python object per row. The ORM paths in `services` and
+`selectors` stay the portable ones: SQLite runs them, the browsable API uses
+them, and the tests hold both to the same bytes.
+
+`PG_FAST_PATHS=false` switches all of this off, for instance behind a
+transaction-pooling proxy (pgbouncer), which cannot keep prepared statements.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from django.conf import settings
+from django.db import connection
+
+
+def enabled() -> bool:
+    """True when the single-statement paths apply: PostgreSQL, and not switched off."""
+    return connection.vendor == "postgresql" and settings.PG_FAST_PATHS
+
+
+def prepared_cursor():
+    """A Django cursor whose statements PostgreSQL prepares on first use, once per connection.
+
+    Django's own cursors bind parameters client-side, which never prepares; this
+    one binds them server-side (the connection's `prepare_threshold` is 0, so
+    psycopg prepares at once). It is still Django's cursor wrapper: errors are
+    Django's, queries are counted and logged as any other.
+    """
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = psycopg.Cursor(connection.connection)
+    if connection.queries_logged:
+        return connection.make_debug_cursor(cursor)
+    return connection.make_cursor(cursor)
+
+
+def json_string(expression: str) -> str:
+    """SQL for a text column as a JSON string, byte for byte as the API's JSON renderer writes it.
+
+    PostgreSQL escapes exactly what Python's encoder does with
+    `ensure_ascii=False`; DRF's renderer also escapes U+2028 and U+2029 (so the
+    JSON is valid JavaScript), and so does this.
+    """
+    return (
+        f"replace(replace(to_json({expression})::text, U&'\\2028', '\\u2028'), U&'\\2029', '\\u2029')"
+    )
+
+
+def json_timestamp(expression: str) -> str:
+    """SQL for a timestamptz as the API writes it (`presenters.timestamp`): UTC, milliseconds truncated."""
+    return f"""to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""

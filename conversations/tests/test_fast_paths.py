@@ -1,0 +1,217 @@
+"""The one-statement paths (conversations.pg) answer exactly as the portable ORM path does.
+
+On PostgreSQL a message post, a page of messages and a page of conversations
+are one prepared statement each, and the two pages come back as JSON text that
+PostgreSQL wrote. `PG_FAST_PATHS=false` runs the portable path (DRF, the ORM,
+Python's JSON encoder), which SQLite and the browsable API use. Each test runs
+the same requests both ways and compares status, headers and body bytes, and
+the rows left behind.
+"""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from django.db import connection
+
+from conversations import selectors
+from conversations.models import Conversation, Message, OutboxEvent, User
+
+pytestmark = pytest.mark.django_db
+
+# Everything JSON escapes, DRF's extra escapes (U+2028, U+2029), text that looks
+# like the JSON around it, and characters beyond the BMP.
+AWKWARD_TEXTS = [
+    "plain",
+    'quote " backslash \\ slash / end',
+    "controls \x01\x08\t\n\x0b\x0c\r\x1f\x7f",
+    "separators \u2028 and \u2029",
+    'looks like json ,{"id":1,"content":"x"} ]}',
+    "unicode é ß 漢字 😀 \U0001f9ea",
+    " leading and trailing spaces ",
+]
+HEADERS_COMPARED = ("Content-Type", "Allow", "Vary", "Retry-After", "Idempotent-Replayed")
+
+
+def answer(response) -> tuple:
+    """What a client sees: status, the headers that matter, and the exact body bytes."""
+    return (response.status_code, {h: response.get(h) for h in HEADERS_COMPARED}, response.content)
+
+
+def both_ways(settings, request):
+    """`request()` answered by the one-statement path, then by the portable path."""
+    assert connection.vendor == "postgresql"
+    settings.PG_FAST_PATHS = True
+    fast = request()
+    settings.PG_FAST_PATHS = False
+    portable = request()
+    return fast, portable
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """The selectors each page read went through, in order."""
+    called = []
+    for name in ("messages_page_json", "messages_for_conversation", "conversations_page_json",
+                 "conversations_for_user"):
+        real = getattr(selectors, name)
+        monkeypatch.setattr(selectors, name, lambda *a, _real=real, _name=name, **kw: called.append(_name) or _real(*a, **kw))
+    return called
+
+
+@pytest.fixture
+def awkward_chat(users):
+    """A conversation whose messages and usernames hold every awkward text, with awkward timestamps."""
+    alice = User.objects.create(name='Alice "the" \\ \u2028 😀')
+    conversation = Conversation.objects.create(user_low_id=min(alice.pk, users[0].pk),
+                                               user_high_id=max(alice.pk, users[0].pk))
+    conversation.participants.add(alice, users[0])
+    base = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    microseconds = [0, 999, 1000, 999_999, 500_500, 123_456, 1]
+    messages = [
+        Message(content=text, user=alice if i % 2 else users[0], conversation=conversation, index=i + 1,
+                inserted_at=base + timedelta(seconds=i, microseconds=microseconds[i % len(microseconds)]))
+        for i, text in enumerate(AWKWARD_TEXTS * 3)
+    ]
+    Message.objects.bulk_create(messages)
+    Conversation.objects.filter(pk=conversation.pk).update(last_index=len(messages))
+    return conversation, alice
+
+
+@pytest.mark.parametrize("query", ["", "?limit=1", "?limit=5", "?after_index=3&limit=4", "?after_index=19",
+                                   "?after_index=21", "?limit=1000", "?after_index=0&limit=21"])
+def test_a_page_of_messages_is_the_same_bytes_both_ways(api, settings, awkward_chat, reads, query):
+    conversation, _ = awkward_chat
+    fast, portable = both_ways(settings, lambda: api.get(f"/conversations/{conversation.pk}/messages{query}"))
+    assert answer(fast) == answer(portable)
+    assert fast.status_code == 200
+    assert reads == ["messages_page_json", "messages_for_conversation"]
+
+
+@pytest.mark.parametrize("path", ["/conversations/999999/messages", "/conversations/0/messages",
+                                  "/conversations/1/messages?limit=0", "/conversations/1/messages?after_index=x"])
+def test_a_page_request_refused_is_refused_the_same_both_ways(api, settings, db, path):
+    fast, portable = both_ways(settings, lambda: api.get(path))
+    assert answer(fast) == answer(portable)
+    assert fast.status_code in (400, 404)
+
+
+def test_a_page_of_conversations_is_the_same_bytes_both_ways(api, settings, users, awkward_chat, reads):
+    _, alice = awkward_chat
+    names = AWKWARD_TEXTS + ["zed"]
+    for name in names:  # conversations where the caller is the lower id, and the higher
+        friend = User.objects.create(name=name)
+        api.post("/conversations", {"participant_ids": [users[1].pk, friend.pk]})
+    api.post("/conversations", {"participant_ids": [users[1].pk, users[0].pk]})
+    for user, query in [(users[1], ""), (users[1], "?limit=3"), (users[1], "?after_id=1&limit=2"),
+                        (users[0], ""), (alice, ""), (users[2], ""), (users[1], "?limit=100")]:
+        fast, portable = both_ways(
+            settings, lambda: api.get(f"/conversations{query}", HTTP_USER_ID=str(user.pk))
+        )
+        assert answer(fast) == answer(portable), (user.name, query)
+        assert fast.status_code == 200
+        assert reads[-2:] == ["conversations_page_json", "conversations_for_user"]
+
+
+@pytest.mark.parametrize("header", [None, "", "abc", "0", "999999", " 1 "])
+def test_a_conversation_list_refused_is_refused_the_same_both_ways(api, settings, users, header):
+    headers = {} if header is None else {"HTTP_USER_ID": header}
+    fast, portable = both_ways(settings, lambda: api.get("/conversations", **headers))
+    assert answer(fast) == answer(portable)
+
+
+def _post(api, conversation_id, user_id, body=None, **headers):
+    if user_id is not None:
+        headers["HTTP_USER_ID"] = str(user_id)
+    return api.post(f"/conversations/{conversation_id}/messages",
+                    {"content": "hello"} if body is None else body, **headers)
+
+
+def _stored(conversation, roles) -> list:
+    """The rows the posts left, with the ids that differ between two runs replaced by roles."""
+    messages = [(m.content, roles[m.user_id], m.index)
+                for m in Message.objects.filter(conversation=conversation).order_by("index")]
+    events = []
+    for event in OutboxEvent.objects.filter(event_id__startswith=f"{conversation.pk}:").order_by("id"):
+        payload = event.payload
+        assert payload["channel_id"] == conversation.pk
+        assert payload["participant_ids"] == [conversation.user_low_id, conversation.user_high_id]
+        events.append((event.event_id.split(":")[1], event.event_type, sorted(payload), roles[payload["user_id"]],
+                       payload["index"], payload["type"], event.sent_at, event.attempts))
+    return [messages, events, Conversation.objects.get(pk=conversation.pk).last_index]
+
+
+def _comparable(response, roles) -> tuple:
+    status, headers, body = answer(response)
+    if status == 201:
+        message = response.json()["message"]
+        assert list(message) == ["id", "content", "index", "user_id", "username", "conversation_id", "inserted_at"]
+        return status, headers, {**message, "id": None, "conversation_id": None, "user_id": roles[message["user_id"]],
+                                 "inserted_at": len(message["inserted_at"])}
+    return status, headers, body
+
+
+def test_message_posts_answer_and_store_the_same_both_ways(api, settings, users, django_capture_on_commit_callbacks):
+    """The same posts (and refusals) into two fresh conversations, one per path."""
+    outcomes = {}
+    for fast_paths in (True, False):
+        settings.PG_FAST_PATHS = fast_paths
+        extra = User.objects.create(name="a third user")
+        roles = {users[0].pk: "first", extra.pk: "extra"}
+        conversation = Conversation.objects.create(user_low_id=users[0].pk, user_high_id=extra.pk)
+        conversation.participants.add(users[0], extra)
+        cid = conversation.pk
+        with django_capture_on_commit_callbacks() as callbacks:
+            responses = [
+                *[_post(api, cid, users[0].pk, {"content": text}) for text in AWKWARD_TEXTS],
+                _post(api, cid, extra.pk, {"content": "from the other side"}),
+                _post(api, cid, users[2].pk),  # not a participant
+                _post(api, 999_999_999, users[0].pk),  # no such conversation
+                _post(api, cid, 999_999),  # no such user
+                _post(api, cid, None),  # no User-Id
+                _post(api, cid, "x1"),  # malformed User-Id
+                _post(api, cid, users[0].pk, {"content": "   "}),
+                _post(api, cid, users[0].pk, {"text": "hi"}),
+                _post(api, cid, users[0].pk, {"content": 5}),
+                _post(api, cid, users[0].pk, '{"content": NaN}', content_type="application/json"),
+                _post(api, cid, users[0].pk, '{"content": "x"', content_type="application/json"),
+                _post(api, cid, users[0].pk, "content=form", content_type="application/x-www-form-urlencoded"),
+                _post(api, "abc", users[0].pk),
+            ]
+        answers = [_comparable(response, roles) for response in responses]
+        outcomes[fast_paths] = (answers, _stored(conversation, roles), len(callbacks))
+    for fast, portable in zip(outcomes[True][0], outcomes[False][0]):
+        assert fast == portable
+    assert outcomes[True][1:] == outcomes[False][1:]
+    answers, (messages, events, last_index), relay_kicks = outcomes[True]
+    assert [status for status, _, _ in answers] == [201] * 8 + [400, 404, 400, 400, 400, 400, 400, 400, 400, 400, 415, 400]
+    assert last_index == len(messages) == len(events) == relay_kicks == 8
+
+
+def test_a_post_is_one_statement_and_a_page_one_more(api, users, conversation, settings, django_assert_num_queries):
+    settings.PG_FAST_PATHS = True
+    with django_assert_num_queries(1):
+        response = _post(api, conversation.pk, users[0].pk)
+    assert response.status_code == 201
+    with django_assert_num_queries(1):
+        assert api.get(f"/conversations/{conversation.pk}/messages").status_code == 200
+
+
+def test_the_post_timestamp_follows_the_stored_row(api, users, conversation, settings):
+    settings.PG_FAST_PATHS = True
+    body = _post(api, conversation.pk, users[0].pk).json()["message"]
+    stored = Message.objects.get(pk=body["id"])
+    assert body["inserted_at"] == stored.inserted_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + \
+        f"{stored.inserted_at.microsecond // 1000:03d}Z"
+    assert body["username"] == users[0].name
+
+
+def test_the_browsable_api_still_answers_html_on_the_hot_routes(api, users, conversation, settings):
+    settings.PG_FAST_PATHS = True
+    _post(api, conversation.pk, users[0].pk)
+    page = api.get(f"/conversations/{conversation.pk}/messages", HTTP_ACCEPT="text/html")
+    listing = api.get("/conversations", HTTP_ACCEPT="text/html", HTTP_USER_ID=str(users[0].pk))
+    for response in (page, listing):
+        assert response.status_code == 200
+        assert response["Content-Type"].startswith("text/html")
+    assert b"hello" in page.content
+    assert users[1].name.encode() in listing.content
