@@ -6,6 +6,16 @@ The database is reached with the libpq variables (PGHOST, PGPORT, PGUSER,
 PGPASSWORD, PGDATABASE; defaults: the local stack's database as `make up`
 creates it). Ratios compare scenarios measured in this same run, because
 absolute figures on a shared 2-core machine move from run to run.
+
+Besides the table it prints the CPU each part of the stack spent per request in
+each scenario (which is steadier than requests/s on a shared machine, and says
+where a scenario's time goes) and memory: RSS per serving instance, and the
+whole stack as PSS (shared pages counted once). Only this stack's processes are
+counted: instances and worker by the database they serve, PostgreSQL's backends
+of that database and its own processes, the load balancer's NGINX under
+MESSENGER_STATE_DIR, the Consul agent on CONSUL_PORT, RabbitMQ. Before the read
+scenarios it waits for the worker to relay the posts' events, and says how long
+that took, so the relay's work is not counted against the reads.
 """
 
 from __future__ import annotations
@@ -19,7 +29,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict as parse_conninfo
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
@@ -27,12 +41,14 @@ sys.path.insert(0, str(BENCH_DIR))
 import dataset as bench_dataset  # noqa: E402
 
 # Targets from the performance issue, checked against this run's figures.
+RELAY_WAIT_LIMIT = 180.0  # seconds the reads wait for the worker to relay the posts' events
 REFERENCE_BEST_HOT_RPS = 200  # the reference service at its best (8 clients), measured the same way
 TARGETS = {
     "post_hot": "≥1.0x pgbench hot@64, ≥2.5x reference (500 rps), 0 errors, p99 < 250 ms",
     "post_spread": "≥1,000 rps and ≥35% of pgbench spread@64",
     "get_page_big": "≥1,500 rps, within 1.2x of the 100-message page",
     "get_conversations": "≥1,000 rps",
+    "memory": "one serving instance under load < 150 MiB RSS, whole stack < 1 GiB",
 }
 
 
@@ -76,45 +92,139 @@ def pgbench(script: str, clients: int, duration: int, variables: dict[str, int])
     tps = float(re.search(r"tps = ([\d.]+)", result.stdout).group(1))
     latency = float(re.search(r"latency average = ([\d.]+) ms", result.stdout).group(1))
     failed = re.search(r"number of failed transactions: (\d+)", result.stdout)
+    processed = re.search(r"number of transactions actually processed: (\d+)", result.stdout)
     return {"rps": tps, "p50_ms": latency, "p99_ms": float("nan"), "errors": int(failed.group(1)) if failed else 0,
-            "note": "latency is pgbench's average"}
+            "requests": int(processed.group(1)) if processed else 0, "note": "latency is pgbench's average"}
 
 
-def _processes():
-    """(pid, parent pid, command line, RSS in MiB) of every readable process."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            status = (proc / "status").read_text()
-        except OSError:
-            continue
-        rss = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        parent = re.search(r"^PPid:\s+(\d+)", status, re.MULTILINE)
-        yield int(proc.name), int(parent.group(1)), cmdline, (int(rss.group(1)) / 1024 if rss else 0.0)
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+COMPONENTS = ("instances", "worker", "postgresql", "load balancer", "consul", "rabbitmq")
 
 
-def rss_mib(patterns: dict[str, re.Pattern]) -> dict[str, float]:
-    """Resident memory by component, summed over processes whose command line matches."""
-    totals = {name: 0.0 for name in patterns}
-    for _, _, cmdline, rss in _processes():
-        for name, pattern in patterns.items():
-            if pattern.search(cmdline):
-                totals[name] += rss
-                break
-    return totals
+@dataclass
+class Process:
+    pid: int
+    parent: int
+    cmdline: str
+    component: str | None = None
 
 
-def instance_rss_mib() -> list[float]:
-    """RSS of each serving instance: a gunicorn master plus its workers."""
-    serving = {pid: (parent, rss) for pid, parent, cmdline, rss in _processes()
-               if "gunicorn" in cmdline and "messenger.wsgi" in cmdline}
-    instances = {pid: rss for pid, (parent, rss) in serving.items() if parent not in serving}
-    for pid, (parent, rss) in serving.items():
-        if parent in instances:
-            instances[parent] += rss
-    return sorted(instances.values())
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def _postgres_database(cmdline: str) -> str | None:
+    """The database a PostgreSQL backend serves (`postgres: 15/main: user db host(port) state`); None for its own processes."""
+    words = cmdline.split(":", 2)[-1].split()
+    if len(words) >= 3 and (words[2].startswith("[local]") or "(" in words[2] or re.match(r"^[\d.:]+$", words[2])):
+        return words[1]
+    return None
+
+
+class Stack:
+    """This stack's processes by component, for CPU and memory figures."""
+
+    def __init__(self, database: str):
+        self.database = database
+        self.state_dir = os.environ.get("MESSENGER_STATE_DIR", str(BENCH_DIR.parent / ".state"))
+        self.consul_port = os.environ.get("CONSUL_PORT", "8500")
+
+    def processes(self) -> list[Process]:
+        found = {}
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                status = _read(proc / "status")
+                parent = re.search(r"^PPid:\s+(\d+)", status, re.MULTILINE)
+                cmdline = _read(proc / "cmdline").replace("\0", " ").strip()
+                if parent and cmdline:
+                    found[int(proc.name)] = Process(int(proc.name), int(parent.group(1)), cmdline)
+        for process in found.values():
+            process.component = self._component(process)
+        for process in found.values():  # NGINX's workers belong to the stack's NGINX master
+            if process.component is None and process.cmdline.startswith("nginx: worker"):
+                master = found.get(process.parent)
+                if master is not None and master.component == "load balancer":
+                    process.component = "load balancer"
+        return [process for process in found.values() if process.component]
+
+    def _component(self, process: Process) -> str | None:
+        cmdline = process.cmdline
+        if "gunicorn" in cmdline and "messenger.wsgi" in cmdline:
+            return "instances" if _environ(process.pid).get("PGDATABASE") == self.database else None
+        if "celery" in cmdline and "messenger" in cmdline:
+            return "worker" if _environ(process.pid).get("PGDATABASE") == self.database else None
+        if cmdline.startswith("postgres"):
+            database = _postgres_database(cmdline)
+            return "postgresql" if database in (None, self.database) else None
+        if f"{self.state_dir}/load-balancer/nginx" in cmdline and (
+                cmdline.startswith("nginx: master") or "upstream_watcher" in cmdline):
+            return "load balancer"
+        if cmdline.startswith("consul agent") and f"-http-port {self.consul_port}" in cmdline:
+            return "consul"
+        if re.search(r"beam\.smp|epmd|erl_child_setup|inet_gethost", cmdline):
+            return "rabbitmq"
+        return None
+
+    def cpu_seconds(self) -> dict[int, tuple[str, float]]:
+        """CPU time used so far (user + system) by each of the stack's processes."""
+        times = {}
+        for process in self.processes():
+            fields = _read(Path(f"/proc/{process.pid}/stat")).rsplit(")", 1)[-1].split()
+            if len(fields) > 12:
+                times[process.pid] = (process.component, (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+        return times
+
+    def memory_mib(self) -> tuple[list[float], dict[str, float]]:
+        """RSS of each serving instance (gunicorn master plus workers), and PSS by component."""
+        processes = self.processes()
+        instance_of = {}
+        for process in processes:
+            if process.component == "instances":
+                instance_of[process.pid] = process.parent if any(
+                    p.pid == process.parent and p.component == "instances" for p in processes) else process.pid
+        rss: dict[int, float] = {}
+        pss = {component: 0.0 for component in COMPONENTS}
+        for process in processes:
+            rollup = _read(Path(f"/proc/{process.pid}/smaps_rollup"))
+            pss_kb = re.search(r"^Pss:\s+(\d+) kB", rollup, re.MULTILINE)
+            pss[process.component] += int(pss_kb.group(1)) / 1024 if pss_kb else 0.0
+            if process.pid in instance_of:
+                rss_kb = re.search(r"^VmRSS:\s+(\d+) kB", _read(Path(f"/proc/{process.pid}/status")), re.MULTILINE)
+                key = instance_of[process.pid]
+                rss[key] = rss.get(key, 0.0) + (int(rss_kb.group(1)) / 1024 if rss_kb else 0.0)
+        return sorted(rss.values()), pss
+
+
+def cpu_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
+    """Milliseconds of CPU per request by component, over processes alive at both ends."""
+    spent = {component: 0.0 for component in COMPONENTS}
+    for pid, (component, seconds) in after.items():
+        if pid in before:
+            spent[component] += seconds - before[pid][1]
+    return {component: value * 1000 / max(requests, 1) for component, value in spent.items()}
+
+
+def wait_for_relay(info: str, limit: float) -> tuple[int, float]:
+    """Wait (at most `limit` s) until no event waits in the outbox; (events relayed meanwhile, seconds)."""
+    started = time.monotonic()
+    with psycopg.connect(info, autocommit=True) as conn:
+        first = conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+        pending = first
+        while pending and time.monotonic() - started < limit:
+            time.sleep(0.5)
+            pending = conn.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0]
+    return first - pending, time.monotonic() - started
 
 
 def main() -> int:
@@ -142,62 +252,67 @@ def main() -> int:
     print(f"bench: data set ready in {time.monotonic() - started:.1f}s: {json.dumps(data.as_dict())}", flush=True)
 
     duration, conns = args.duration, args.connections
-    rows: list[tuple[str, dict]] = []
+    stack = Stack(parse_conninfo(info)["dbname"])
+    rows: list[tuple[str, dict, dict]] = []
+    memory_under_load: list[float] = []
 
     def run(name: str, fn, *fn_args):
         print(f"bench: {name} ({duration}s) ...", flush=True)
+        before = stack.cpu_seconds()
         figures = fn(*fn_args)
-        rows.append((name, figures))
+        rows.append((name, figures, cpu_per_request(before, stack.cpu_seconds(), figures["requests"])))
         return figures
 
     pg_hot = run("pgbench: post, hot conversation, 64 clients", pgbench, "post_message_hot.sql", conns, duration,
                  {"hot_conversation": data.pg_hot_conversation, "hot_user": data.pg_hot_user})
     hot = run("POST message, hot conversation, 64 clients", wrk, args.url, "post_message_hot.lua", conns, duration,
               {"BENCH_CONVERSATION": str(data.hot_conversation), "BENCH_USER": str(data.hot_user)})
-    memory_under_load = instance_rss_mib()
+    memory_under_load, _ = stack.memory_mib()
     pg_spread = run("pgbench: post, 1,000 conversations, 64 clients", pgbench, "post_message_spread.sql", conns,
                     duration, {"spread_first": data.pg_spread_first, "spread_last": data.pg_spread_last,
                                "spread_user": data.pg_hub_user})
     spread = run("POST message, 1,000 conversations, 64 clients", wrk, args.url, "post_message_spread.lua", conns,
                  duration, {"BENCH_SPREAD_FIRST": str(data.spread_first), "BENCH_SPREAD_LAST": str(data.spread_last),
                             "BENCH_USER": str(data.hub_user)})
+    print("bench: waiting for the worker to relay the posts' events ...", flush=True)
+    relayed, relay_seconds = wait_for_relay(info, RELAY_WAIT_LIMIT)
     big = run("GET page, 100,000-message conversation", wrk, args.url, "get_path.lua", conns, duration,
               {"BENCH_PATH": f"/conversations/{data.big_conversation}/messages?after_index=50000"})
     small = run("GET page, 100-message conversation", wrk, args.url, "get_path.lua", conns, duration,
                 {"BENCH_PATH": f"/conversations/{data.small_conversation}/messages"})
-    convs = run("GET /conversations, user with 1,000", wrk, args.url, "get_path.lua", conns, duration,
-                {"BENCH_PATH": "/conversations", "BENCH_USER": str(data.hub_user)})
+    run("GET /conversations, user with 1,000", wrk, args.url, "get_path.lua", conns, duration,
+        {"BENCH_PATH": "/conversations", "BENCH_USER": str(data.hub_user)})
     run("GET /health", wrk, args.url, "get_path.lua", conns, duration, {"BENCH_PATH": "/health"})
 
-    stack = rss_mib({
-        "instances": re.compile(r"gunicorn.*messenger\.wsgi"),
-        "worker": re.compile(r"celery"),
-        "nginx": re.compile(r"^nginx"),
-        "consul": re.compile(r"^consul "),
-        "upstream watcher": re.compile(r"upstream_watcher"),
-        "postgresql": re.compile(r"^postgres"),
-        "rabbitmq": re.compile(r"beam\.smp|epmd|erl_child_setup|inet_gethost"),
-    })
+    _, memory = stack.memory_mib()
     problems = bench_dataset.integrity_problems(info)
 
     print()
-    print(f"| scenario | requests/s | p50 ms | p99 ms | errors | ratio |")
-    print(f"|---|---:|---:|---:|---:|---|")
+    print("| scenario | requests/s | p50 ms | p99 ms | errors | ratio |")
+    print("|---|---:|---:|---:|---:|---|")
     ratios = {
         "POST message, hot conversation, 64 clients": f"{hot['rps'] / pg_hot['rps']:.2f}x pgbench hot, "
                                                       f"{hot['rps'] / REFERENCE_BEST_HOT_RPS:.1f}x reference",
         "POST message, 1,000 conversations, 64 clients": f"{spread['rps'] / pg_spread['rps']:.0%} of pgbench spread",
         "GET page, 100,000-message conversation": f"{small['rps'] / big['rps']:.2f}x slower than 100-message page",
     }
-    for name, figures in rows:
+    for name, figures, _ in rows:
         p99 = "" if figures["p99_ms"] != figures["p99_ms"] else f"{figures['p99_ms']:.1f}"
         print(f"| {name} | {figures['rps']:.0f} | {figures['p50_ms']:.1f} | {p99} | {figures['errors']} | "
               f"{ratios.get(name, '')} |")
     print()
-    print("memory (RSS, MiB): per serving instance under load: "
+    print("CPU per request (ms), by part of the stack:")
+    print("| scenario | " + " | ".join(COMPONENTS) + " | all |")
+    print("|---|" + "---:|" * (len(COMPONENTS) + 1))
+    for name, _, cpu in rows:
+        if not name.startswith("pgbench"):  # pgbench's backends come and go within the run: not counted
+            print(f"| {name} | " + " | ".join(f"{cpu[c]:.2f}" for c in COMPONENTS) + f" | {sum(cpu.values()):.2f} |")
+    print()
+    print(f"events relayed between the posts and the reads: {relayed} in {relay_seconds:.1f}s")
+    print("memory (RSS, MiB) per serving instance under load: "
           + ", ".join(f"{value:.0f}" for value in memory_under_load))
-    print("memory (RSS, MiB) by component: " + ", ".join(f"{k} {v:.0f}" for k, v in stack.items())
-          + f"; whole stack {sum(stack.values()):.0f}")
+    print("memory (PSS, MiB) by part of the stack: " + ", ".join(f"{k} {v:.0f}" for k, v in memory.items())
+          + f"; whole stack {sum(memory.values()):.0f}")
     print()
     print("targets: " + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
     print("integrity after the run:")

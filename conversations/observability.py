@@ -28,7 +28,6 @@ import re
 import socket
 import time
 import urllib.request
-import uuid
 from datetime import datetime, timezone
 from urllib.parse import quote
 
@@ -103,7 +102,20 @@ def _route_template(request) -> str:
 
 def _request_id(request) -> str:
     offered = request.META.get("HTTP_X_REQUEST_ID", "")
-    return offered if _USABLE_REQUEST_ID.match(offered) else uuid.uuid4().hex
+    return offered if _USABLE_REQUEST_ID.match(offered) else os.urandom(16).hex()  # a uuid4's 32 hex digits
+
+
+# The labelled children of both metrics by (method, route, status): labels() validates and
+# locks on every call, which cost more than the counting itself on a fast request.
+_SERIES: dict[tuple[str, str, str], tuple] = {}
+
+
+def _series(method: str, route: str, status: str) -> tuple:
+    key = (method, route, status)
+    series = _SERIES.get(key)
+    if series is None:
+        series = _SERIES[key] = (REQUESTS.labels(method, route, status), LATENCY.labels(method, route, status))
+    return series
 
 
 class RequestObservabilityMiddleware:
@@ -120,8 +132,9 @@ class RequestObservabilityMiddleware:
 
         route = _route_template(request)
         status = str(response.status_code)
-        REQUESTS.labels(request.method, route, status).inc()
-        LATENCY.labels(request.method, route, status).observe(elapsed)
+        requests, latency = _series(request.method, route, status)
+        requests.inc()
+        latency.observe(elapsed)
         if logger.isEnabledFor(logging.INFO):
             if _INSTANCE is None:
                 _INSTANCE = instance_id()
