@@ -125,8 +125,13 @@ def _environ(pid: int) -> dict[str, str]:
 
 
 def _postgres_database(cmdline: str) -> str | None:
-    """The database a PostgreSQL backend serves (`postgres: 15/main: user db host(port) state`); None for its own processes."""
+    """The database a PostgreSQL backend (`postgres: 15/main: user db host(port) state`) or autovacuum worker works on.
+
+    None for the server's own processes (checkpointer, WAL writer, ...), which serve every database.
+    """
     words = cmdline.split(":", 2)[-1].split()
+    if words[:2] == ["autovacuum", "worker"]:
+        return words[2] if len(words) > 2 else None
     if len(words) >= 3 and (words[2].startswith("[local]") or "(" in words[2] or re.match(r"^[\d.:]+$", words[2])):
         return words[1]
     return None
@@ -302,6 +307,7 @@ def main() -> int:
               f"{ratios.get(name, '')} |")
     print()
     print("CPU per request (ms), by part of the stack:")
+    print()
     print("| scenario | " + " | ".join(COMPONENTS) + " | all |")
     print("|---|" + "---:|" * (len(COMPONENTS) + 1))
     for name, _, cpu in rows:
