@@ -60,8 +60,8 @@ LATENCY = Histogram(
 def _consul_registration():
     """This instance's Consul registration, or None when it does not register.
 
-    `messenger.discovery.start()` makes it in gunicorn's master before the
-    workers fork, so each worker holds a copy of its id and agent address.
+    `AppConfig.ready()` makes it in gunicorn's master (see messenger/discovery.py)
+    before the workers fork, so each worker holds a copy of its id and agent address.
     """
     try:
         from messenger import discovery

@@ -1,8 +1,13 @@
 """Consul registration of one serving instance.
 
-One `Registration` per serving instance: gunicorn's master starts it (see
-`messenger/gunicorn_conf.py` for why there and not in `AppConfig.ready()`). It
-registers the instance under `CONSUL_SERVICE_NAME` with a unique id, the address
+One `Registration` per serving instance, started from the app's
+`AppConfig.ready()` (the design card's hook) but only in the process the
+serving entry point marked: `messenger/gunicorn_conf.py` calls
+`mark_serving_process()` in gunicorn's master, whose preloaded app runs
+`ready()` once. Management commands, Celery workers, tests and gunicorn's
+forked workers run `ready()` too, and register nothing. gunicorn's `when_ready`
+hook calls `start()` again (a no-op when `ready()` already did; the start
+itself when the app is not preloaded). It registers the instance under `CONSUL_SERVICE_NAME` with a unique id, the address
 and port Consul and the load balancer reach it at, and an HTTP check on
 `/health`. A background thread keeps it registered:
 
@@ -19,6 +24,7 @@ is already registered replaces it, so every step here is safe to repeat.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import urllib.error
@@ -36,6 +42,9 @@ logger = logging.getLogger(__name__)
 # neither the retry loop nor shutdown for longer.
 API_TIMEOUT_SECONDS = 5.0
 FIRST_RETRY_SECONDS = 0.5
+# ready() runs before gunicorn binds its socket: the first registration waits
+# (this long at most) until the instance answers, so it registers passing.
+FIRST_REGISTRATION_WAIT_SECONDS = 30.0
 _ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
 # What a failed call to an unreachable or failing agent raises.
 _CONSUL_ERRORS = (consul.ConsulException, requests.RequestException, OSError)
@@ -108,7 +117,17 @@ class Registration:
         """Keep this instance registered from a background thread."""
         threading.Thread(target=self._keep_registered, name="consul-registration", daemon=True).start()
 
+    def _wait_until_serving(self) -> None:
+        """Until this instance answers its own /health (or the wait runs out, or stop())."""
+        host = "127.0.0.1" if self._bind_host in _ANY_ADDRESS else self._bind_host
+        local_health = f"http://{host}:{self.port}/health"
+        deadline = FIRST_REGISTRATION_WAIT_SECONDS
+        while deadline > 0 and not self._stopped.is_set() and not _answers(local_health):
+            self._stopped.wait(0.1)
+            deadline -= 0.1
+
     def _keep_registered(self) -> None:
+        self._wait_until_serving()
         backoff = FIRST_RETRY_SECONDS
         failing = False
         while not self._stopped.is_set():
@@ -158,6 +177,21 @@ def _answers(health_url: str) -> bool:
 
 _current: Registration | None = None
 _current_lock = threading.Lock()
+# The process that serves, as marked by the serving entry point; only it registers.
+_serving_pid: int | None = None
+
+
+def mark_serving_process() -> None:
+    """Called by the serving entry point (gunicorn's config): this process may register."""
+    global _serving_pid
+    _serving_pid = os.getpid()
+
+
+def start_if_serving(config: Config) -> Registration | None:
+    """`AppConfig.ready()`'s call: register only in the marked serving process."""
+    if _serving_pid != os.getpid():
+        return None  # a management command, a Celery worker, a test, or a forked gunicorn worker
+    return start(config)
 
 
 def start(config: Config) -> Registration | None:

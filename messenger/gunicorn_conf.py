@@ -67,15 +67,16 @@ def on_starting(server):
 
 
 # --- Consul registration ----------------------------------------------------
-# The design card names Django's AppConfig.ready() as the hook, but ready() also
-# runs in every management command, Celery worker and test run, and in every
-# worker when the app is not preloaded. gunicorn's master exists exactly once
-# per serving instance, so registration lives in its server hooks instead.
-# `when_ready` runs once the listening socket is bound, so Consul's first check
-# can already pass.
+# The app's AppConfig.ready() registers (the design card's hook), but ready()
+# also runs in every management command, Celery worker and test run, and in
+# every worker when the app is not preloaded. gunicorn's master exists exactly
+# once per serving instance: marking it here, when gunicorn reads this file and
+# before it preloads the app, makes ready() register in it and nowhere else.
+discovery.mark_serving_process()
 
 
 def when_ready(server):
+    # Already started by ready() in the preloaded master; started here otherwise.
     registration = discovery.start(_config)
     if registration is None:
         return  # CONSUL_SERVICE_NAME unset: not registered anywhere

@@ -17,7 +17,7 @@ import uuid
 import pika
 import pytest
 
-from tests.support.processes import REPO_ROOT, ConsulAgent, http_get, port_open, wait_until
+from tests.support.processes import REPO_ROOT, ConsulAgent, free_port, http_get, port_open, wait_until
 from tests.support.service import ServiceProcess
 from tests.support.tcp_proxy import TcpProxy
 
@@ -189,6 +189,34 @@ def test_the_test_process_registers_nothing(consul_agent, instances_db):
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert _registered_services(consul_agent) == {}
+
+
+SERVE_AFTER_READY = """
+import threading, time, wsgiref.simple_server, os
+from messenger import gunicorn_conf  # the serving entry point marks this process
+import django
+django.setup()  # AppConfig.ready(): starts the registration, which waits for /health to answer
+from messenger.wsgi import application
+server = wsgiref.simple_server.make_server("127.0.0.1", int(os.environ["PORT"]), application)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+time.sleep(float(os.environ["SERVE_SECONDS"]))
+"""
+
+
+def test_ready_registers_the_process_the_serving_entry_point_marked(consul_agent, instances_db):
+    """The design card's hook: AppConfig.ready() registers, here with no gunicorn hook ever run."""
+    port = free_port()
+    env = {**os.environ, "APP_ENV": "test", "PGDATABASE": instances_db, "PORT": str(port), "BIND_HOST": "127.0.0.1",
+           "CONSUL_SERVICE_NAME": "messenger", "CONSUL_HOST": "127.0.0.1",
+           "CONSUL_PORT": str(consul_agent.http_port), "SERVE_SECONDS": "20"}
+    process = subprocess.Popen([sys.executable, "-c", SERVE_AFTER_READY], cwd=REPO_ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        passing = wait_until(lambda: consul_agent.healthy_instances("messenger"), 15, what="registered from ready()")
+        assert [(entry["Service"]["Address"], entry["Service"]["Port"]) for entry in passing] == [("127.0.0.1", port)]
+    finally:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def test_celery_worker_registers_nothing(consul_agent, instances_db, tmp_path):
