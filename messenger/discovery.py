@@ -118,11 +118,11 @@ class Registration:
         threading.Thread(target=self._keep_registered, name="consul-registration", daemon=True).start()
 
     def _wait_until_serving(self) -> None:
-        """Until this instance answers its own /health (or the wait runs out, or stop())."""
+        """Until this instance answers its own /health at all, healthy or not (or the wait runs out, or stop())."""
         host = "127.0.0.1" if self._bind_host in _ANY_ADDRESS else self._bind_host
         local_health = f"http://{host}:{self.port}/health"
         deadline = FIRST_REGISTRATION_WAIT_SECONDS
-        while deadline > 0 and not self._stopped.is_set() and not _answers(local_health):
+        while deadline > 0 and not self._stopped.is_set() and _health_status(local_health) is None:
             self._stopped.wait(0.1)
             deadline -= 0.1
 
@@ -165,14 +165,21 @@ class Registration:
         return True
 
 
-def _answers(health_url: str) -> bool:
-    """Whether `health_url` answers 200 now (the workers may still be starting: wait for them)."""
+def _health_status(health_url: str) -> int | None:
+    """The HTTP status `health_url` answers with now; None while nothing answers (not yet serving)."""
     direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
     try:
         with direct.open(health_url, timeout=API_TIMEOUT_SECONDS) as response:
-            return response.status == 200
+            return response.status
+    except urllib.error.HTTPError as exc:  # it answers, unhealthy (a 503 while the database is away)
+        return exc.code
     except (urllib.error.URLError, OSError):
-        return False
+        return None
+
+
+def _answers(health_url: str) -> bool:
+    """Whether `health_url` answers 200 now (the workers may still be starting: wait for them)."""
+    return _health_status(health_url) == 200
 
 
 _current: Registration | None = None
