@@ -268,14 +268,15 @@ def main() -> int:
         rows.append((name, figures, cpu_per_request(before, stack.cpu_seconds(), figures["requests"])))
         return figures
 
-    pg_hot = run("pgbench: post, hot conversation, 64 clients", pgbench, "post_message_hot.sql", conns, duration,
-                 {"hot_conversation": data.pg_hot_conversation, "hot_user": data.pg_hot_user})
+    pg_hot = run("pgbench: post, hot conversation, 64 clients", pgbench, "post_message.sql", conns, duration,
+                 {"first_conversation": data.pg_hot_conversation, "last_conversation": data.pg_hot_conversation,
+                  "user": data.pg_hot_user})
     hot = run("POST message, hot conversation, 64 clients", wrk, args.url, "post_message_hot.lua", conns, duration,
               {"BENCH_CONVERSATION": str(data.hot_conversation), "BENCH_USER": str(data.hot_user)})
     memory_under_load, _ = stack.memory_mib()
-    pg_spread = run("pgbench: post, 1,000 conversations, 64 clients", pgbench, "post_message_spread.sql", conns,
-                    duration, {"spread_first": data.pg_spread_first, "spread_last": data.pg_spread_last,
-                               "spread_user": data.pg_hub_user})
+    pg_spread = run("pgbench: post, 1,000 conversations, 64 clients", pgbench, "post_message.sql", conns,
+                    duration, {"first_conversation": data.pg_spread_first, "last_conversation": data.pg_spread_last,
+                               "user": data.pg_hub_user})
     spread = run("POST message, 1,000 conversations, 64 clients", wrk, args.url, "post_message_spread.lua", conns,
                  duration, {"BENCH_SPREAD_FIRST": str(data.spread_first), "BENCH_SPREAD_LAST": str(data.spread_last),
                             "BENCH_USER": str(data.hub_user)})
