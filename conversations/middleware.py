@@ -3,7 +3,8 @@
 Runs first in the middleware stack. A declared `Content-Length` over
 `JSON_BODY_LIMIT` is refused at once, unread. A chunked body (no
 Content-Length) is read up to one byte past the limit, refused if it goes
-past, and otherwise handed on as a normal body — Django itself ignores chunked
+past (413) or if its chunked framing is broken (400), and otherwise handed on
+as a normal body — Django itself ignores chunked
 bodies that its server did not de-chunk into a length.
 """
 
@@ -37,7 +38,13 @@ class BodyLimitMiddleware:
                 return _too_large(limit)
         elif "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
             stream = request.META.get("wsgi.input")
-            body = stream.read(limit + 1) if stream is not None else b""
+            try:
+                body = stream.read(limit + 1) if stream is not None else b""
+            except Exception:  # noqa: BLE001 - the server's de-chunking failed: the client's framing
+                # A chunk size that is not hex, a chunk without its CRLF, a body cut short: the
+                # WSGI server raises its own parse errors (gunicorn's are not OSError, so Django's
+                # UnreadablePostError does not cover them). Nothing was read that could be used.
+                return json_error("Malformed chunked request body", 400)
             if len(body) > limit:
                 return _too_large(limit)
             request.META["CONTENT_LENGTH"] = str(len(body))

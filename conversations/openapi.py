@@ -21,6 +21,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from conversations.authentication import MISSING_USER_ID
 from conversations.errors import DATABASE_UNAVAILABLE
 from conversations.validation import IDEMPOTENCY_KEY_MAX, MAX_ID
+from messenger import gunicorn_refusals
 
 HEADER, QUERY, PATH = OpenApiParameter.HEADER, OpenApiParameter.QUERY, OpenApiParameter.PATH
 
@@ -281,13 +282,12 @@ _REQUEST_ID_HEADER = {
     "required": True,
     "schema": {"type": "string", "minLength": 1, "maxLength": 128},
 }
-# gunicorn itself refuses a request line (path and query) over 4094 bytes,
-# before the application sees it: no JSON, no X-Request-Id (NGINX does the same
-# at its own limit).
-_URI_TOO_LONG = {
-    "description": "The path and query are longer than the HTTP server accepts (4094 bytes); refused unread.",
-    "content": {"text/html": {"schema": {"type": "string"}}},
-}
+# gunicorn itself refuses a request line (path and query) over its limit,
+# before the application sees it: JSON as ever, but no X-Request-Id.
+_URI_TOO_LONG = error(
+    f"The request line (path and query) is longer than the HTTP server accepts "
+    f"({gunicorn_refusals.LIMIT_REQUEST_LINE} bytes); refused unread."
+)
 _RETRY_AFTER_HEADER = {"description": "Seconds to wait before retrying.", "required": True,
                        "schema": {"type": "string"}}
 _REPLAYED_HEADER = {"description": "`true` when an Idempotency-Key repeat returned the first message.",

@@ -18,13 +18,30 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _decimal_at_most(text: str, maximum: int) -> int | None:
+    """The value of ASCII decimal digits `text`, or None when it is not such digits or exceeds `maximum`.
+
+    The length is checked before `int()`: Python refuses to convert more than 4,300 digits
+    (a ValueError), and a header or JSON field may carry far more.
+    """
+    if not text.isdecimal() or not text.isascii():
+        return None
+    significant = text.lstrip("0") or "0"
+    if len(significant) > len(str(maximum)):
+        return None
+    value = int(significant)
+    return value if value <= maximum else None
+
+
 def positive_id(raw: Any, what: str) -> int:
     """A database id given as text (path, header) or as a JSON integer."""
     if isinstance(raw, str):
         text = raw.strip()
         if not text.isdecimal() or not text.isascii():
-            raise InvalidInput(f"{what} must be a positive integer, got {raw!r}")
-        value = int(text)
+            raise InvalidInput(f"{what} must be a positive integer, got {raw[:40]!r}")
+        value = _decimal_at_most(text, MAX_ID)
+        if value is None:
+            raise InvalidInput(f"{what} must be a positive integer no larger than {MAX_ID}")
     elif _is_int(raw):
         value = raw
     else:
@@ -110,6 +127,7 @@ def query_int(params: Mapping[str, str], name: str, *, default: int, minimum: in
     raw = params.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdecimal() or not raw.isascii() or not minimum <= int(raw) <= maximum:
+    value = _decimal_at_most(raw, maximum)
+    if value is None or value < minimum:
         raise InvalidInput(f"{name} must be an integer from {minimum} to {maximum}")
-    return int(raw)
+    return value

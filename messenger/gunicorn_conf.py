@@ -8,6 +8,7 @@ import time
 
 from messenger import config as config_schema
 from messenger import discovery
+from messenger import gunicorn_refusals
 from messenger import startup_checks
 
 _config = config_schema.load()
@@ -59,6 +60,12 @@ preload_app = True
 # gunicorn's control socket has one default path per user, which the several
 # instances a host runs would take from each other; nothing here uses it.
 control_socket_disable = True
+# What gunicorn refuses before the application sees it, and how: JSON, like
+# every other refusal (gunicorn_refusals.py says why it is done this way).
+limit_request_line = gunicorn_refusals.LIMIT_REQUEST_LINE
+limit_request_fields = gunicorn_refusals.LIMIT_REQUEST_FIELDS
+limit_request_field_size = gunicorn_refusals.LIMIT_REQUEST_FIELD_SIZE
+gunicorn_refusals.install()
 
 
 def on_starting(server):

@@ -1,4 +1,4 @@
-"""Fuzzing in CI: schemathesis against the served description and a live gunicorn.
+"""Fuzzing in CI: schemathesis against the served description, on a live gunicorn and through NGINX.
 
 Bounded by tests/fuzz/schemathesis.toml (fixed seed, 15 examples per operation
 and phase, 60 s at most): zero 5xx, zero responses outside the description,
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.live_service import database_env, seed_chat
+from tests.support.load_balancer import nginx_in_front_of
 from tests.support.openapi_check import ResponseChecker, served_schema
 from tests.support.processes import REPO_ROOT, http_get
 from tests.support.service import ServiceProcess
@@ -32,10 +33,20 @@ def service(tmp_path):
         service.stop()
 
 
-def test_fuzzing_finds_no_server_error_and_no_response_outside_the_description(service, tmp_path):
+@pytest.fixture(params=["gunicorn", "load balancer"])
+def target(request, service, tmp_path):
+    """Where the fuzzer sends its requests: the instance itself, or the project's NGINX in front of it."""
+    if request.param == "gunicorn":
+        yield service.url
+    else:
+        with nginx_in_front_of(service.port, tmp_path / "nginx") as nginx:
+            yield f"http://127.0.0.1:{nginx.port}"
+
+
+def test_fuzzing_finds_no_server_error_and_no_response_outside_the_description(service, target, tmp_path):
     st = Path(sys.executable).with_name("st")
     result = subprocess.run(
-        [str(st), "--config-file", str(CONFIG), "--no-color", "run", f"{service.url}/schema",
+        [str(st), "--config-file", str(CONFIG), "--no-color", "run", f"{target}/schema",
          "--report", "junit", "--report-dir", str(tmp_path / "report")],
         cwd=tmp_path, capture_output=True, text=True, timeout=240,
     )

@@ -72,3 +72,18 @@ def test_an_empty_user_id_header_is_malformed_not_absent(api, users, conversatio
     response = getattr(api, method)(path.format(cid=conversation.pk), HTTP_USER_ID="", **body)
     assert response.status_code == 400
     assert response.json() == {"error": "User-Id header must be a positive integer, got ''"}
+
+
+@pytest.mark.parametrize("path", ["/conversations", "/conversations/{cid}/messages"])
+def test_a_user_id_of_thousands_of_digits_is_400_not_500(api, conversation, path):
+    """Found by tests/test_refusals.py: Python refuses int() of more than 4,300 digits (a ValueError, so a 500);
+    the length is now checked first."""
+    response = api.get(path.format(cid=conversation.pk), HTTP_USER_ID="9" * 5000)
+    assert response.status_code == 400
+    assert response.json() == {"error": "User-Id header must be a positive integer no larger than 9223372036854775807"}
+
+
+def test_leading_zeros_do_not_count_against_an_ids_length(api, users, conversation):
+    response = api.get("/conversations", HTTP_USER_ID="0" * 5000 + str(users[0].pk))
+    assert response.status_code == 200
+    assert [c["id"] for c in response.json()["conversations"]] == [conversation.pk]

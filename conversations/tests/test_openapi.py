@@ -57,9 +57,8 @@ def test_schema_documents_the_headers_and_error_shape(checker):
     for path, operations in schema["paths"].items():
         for operation in operations.values():
             for code, response in operation["responses"].items():
-                if code == "414":  # answered by gunicorn, before the application
-                    continue
-                assert "X-Request-Id" in response["headers"], (path, code)
+                if code != "414":  # 414 is answered by gunicorn, before the application
+                    assert "X-Request-Id" in response["headers"], (path, code)
                 if code.startswith(("4", "5")) and path != "/health":
                     assert response["content"]["application/json"]["schema"] == {
                         "$ref": "#/components/schemas/Error"}, (path, code)

@@ -25,6 +25,7 @@ import signal
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,21 @@ def watcher_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextmanager
+def nginx_in_front_of(port: int, state_dir: Path):
+    """The project's NGINX (its nginx.conf and server block, as the watcher runs it) on a free port,
+    with the one instance on `port` as its whole upstream list; stopped on exit."""
+    watcher = watcher_module()
+    nginx = watcher.Nginx(state_dir, "nginx")
+    nginx.port = free_port()
+    nginx.prepare(f"127.0.0.1:{nginx.port}")
+    assert nginx.apply(watcher.render_upstream("messenger", [("127.0.0.1", port)])) == "started"
+    try:
+        yield nginx
+    finally:
+        nginx.quit(timeout=10)
 
 
 # --- the consul-template path, expanded -------------------------------------------
