@@ -54,5 +54,10 @@ def json_string(expression: str) -> str:
 
 
 def json_timestamp(expression: str) -> str:
-    """SQL for a timestamptz as the API writes it (`presenters.timestamp`): UTC, milliseconds truncated."""
-    return f"""to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+    """SQL for a timestamptz as the API writes it (`presenters.timestamp`): UTC, milliseconds truncated.
+
+    The colons are quoted literals (`":"`), so no `:name` appears in the text:
+    `make bench` hands these statements to pgbench as they are, and pgbench
+    reads `:name` as one of its variables.
+    """
+    return f"""to_char({expression} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24":"MI":"SS.MS"Z"')"""

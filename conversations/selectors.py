@@ -93,7 +93,7 @@ _UNKNOWN_USER, _NOT_A_PARTICIPANT = "unknown user", "not a participant"
 # The caller (when a User-Id was sent) must exist and, members only, be in the
 # conversation: both are decided first, once (an InitPlan), and a refused read
 # touches no message. `found` is asked only of an empty page.
-_MESSAGES_PAGE_SQL = f"""
+MESSAGES_PAGE_SQL = f"""
 WITH gate AS (
     SELECT CASE
         WHEN %(user)s::bigint IS NOT NULL AND NOT EXISTS (SELECT 1 FROM users WHERE id = %(user)s::bigint)
@@ -137,7 +137,7 @@ def messages_page(*, conversation_id: int, after_index: int, limit: int, user_id
     if members_only and user_id is None:
         raise InvalidInput(MISSING_USER_ID)
     if pg.enabled():
-        refusal, items, count, last, found = _run(_MESSAGES_PAGE_SQL, {
+        refusal, items, count, last, found = _run(MESSAGES_PAGE_SQL, {
             "conversation": conversation_id, "after": after_index, "limit": limit, "user": user_id,
             "members_only": members_only})
         if refusal == _UNKNOWN_USER:
@@ -174,7 +174,7 @@ def messages_page(*, conversation_id: int, after_index: int, limit: int, user_id
 # One ordered index scan per side of the pair, (user_low_id, id) and
 # (user_high_id, id), merged: a page costs the same for a user with 3
 # conversations or 30,000. A conversation never has the same user on both sides.
-_CONVERSATIONS_PAGE_SQL = f"""
+CONVERSATIONS_PAGE_SQL = f"""
 SELECT string_agg(
            '{{"id":' || p.id || ',"inserted_at":"' || {pg.json_timestamp("p.inserted_at")}
            || '","name":' || {pg.json_string("u.name")} || '}}',
@@ -206,7 +206,7 @@ def conversations_page(*, user_id: int | None, after_id: int, limit: int) -> Jso
     if user_id is None:
         raise InvalidInput(MISSING_USER_ID)
     if pg.enabled():
-        items, count, last, found = _run(_CONVERSATIONS_PAGE_SQL, {"user": user_id, "after": after_id, "limit": limit})
+        items, count, last, found = _run(CONVERSATIONS_PAGE_SQL, {"user": user_id, "after": after_id, "limit": limit})
         if not found:
             raise unknown_user(user_id)
         return JsonPage(items=items or "", more=count > limit, last=last)

@@ -162,7 +162,7 @@ _NEXT_INDEX_SQL = (
 # the commit of this one statement, with no client round trip in between. The
 # timestamps are taken after the lock (clock_timestamp(), not now()), so they
 # follow index order.
-_POST_MESSAGE_SQL = f"""
+POST_MESSAGE_SQL = f"""
 WITH bumped AS (
     UPDATE channels SET last_index = last_index + 1
     WHERE id = %(conversation)s
@@ -190,7 +190,7 @@ def _message_post(*, conversation_id: int, user_id: int, content: str) -> Posted
     """`message_create` without an idempotency key on PostgreSQL: the check and the writes in one statement."""
     with pg.prepared_cursor() as cursor:
         cursor.execute(
-            _POST_MESSAGE_SQL,
+            POST_MESSAGE_SQL,
             {"conversation": conversation_id, "user": user_id, "content": content},
         )
         message_id, index, inserted_at, username, found = cursor.fetchone()
@@ -219,7 +219,9 @@ def message_create(
 
     Refuses, in this order: a `user_id` naming no user, no such conversation,
     a user outside it. On PostgreSQL a post without a key is one statement
-    (`_POST_MESSAGE_SQL`) that decides all three and does the writes. With an `idempotency_key`, a repeat of the same post by the same user
+    (`POST_MESSAGE_SQL`) that decides all three and does the writes.
+
+    With an `idempotency_key`, a repeat of the same post by the same user
     returns the first message (no second message, no second event); the key is
     stored in the message's transaction, so two concurrent repeats are decided
     by its unique constraint and the loser answers with the winner's message.
