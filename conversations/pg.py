@@ -14,14 +14,22 @@ transaction-pooling proxy (pgbouncer), which cannot keep prepared statements.
 
 from __future__ import annotations
 
+import functools
+
 import psycopg
 from django.conf import settings
 from django.db import connection
 
 
+@functools.cache
+def _vendor() -> str:
+    """The default database's vendor: fixed by the settings, so asked once (the lookup costs a thread-local)."""
+    return connection.vendor
+
+
 def enabled() -> bool:
     """True when the single-statement paths apply: PostgreSQL, and not switched off."""
-    return connection.vendor == "postgresql" and settings.PG_FAST_PATHS
+    return settings.PG_FAST_PATHS and _vendor() == "postgresql"
 
 
 def prepared_cursor():

@@ -90,8 +90,14 @@ class PlainJsonMixin:
         return response
 
     def _as_drf_would(self, response: HttpResponse) -> HttpResponse:
-        """The headers DRF's `finalize_response` adds (`Allow`, `Vary: Accept`)."""
-        for header, value in self.default_response_headers.items():
+        """The headers DRF's `finalize_response` adds (`Allow`, `Vary: Accept`), which depend on the view's class alone."""
+        headers = _DRF_HEADERS.get(type(self))
+        if headers is None:
+            headers = _DRF_HEADERS[type(self)] = dict(self.default_response_headers)
+        for header, value in headers.items():
             response[header] = value
         return response
+
+
+_DRF_HEADERS: dict[type, dict[str, str]] = {}
 
