@@ -17,10 +17,10 @@ from django.conf import settings
 from django.db.models import Case, F, Q, When
 
 from conversations import pg, presenters
-from conversations.plain_json import render
 from conversations.authentication import MISSING_USER_ID, unknown_user
 from conversations.errors import InvalidInput
 from conversations.models import Conversation, Message, User
+from conversations.plain_json import render
 from conversations.services import check_member, conversation_not_found, not_in_conversation
 
 
