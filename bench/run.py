@@ -1,6 +1,7 @@
 """`make bench`: every scenario against the running stack, pgbench in the same run, one table.
 
 Usage: python bench/run.py [--url http://127.0.0.1:8085] [--duration 15] [--connections 64] [--direct-rounds 2]
+                          [--relay-wait 180]
 
 Every request a chat client would send a User-Id on carries one (the tutorial's
 anonymous page read is a scenario of its own). Each read route runs beside
@@ -381,6 +382,8 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", "15")))
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--direct-rounds", type=int, default=2, help="A B rounds of the direct instances' reads")
+    parser.add_argument("--relay-wait", type=float, default=RELAY_WAIT_LIMIT,
+                        help="seconds the reads wait for the worker to relay the posts' events (0: no worker runs)")
     args = parser.parse_args()
 
     for tool in ("wrk", "pgbench"):
@@ -440,7 +443,7 @@ def main() -> int:
                  duration, {"BENCH_SPREAD_FIRST": str(data.spread_first), "BENCH_SPREAD_LAST": str(data.spread_last),
                             "BENCH_USER": str(data.hub_user)})
     print("bench: waiting for the worker to relay the posts' events ...", flush=True)
-    relayed, relay_seconds = wait_for_relay(info, RELAY_WAIT_LIMIT)
+    relayed, relay_seconds = wait_for_relay(info, args.relay_wait)
 
     small_path = f"/conversations/{data.small_conversation}/messages"
     big_path = f"/conversations/{data.big_conversation}/messages?after_index=50000"
