@@ -268,3 +268,14 @@ def test_the_browsable_api_still_answers_html_on_the_hot_routes(api, users, conv
         assert response["Content-Type"].startswith("text/html")
     assert b"hello" in page.content
     assert users[1].name.encode() in listing.content
+
+
+def test_drf_renders_the_one_statement_page_to_the_same_bytes(api, settings, awkward_chat):
+    """`?format=json` takes DRF's path over the same selector: its renderer writes what the plain path sends."""
+    settings.PG_FAST_PATHS = True
+    conversation, alice = awkward_chat
+    path = f"/conversations/{conversation.pk}/messages"
+    plain = api.get(f"{path}?limit=5", HTTP_USER_ID=str(alice.pk))
+    through_drf = api.get(f"{path}?limit=5&format=json", HTTP_USER_ID=str(alice.pk))
+    assert through_drf.status_code == plain.status_code == 200
+    assert through_drf.content == plain.content
