@@ -6,6 +6,10 @@ Shapes, found again by the users' names so a second run reuses them:
 - "bench hot a/b": one empty conversation for the service's hot-posting run;
 - "bench big a/b": a conversation of 100,000 messages, and "bench small a/b"
   one of 100 (one page of each is read);
+- "bench chat N": CHAT_CONVERSATIONS pairs of users, each pair with a
+  conversation of CHAT_HISTORY messages, for the mixed chat workload (users
+  poll the tail of their conversation and post now and then); conversation i
+  (from `chat_first`) is between users `chat_first_user + 2i` and `+ 2i + 1`;
 - "pgbench hub" and "pgbench hot a/b": the same shapes for pgbench's bare
   transactions, kept apart so its rows never mix with the service's.
 
@@ -22,6 +26,8 @@ import psycopg
 SPREAD_CONVERSATIONS = 1000
 BIG_MESSAGES = 100_000
 SMALL_MESSAGES = 100
+CHAT_CONVERSATIONS = 200
+CHAT_HISTORY = 50
 
 
 @dataclass
@@ -38,6 +44,10 @@ class Dataset:
     pg_spread_last: int
     pg_hot_conversation: int
     pg_hot_user: int
+    small_member: int
+    big_member: int
+    chat_first: int
+    chat_first_user: int
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +109,40 @@ def _hub(cur, name: str) -> tuple[int, int, int]:
     return hub, first, last
 
 
+def _chat(cur) -> tuple[int, int]:
+    """CHAT_CONVERSATIONS pairs, each with CHAT_HISTORY messages; returns (first conversation, first user)."""
+    first_user = cur.execute("SELECT min(id) FROM users WHERE name LIKE 'bench chat %'").fetchone()[0]
+    if first_user is None:
+        cur.execute(
+            """
+            WITH people AS (
+                INSERT INTO users (name, inserted_at)
+                SELECT 'bench chat ' || n, now() FROM generate_series(0, 2 * %(pairs)s::int - 1) AS n
+                RETURNING id
+            ), numbered AS (
+                SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM people
+            ), made AS (
+                INSERT INTO channels (user_low_id, user_high_id, last_index, inserted_at)
+                SELECT a.id, b.id, 0, now() FROM numbered a JOIN numbered b ON b.n = a.n + 1
+                WHERE a.n %% 2 = 0 ORDER BY a.id
+                RETURNING id, user_low_id, user_high_id
+            )
+            INSERT INTO users_channels (channel_id, user_id, last_viewed_index, inserted_at)
+            SELECT id, user_low_id, 0, now() FROM made UNION ALL SELECT id, user_high_id, 0, now() FROM made
+            """,
+            {"pairs": CHAT_CONVERSATIONS},
+        )
+        first_user = cur.execute("SELECT min(id) FROM users WHERE name LIKE 'bench chat %'").fetchone()[0]
+    first, last, count = cur.execute(
+        "SELECT min(id), max(id), count(*) FROM channels WHERE user_low_id BETWEEN %s AND %s",
+        [first_user, first_user + 2 * CHAT_CONVERSATIONS - 1],
+    ).fetchone()
+    assert count == CHAT_CONVERSATIONS and last - first + 1 == count, "chat conversations must have contiguous ids"
+    for i in range(CHAT_CONVERSATIONS):
+        _fill(cur, first + i, first_user + 2 * i, CHAT_HISTORY)
+    return first, first_user
+
+
 def _fill(cur, conversation: int, user: int, count: int) -> None:
     """Give a conversation `count` messages (and their sent outbox rows), once."""
     have = cur.execute("SELECT last_index FROM channels WHERE id = %s", [conversation]).fetchone()[0]
@@ -134,6 +178,7 @@ def ensure(conninfo: str) -> Dataset:
         small = _pair(cur, small_a, small_b)
         _fill(cur, big, big_a, BIG_MESSAGES)
         _fill(cur, small, small_a, SMALL_MESSAGES)
+        chat_first, chat_first_user = _chat(cur)
         pg_hub, pg_first, pg_last = _hub(cur, "pgbench hub")
         pg_hot_a, pg_hot_b = _user(cur, "pgbench hot a"), _user(cur, "pgbench hot b")
         dataset = Dataset(
@@ -142,6 +187,7 @@ def ensure(conninfo: str) -> Dataset:
             big_conversation=big, small_conversation=small,
             pg_hub_user=pg_hub, pg_spread_first=pg_first, pg_spread_last=pg_last,
             pg_hot_conversation=_pair(cur, pg_hot_a, pg_hot_b), pg_hot_user=pg_hot_a,
+            small_member=small_b, big_member=big_b, chat_first=chat_first, chat_first_user=chat_first_user,
         )
         conn.commit()
         cur.execute("ANALYZE users; ANALYZE channels; ANALYZE users_channels; ANALYZE messages; ANALYZE outbox")

@@ -59,7 +59,7 @@ def main() -> None:
         # Relay throughput: the same rows, pending again before each run.
         settings.CELERY_BROKER_URL = None  # write the backlog without enqueueing anything
         for n in range(args.events):
-            services.message_create(conversation_id=conversation.pk, user=alice, content=f"m{n}")
+            services.message_create(conversation_id=conversation.pk, user_id=alice.pk, content=f"m{n}")
         settings.CELERY_BROKER_URL = broker_url
         backlog = OutboxEvent.objects.filter(payload__channel_id=conversation.pk)
         print(f"relay throughput, {args.events} events, persistent, publisher confirms (rate = confirmed / elapsed):")

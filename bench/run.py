@@ -1,6 +1,18 @@
 """`make bench`: every scenario against the running stack, pgbench in the same run, one table.
 
-Usage: python bench/run.py [--url http://127.0.0.1:8085] [--duration 15] [--connections 64]
+Usage: python bench/run.py [--url http://127.0.0.1:8085] [--duration 15] [--connections 64] [--direct-rounds 2]
+                          [--relay-wait 180]
+
+Every request a chat client would send a User-Id on carries one (the tutorial's
+anonymous page read is a scenario of its own). Each read route runs beside
+pgbench executing the route's own statement (read from the code, with
+`-M prepared` as the service prepares it) at the same concurrency: the
+database's ceiling for that route. A mixed chat workload has many users poll
+the tail of their conversation and post now and then. Members-only reads need
+an instance configured for them, so the bench starts two single instances of
+its own beside the stack, direct (no load balancer), one with open reads and
+one with READS_REQUIRE_MEMBER, and alternates the same page read between them
+(A B A B), with each one's CPU per request.
 
 The database is reached with the libpq variables (PGHOST, PGPORT, PGUSER,
 PGPASSWORD, PGDATABASE; defaults: the local stack's database as `make up`
@@ -25,8 +37,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -36,6 +50,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict as parse_conninfo
 
 BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
 import dataset as bench_dataset  # noqa: E402
@@ -46,10 +61,16 @@ REFERENCE_BEST_HOT_RPS = 200  # the reference service at its best (8 clients), m
 TARGETS = {
     "post_hot": "≥1.0x pgbench hot@64, ≥2.5x reference (500 rps), 0 errors, p99 < 250 ms",
     "post_spread": "≥1,000 rps and ≥35% of pgbench spread@64",
-    "get_page_big": "≥1,500 rps, within 1.2x of the 100-message page",
-    "get_conversations": "≥1,000 rps",
+    "get_page_big": "within 1.2x of the 100-message page",
+    "members_only": "members-only page reads within 10% of open ones (direct instances, same run)",
+    "reads": "each read ≥1.0x the reference per process, no more CPU per request (measured side by side: docs/performance.md)",
     "memory": "one serving instance under load < 150 MiB RSS, whole stack < 1 GiB",
 }
+# The mixed chat workload: one request in CHAT_POST_EVERY is a post, the rest poll the tail.
+# A chat client polls every few seconds while open and its user sends a message
+# every half minute or so while chatting: about nine reads to one write.
+CHAT_POST_EVERY = 10
+DIRECT_CONNECTIONS = 16  # the direct instances' page reads: one process's worth of concurrency
 
 
 def conninfo() -> str:
@@ -78,9 +99,9 @@ def wrk(url: str, script: str, connections: int, duration: int, env: dict[str, s
     return figures
 
 
-def pgbench(script: str, clients: int, duration: int, variables: dict[str, int]) -> dict:
+def pgbench(script: Path, clients: int, duration: int, variables: dict[str, int | str], mode: str = "simple") -> dict:
     env = os.environ
-    command = ["pgbench", "-n", "-f", str(BENCH_DIR / "pgbench" / script), "-c", str(clients), "-j", "2",
+    command = ["pgbench", "-n", "-M", mode, "-f", str(script), "-c", str(clients), "-j", "2",
                "-T", str(duration), "-h", env.get("PGHOST", "127.0.0.1"), "-p", env.get("PGPORT", "5432"),
                "-U", env.get("PGUSER", "postgres")]
     for name, value in variables.items():
@@ -95,6 +116,91 @@ def pgbench(script: str, clients: int, duration: int, variables: dict[str, int])
     processed = re.search(r"number of transactions actually processed: (\d+)", result.stdout)
     return {"rps": tps, "p50_ms": latency, "p99_ms": float("nan"), "errors": int(failed.group(1)) if failed else 0,
             "requests": int(processed.group(1)) if processed else 0, "note": "latency is pgbench's average"}
+
+
+def service_statements(info: str) -> dict[str, str]:
+    """The read routes' own statements, from the code that runs them (one declaration each).
+
+    Importing them needs Django's settings, which need to know the database is
+    PostgreSQL; nothing connects.
+    """
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "messenger.settings")
+    os.environ.setdefault("PGHOST", parse_conninfo(info).get("host", "127.0.0.1"))
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    from conversations import selectors
+
+    return {"messages page": selectors.MESSAGES_PAGE_SQL, "conversations page": selectors.CONVERSATIONS_PAGE_SQL}
+
+
+def pgbench_script(folder: Path, name: str, sql: str) -> Path:
+    """A statement written for psycopg (`%(name)s`) as a pgbench script (`:name`)."""
+    script = folder / (re.sub(r"\W+", "_", name) + ".sql")
+    script.write_text(re.sub(r"%\((\w+)\)s", r":\1", sql).strip() + ";\n")
+    return script
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class DirectInstance:
+    """One serving instance of this tree, started by the bench beside the stack: gunicorn, no load balancer."""
+
+    def __init__(self, name: str, info: str, extra_env: dict[str, str], log_folder: Path):
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        parts = parse_conninfo(info)
+        env = {**os.environ, "APP_ENV": "production", "BIND_HOST": "127.0.0.1", "PORT": str(self.port),
+               "PGHOST": parts.get("host", "127.0.0.1"), "PGPORT": parts.get("port", "5432"),
+               "PGUSER": parts.get("user", "postgres"), "PGDATABASE": parts["dbname"], **extra_env}
+        for name_unset in ("CONSUL_SERVICE_NAME", "AMQPHOST", "PROMETHEUS_MULTIPROC_DIR"):
+            env.pop(name_unset, None)  # reads only: no registration, no broker, metrics of its own
+        if parts.get("password"):
+            env["PGPASSWORD"] = parts["password"]
+        self.log = open(log_folder / f"{name}.log", "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "messenger/gunicorn_conf.py", "messenger.wsgi"],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_healthy(self, limit: float = 30.0) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"direct instance {self.name} exited; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"direct instance {self.name} not healthy within {limit}s")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the gunicorn master and its workers."""
+        total = 0.0
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            fields = _read(proc / "stat").rsplit(")", 1)[-1].split()
+            if len(fields) > 12 and self.process.pid in (int(proc.name), int(fields[1])):
+                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return total
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -212,11 +318,14 @@ class Stack:
 
 
 def cpu_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
-    """Milliseconds of CPU per request by component, over processes alive at both ends."""
+    """Milliseconds of CPU per request by component, over the processes alive at the end.
+
+    A process started during the scenario (a database session opened anew, say)
+    counts whole; one that ended during it is not seen.
+    """
     spent = {component: 0.0 for component in COMPONENTS}
     for pid, (component, seconds) in after.items():
-        if pid in before:
-            spent[component] += seconds - before[pid][1]
+        spent[component] += seconds - (before[pid][1] if pid in before else 0.0)
     return {component: value * 1000 / max(requests, 1) for component, value in spent.items()}
 
 
@@ -232,11 +341,49 @@ def wait_for_relay(info: str, limit: float) -> tuple[int, float]:
     return first - pending, time.monotonic() - started
 
 
+def chat_base(info: str, data) -> int:
+    """The lowest last index among the chat conversations: where the mixed workload's polls start."""
+    with psycopg.connect(info) as conn:
+        return conn.execute("SELECT min(last_index) FROM channels WHERE id BETWEEN %s AND %s",
+                            [data.chat_first, data.chat_first + bench_dataset.CHAT_CONVERSATIONS - 1]).fetchone()[0]
+
+
+def direct_reads(info: str, data, duration: int, rounds: int, log_folder: Path) -> list[tuple[str, str, list]]:
+    """Open and members-only page reads on two direct instances, alternated A B A B: [(scenario, instance, rounds)]."""
+    instances = [DirectInstance("open reads", info, {"READS_REQUIRE_MEMBER": "false"}, log_folder),
+                 DirectInstance("members only", info, {"READS_REQUIRE_MEMBER": "true"}, log_folder)]
+    scenarios = [("GET page, 100 messages, User-Id of a participant",
+                  {"BENCH_PATH": f"/conversations/{data.small_conversation}/messages",
+                   "BENCH_USER": str(data.small_member)})]
+    results = []
+    try:
+        for instance in instances:
+            instance.wait_healthy()
+        for name, env in scenarios:
+            figures: dict[str, list] = {instance.name: [] for instance in instances}
+            for round_number in range(rounds):
+                for instance in instances:
+                    print(f"bench: direct, {instance.name}: {name}, round {round_number + 1} ({duration}s) ...",
+                          flush=True)
+                    before = instance.cpu_seconds()
+                    result = wrk(instance.url, "get_path.lua", DIRECT_CONNECTIONS, duration, env)
+                    result["instance_cpu_ms"] = (instance.cpu_seconds() - before) * 1000 / max(result["requests"], 1)
+                    figures[instance.name].append(result)
+            results += [(name, instance, rows) for instance, rows in figures.items()]
+    finally:
+        for instance in instances:
+            instance.stop()
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default=os.environ.get("BENCH_URL", "http://127.0.0.1:8085"))
     parser.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", "15")))
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--direct-rounds", type=int, default=2, help="A B rounds of the direct instances' reads")
+    parser.add_argument("--relay-wait", type=float, default=RELAY_WAIT_LIMIT,
+                        help="seconds the reads wait for the worker to relay the posts' events (0: no worker runs)")
     args = parser.parse_args()
 
     for tool in ("wrk", "pgbench"):
@@ -255,6 +402,8 @@ def main() -> int:
     print("bench: preparing the data set (SQL) ...", flush=True)
     data = bench_dataset.ensure(info)
     print(f"bench: data set ready in {time.monotonic() - started:.1f}s: {json.dumps(data.as_dict())}", flush=True)
+    scratch = Path(tempfile.mkdtemp(prefix="messenger-bench-"))
+    scripts = {name: pgbench_script(scratch, name, sql) for name, sql in service_statements(info).items()}
 
     duration, conns = args.duration, args.connections
     stack = Stack(parse_conninfo(info)["dbname"])
@@ -265,47 +414,88 @@ def main() -> int:
         print(f"bench: {name} ({duration}s) ...", flush=True)
         before = stack.cpu_seconds()
         figures = fn(*fn_args)
+        figures["name"] = name
         rows.append((name, figures, cpu_per_request(before, stack.cpu_seconds(), figures["requests"])))
         return figures
 
-    pg_hot = run("pgbench: post, hot conversation, 64 clients", pgbench, "post_message.sql", conns, duration,
+    def get(name: str, path: str, user: int | None = None):
+        env = {"BENCH_PATH": path}
+        if user is not None:
+            env["BENCH_USER"] = str(user)
+        return run(name, wrk, args.url, "get_path.lua", conns, duration, env)
+
+    def page_ceiling(name: str, conversation: int, after: int, user: int):
+        return run(name, pgbench, scripts["messages page"], conns, duration,
+                   {"conversation": conversation, "after": after, "limit": 100, "user": user,
+                    "members_only": "false"}, "prepared")
+
+    bare_post = BENCH_DIR / "pgbench" / "post_message.sql"
+    pg_hot = run("pgbench: post, hot conversation, 64 clients", pgbench, bare_post, conns, duration,
                  {"first_conversation": data.pg_hot_conversation, "last_conversation": data.pg_hot_conversation,
                   "user": data.pg_hot_user})
     hot = run("POST message, hot conversation, 64 clients", wrk, args.url, "post_message_hot.lua", conns, duration,
               {"BENCH_CONVERSATION": str(data.hot_conversation), "BENCH_USER": str(data.hot_user)})
     memory_under_load, _ = stack.memory_mib()
-    pg_spread = run("pgbench: post, 1,000 conversations, 64 clients", pgbench, "post_message.sql", conns,
+    pg_spread = run("pgbench: post, 1,000 conversations, 64 clients", pgbench, bare_post, conns,
                     duration, {"first_conversation": data.pg_spread_first, "last_conversation": data.pg_spread_last,
                                "user": data.pg_hub_user})
     spread = run("POST message, 1,000 conversations, 64 clients", wrk, args.url, "post_message_spread.lua", conns,
                  duration, {"BENCH_SPREAD_FIRST": str(data.spread_first), "BENCH_SPREAD_LAST": str(data.spread_last),
                             "BENCH_USER": str(data.hub_user)})
     print("bench: waiting for the worker to relay the posts' events ...", flush=True)
-    relayed, relay_seconds = wait_for_relay(info, RELAY_WAIT_LIMIT)
-    big = run("GET page, 100,000-message conversation", wrk, args.url, "get_path.lua", conns, duration,
-              {"BENCH_PATH": f"/conversations/{data.big_conversation}/messages?after_index=50000"})
-    small = run("GET page, 100-message conversation", wrk, args.url, "get_path.lua", conns, duration,
-                {"BENCH_PATH": f"/conversations/{data.small_conversation}/messages"})
-    run("GET /conversations, user with 1,000", wrk, args.url, "get_path.lua", conns, duration,
-        {"BENCH_PATH": "/conversations", "BENCH_USER": str(data.hub_user)})
-    run("GET /health", wrk, args.url, "get_path.lua", conns, duration, {"BENCH_PATH": "/health"})
+    relayed, relay_seconds = wait_for_relay(info, args.relay_wait)
 
+    small_path = f"/conversations/{data.small_conversation}/messages"
+    big_path = f"/conversations/{data.big_conversation}/messages?after_index=50000"
+    pg_small = page_ceiling("pgbench: page statement, 100-message conversation", data.small_conversation, 0,
+                            data.small_member)
+    small = get("GET page, 100-message conversation, User-Id", small_path, data.small_member)
+    anonymous = get("GET page, 100-message conversation, anonymous (the tutorial's)", small_path)
+    pg_big = page_ceiling("pgbench: page statement, 100,000-message conversation", data.big_conversation, 50000,
+                          data.big_member)
+    big = get("GET page, 100,000-message conversation, User-Id", big_path, data.big_member)
+    pg_list = run("pgbench: conversation list statement, user with 1,000", pgbench, scripts["conversations page"],
+                  conns, duration, {"user": data.hub_user, "after": 0, "limit": 100}, "prepared")
+    listing = get("GET /conversations, user with 1,000, User-Id", "/conversations", data.hub_user)
+    chat = run(f"mixed chat: {bench_dataset.CHAT_CONVERSATIONS} pairs poll the tail, 1 in {CHAT_POST_EVERY} posts",
+               wrk, args.url, "chat_mixed.lua", conns, duration,
+               {"BENCH_CHAT_FIRST": str(data.chat_first), "BENCH_CHAT_FIRST_USER": str(data.chat_first_user),
+                "BENCH_CHAT_COUNT": str(bench_dataset.CHAT_CONVERSATIONS), "BENCH_CHAT_BASE": str(chat_base(info, data)),
+                "BENCH_POST_EVERY": str(CHAT_POST_EVERY)})
+    get("GET /health", "/health")
+
+    direct = direct_reads(info, data, duration, args.direct_rounds, scratch)
     _, memory = stack.memory_mib()
     problems = bench_dataset.integrity_problems(info)
 
     print()
-    print("| scenario | requests/s | p50 ms | p99 ms | errors | ratio |")
-    print("|---|---:|---:|---:|---:|---|")
+    print("| scenario | requests/s | p50 ms | p99 ms | errors | instances' CPU ms/request | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     ratios = {
-        "POST message, hot conversation, 64 clients": f"{hot['rps'] / pg_hot['rps']:.2f}x pgbench hot, "
-                                                      f"{hot['rps'] / REFERENCE_BEST_HOT_RPS:.1f}x reference",
-        "POST message, 1,000 conversations, 64 clients": f"{spread['rps'] / pg_spread['rps']:.0%} of pgbench spread",
-        "GET page, 100,000-message conversation": f"{small['rps'] / big['rps']:.2f}x slower than 100-message page",
+        hot["name"]: f"{hot['rps'] / pg_hot['rps']:.2f}x pgbench hot, {hot['rps'] / REFERENCE_BEST_HOT_RPS:.1f}x reference",
+        spread["name"]: f"{spread['rps'] / pg_spread['rps']:.0%} of pgbench spread",
+        small["name"]: f"{small['rps'] / pg_small['rps']:.0%} of its statement in pgbench",
+        anonymous["name"]: f"{anonymous['rps'] / small['rps']:.2f}x the page with User-Id",
+        big["name"]: f"{small['rps'] / big['rps']:.2f}x slower than the 100-message page; "
+                     f"{big['rps'] / pg_big['rps']:.0%} of its statement in pgbench",
+        listing["name"]: f"{listing['rps'] / pg_list['rps']:.0%} of its statement in pgbench",
+        chat["name"]: f"{chat['errors']} errors",
     }
-    for name, figures, _ in rows:
+    for name, figures, cpu in rows:
         p99 = "" if figures["p99_ms"] != figures["p99_ms"] else f"{figures['p99_ms']:.1f}"
+        instance_cpu = "" if name.startswith("pgbench") else f"{cpu['instances']:.2f}"
         print(f"| {name} | {figures['rps']:.0f} | {figures['p50_ms']:.1f} | {p99} | {figures['errors']} | "
-              f"{ratios.get(name, '')} |")
+              f"{instance_cpu} | {ratios.get(name, '')} |")
+    print()
+    print(f"Direct instances (no load balancer), {DIRECT_CONNECTIONS} connections, alternated A B A B:")
+    print()
+    print("| scenario | instance | requests/s, each round | CPU ms/request, each round | errors |")
+    print("|---|---|---|---|---:|")
+    for name, instance, results in direct:
+        print(f"| {name} | {instance} | " + " / ".join(f"{r['rps']:.0f}" for r in results) + " | "
+              + " / ".join(f"{r['instance_cpu_ms']:.2f}" for r in results) + f" | {sum(r['errors'] for r in results)} |")
+    by_instance = {instance: sum(r["rps"] for r in results) for _, instance, results in direct}
+    print(f"\nmembers-only reads: {by_instance['members only'] / by_instance['open reads']:.2f}x the open reads' rate")
     print()
     print("CPU per request (ms), by part of the stack:")
     print()

@@ -17,6 +17,11 @@ from conversations.models import User
 MISSING_USER_ID = "Please specify a user id by adding the User-Id header."
 
 
+def unknown_user(user_id: int) -> InvalidInput:
+    """The 400 for a well-formed User-Id that names nobody (the one-statement paths decide it too)."""
+    return InvalidInput(f"User-Id header names no known user: {user_id}")
+
+
 class UserIdHeaderAuthentication(BaseAuthentication):
     def authenticate(self, request):
         raw = request.headers.get("User-Id")
@@ -25,7 +30,7 @@ class UserIdHeaderAuthentication(BaseAuthentication):
         user_id = validation.positive_id(raw.strip(), "User-Id header")
         user = User.objects.filter(pk=user_id).only("id", "name").first()
         if user is None:
-            raise InvalidInput(f"User-Id header names no known user: {user_id}")
+            raise unknown_user(user_id)
         return (user, None)
 
     def authenticate_header(self, request):

@@ -28,7 +28,6 @@ import re
 import socket
 import time
 import urllib.request
-from datetime import datetime, timezone
 from urllib.parse import quote
 
 from django.conf import settings
@@ -43,7 +42,7 @@ logger = logging.getLogger("messenger.requests")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 # A caller's id is kept only if it is short and plain, so it is safe in logs and headers.
-_USABLE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_USABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # the whole id (fullmatch)
 UNMATCHED_ROUTE = "unmatched"
 
 REQUESTS = Counter(
@@ -102,7 +101,7 @@ def _route_template(request) -> str:
 
 def _request_id(request) -> str:
     offered = request.META.get("HTTP_X_REQUEST_ID", "")
-    return offered if _USABLE_REQUEST_ID.match(offered) else os.urandom(16).hex()  # a uuid4's 32 hex digits
+    return offered if _USABLE_REQUEST_ID.fullmatch(offered) else os.urandom(16).hex()  # a uuid4's 32 hex digits
 
 
 # The labelled children of both metrics by (method, route, status): labels() validates and
@@ -118,12 +117,57 @@ def _series(method: str, route: str, status: str) -> tuple:
     return series
 
 
+_TIMESTAMP_SECOND = [-1, ""]  # the last whole second written, and its "YYYY-MM-DDTHH:MM:SS"
+
+
+def _timestamp(now: float) -> str:
+    """`now` as the log's ISO 8601 UTC with milliseconds; the seconds' text is made once a second."""
+    second = int(now)
+    cached = _TIMESTAMP_SECOND
+    if cached[0] != second:
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        cached[0] = second
+    return f"{cached[1]}.{int((now - second) * 1000):03d}Z"
+
+
+def _json(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+# JSON text of the values that repeat from request to request (methods, route
+# templates, the instance): encoded once, not per line.
+_ENCODED: dict[str, str] = {}
+
+
+def _encoded(value: str) -> str:
+    text = _ENCODED.get(value)
+    if text is None:
+        text = _ENCODED[value] = _json(value)
+    return text
+
+
+def _log_line(request, route: str, status: int, elapsed: float) -> str:
+    """The request's JSON line, key for key what `json.dumps` of the dict would write, built as text.
+
+    Only the path is encoded per request; a request id is plain by construction
+    (`_USABLE_REQUEST_ID` or hex), so it needs no escaping.
+    """
+    global _INSTANCE
+    if _INSTANCE is None:
+        _INSTANCE = _encoded(instance_id())
+    return (
+        f'{{"ts":"{_timestamp(time.time())}","msg":"request","method":{_encoded(request.method)},'
+        f'"path":{_json(request.path)},"route":{_encoded(route)},"status":{status},'
+        f'"duration_ms":{round(elapsed * 1000, 3)!r},"instance":{_INSTANCE},'
+        f'"request_id":"{request.request_id}","pid":{os.getpid()}}}'
+    )
+
+
 class RequestObservabilityMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        global _INSTANCE
         started = time.perf_counter()
         request.request_id = _request_id(request)
         response = self.get_response(request)
@@ -131,25 +175,16 @@ class RequestObservabilityMiddleware:
         response[REQUEST_ID_HEADER] = request.request_id
 
         route = _route_template(request)
-        status = str(response.status_code)
-        requests, latency = _series(request.method, route, status)
+        status = response.status_code
+        requests, latency = _series(request.method, route, str(status))
         requests.inc()
         latency.observe(elapsed)
         if logger.isEnabledFor(logging.INFO):
-            if _INSTANCE is None:
-                _INSTANCE = instance_id()
-            logger.info(json.dumps({
-                "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                "msg": "request",
-                "method": request.method,
-                "path": request.path,
-                "route": route,
-                "status": response.status_code,
-                "duration_ms": round(elapsed * 1000, 3),
-                "instance": _INSTANCE,
-                "request_id": request.request_id,
-                "pid": os.getpid(),
-            }, ensure_ascii=False, separators=(",", ":")))
+            # The record made directly: Logger.info would also walk the stack to
+            # find its caller, which no handler here prints. Handlers, filters and
+            # levels apply as they would.
+            logger.handle(logging.LogRecord(logger.name, logging.INFO, __file__, 0,
+                                            _log_line(request, route, status, elapsed), None, None))
         return response
 
 

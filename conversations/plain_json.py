@@ -3,11 +3,14 @@
 DRF's request wrapping, content negotiation, authentication query and
 renderer cost more than the work of a message post or a page read. A view
 tries its plain path first (`PlainJsonMixin.plain_<method>`) when the request
-is one DRF would answer with its JSON renderer; the plain path either answers
-exactly as DRF would (same status, body bytes and headers) or returns None
-having changed nothing, and DRF then handles the request from the start. Every
-refusal (bad input, unknown user, not a participant) therefore comes from the
-one DRF path, with its texts and its order of checks.
+is one DRF would answer with its JSON renderer. The plain path parses the
+request's input; if that input is refused it returns None having done nothing,
+and DRF handles the request from the start (so bad input is refused with DRF's
+texts and order of checks). Otherwise it calls the route's one service or
+selector, which does the work or raises the refusal it decided (unknown user,
+not a participant, no such conversation): the answer, or that refusal as DRF's
+exception handler renders it, is the response, with exactly DRF's status, body
+bytes and headers. The work is never done a second time on DRF's path.
 """
 
 from __future__ import annotations
@@ -65,9 +68,9 @@ class PlainJsonMixin:
         if plain is not None and pg.enabled() and wants_plain_json(request):
             try:
                 response = plain(request, *args, **kwargs)
-            except DatabaseError as exc:
-                # Never retried on the DRF path: a post may have reached the database.
-                response = self._database_error(request, exc, *args, **kwargs)
+            except (errors.ServiceError, DatabaseError) as exc:
+                # Never retried on the DRF path: the service decided, and a post may have reached the database.
+                response = self._refusal(request, exc, *args, **kwargs)
             if response is not None:
                 return self._as_drf_would(response)
         return super().dispatch(request, *args, **kwargs)
@@ -75,8 +78,8 @@ class PlainJsonMixin:
     def plain_response(self, body: bytes, status: int) -> HttpResponse:
         return HttpResponse(body, status=status, content_type=_RENDERER.media_type)
 
-    def _database_error(self, request, exc, *args, **kwargs) -> HttpResponse:
-        """The 503 (and its log line) DRF's exception handler gives a lost or refusing database."""
+    def _refusal(self, request, exc, *args, **kwargs) -> HttpResponse:
+        """What DRF's exception handler answers: a service's refusal, or a lost or refusing database's 503 (and its log line)."""
         answer = errors.exception_handler(exc, {"view": self, "args": args, "kwargs": kwargs, "request": request})
         if answer is None:
             raise exc
@@ -87,8 +90,14 @@ class PlainJsonMixin:
         return response
 
     def _as_drf_would(self, response: HttpResponse) -> HttpResponse:
-        """The headers DRF's `finalize_response` adds (`Allow`, `Vary: Accept`)."""
-        for header, value in self.default_response_headers.items():
+        """The headers DRF's `finalize_response` adds (`Allow`, `Vary: Accept`), which depend on the view's class alone."""
+        headers = _DRF_HEADERS.get(type(self))
+        if headers is None:
+            headers = _DRF_HEADERS[type(self)] = dict(self.default_response_headers)
+        for header, value in headers.items():
             response[header] = value
         return response
+
+
+_DRF_HEADERS: dict[type, dict[str, str]] = {}
 

@@ -19,6 +19,7 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from conversations import events, pg
+from conversations.authentication import unknown_user
 from conversations.errors import InvalidInput, NotFound, Unprocessable
 from conversations.models import Conversation, IdempotencyKey, Message, Participant, User
 
@@ -61,7 +62,7 @@ def conversation_create(*, participant_ids: list[int]) -> Conversation:
     return conversation
 
 
-def _not_in_conversation(user_id: int) -> InvalidInput:
+def not_in_conversation(user_id: int) -> InvalidInput:
     return InvalidInput(f"User with id {user_id} is not in conversation")
 
 
@@ -73,13 +74,13 @@ def _membership_error(conversation_id: int, user_id: int) -> Exception:
     """Why a user cannot act on a conversation: it does not exist, or they are not in it."""
     if not Conversation.objects.filter(pk=conversation_id).exists():
         return conversation_not_found(conversation_id)
-    return _not_in_conversation(user_id)
+    return not_in_conversation(user_id)
 
 
-def check_member(*, conversation_id: int, user: User) -> None:
+def check_member(*, conversation_id: int, user_id: int) -> None:
     """Raise the contract's error unless the user is a participant of the conversation."""
-    if not Participant.objects.filter(conversation_id=conversation_id, user_id=user.pk).exists():
-        raise _membership_error(conversation_id, user.pk)
+    if not Participant.objects.filter(conversation_id=conversation_id, user_id=user_id).exists():
+        raise _membership_error(conversation_id, user_id)
 
 
 @dataclass(frozen=True)
@@ -153,12 +154,15 @@ _NEXT_INDEX_SQL = (
 )
 
 
-# The whole post as one statement, when the user is a participant (else it
-# writes nothing and returns no row). In autocommit it is its own transaction:
-# the conversation's counter row is locked from the UPDATE to the commit of this
-# one statement, with no client round trip in between. The timestamps are taken
-# after the lock (clock_timestamp(), not now()), so they follow index order.
-_POST_MESSAGE_SQL = f"""
+# The whole post as one statement, which also decides its refusals. When the
+# user is a participant it writes and returns the message; otherwise it writes
+# nothing and its one row says why: no such user (no name), else no such
+# conversation (`found` false), else not a participant. In autocommit it is its
+# own transaction: the conversation's counter row is locked from the UPDATE to
+# the commit of this one statement, with no client round trip in between. The
+# timestamps are taken after the lock (clock_timestamp(), not now()), so they
+# follow index order.
+POST_MESSAGE_SQL = f"""
 WITH bumped AS (
     UPDATE channels SET last_index = last_index + 1
     WHERE id = %(conversation)s
@@ -176,28 +180,26 @@ WITH bumped AS (
            clock_timestamp(), 0
     FROM bumped
 )
-SELECT message.id, message.index, message.inserted_at, (SELECT name FROM users WHERE id = %(user)s)
-FROM message
+SELECT message.id, message.index, message.inserted_at, (SELECT name FROM users WHERE id = %(user)s),
+       message.id IS NOT NULL OR EXISTS (SELECT 1 FROM channels WHERE id = %(conversation)s)
+FROM (SELECT) AS one LEFT JOIN message ON true
 """
 
 
-def message_post(*, conversation_id: int, user_id: int, content: str) -> PostedMessage | None:
-    """Store a message and its outbox event in one statement (PostgreSQL, `pg.enabled()`).
-
-    What `message_create` does without an idempotency key, in one round trip.
-    None when the user may not post here (not a participant, or no such user or
-    conversation): nothing was written, and `message_create` names the reason.
-    The event and its relay kick are the same as `message_create`'s.
-    """
+def _message_post(*, conversation_id: int, user_id: int, content: str) -> PostedMessage:
+    """`message_create` without an idempotency key on PostgreSQL: the check and the writes in one statement."""
     with pg.prepared_cursor() as cursor:
         cursor.execute(
-            _POST_MESSAGE_SQL,
+            POST_MESSAGE_SQL,
             {"conversation": conversation_id, "user": user_id, "content": content},
         )
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    message_id, index, inserted_at, username = row
+        message_id, index, inserted_at, username, found = cursor.fetchone()
+    if username is None:
+        raise unknown_user(user_id)
+    if not found:
+        raise conversation_not_found(conversation_id)
+    if message_id is None:
+        raise not_in_conversation(user_id)
     transaction.on_commit(events.relay_after_commit)
     return PostedMessage(
         id=message_id,
@@ -211,9 +213,13 @@ def message_post(*, conversation_id: int, user_id: int, content: str) -> PostedM
 
 
 def message_create(
-    *, conversation_id: int, user: User, content: str, idempotency_key: str | None = None
+    *, conversation_id: int, user_id: int, content: str, idempotency_key: str | None = None
 ) -> PostedMessage:
     """Store a message with the conversation's next index and its outbox event.
+
+    Refuses, in this order: a `user_id` naming no user, no such conversation,
+    a user outside it. On PostgreSQL a post without a key is one statement
+    (`POST_MESSAGE_SQL`) that decides all three and does the writes.
 
     With an `idempotency_key`, a repeat of the same post by the same user
     returns the first message (no second message, no second event); the key is
@@ -221,10 +227,11 @@ def message_create(
     by its unique constraint and the loser answers with the winner's message.
     """
     if idempotency_key is None and pg.enabled():
-        posted = message_post(conversation_id=conversation_id, user_id=user.pk, content=content)
-        if posted is not None:
-            return posted
-    check_member(conversation_id=conversation_id, user=user)
+        return _message_post(conversation_id=conversation_id, user_id=user_id, content=content)
+    user = User.objects.filter(pk=user_id).only("id", "name").first()
+    if user is None:
+        raise unknown_user(user_id)
+    check_member(conversation_id=conversation_id, user_id=user.pk)
     fingerprint = None
     if idempotency_key is not None:
         fingerprint = _message_fingerprint(conversation_id, content)

@@ -7,6 +7,7 @@ browser asks for HTML.
 
 from __future__ import annotations
 
+import json
 from urllib.parse import urlencode
 
 from django.conf import settings
@@ -59,29 +60,28 @@ def _paged(request, key: str, items: list, cursor_name: str, cursor_of, limit: i
     return body
 
 
-def _plain_page(view, request, key: str, cursor_name: str, read) -> HttpResponse | None:
-    """`_paged`'s answer, byte for byte as DRF renders it, around items PostgreSQL wrote as JSON.
-
-    `read(after, limit)` is a `*_page_json` selector; None (bad paging input, or
-    no such owner) leaves the request to DRF's path.
-    """
-    try:
-        limit, after = _page_limit(request), _cursor(request, cursor_name)
-    except errors.ServiceError:
-        return None
-    page = read(after, limit)
-    if page is None:
-        return None
+def _page_body(request, key: str, cursor_name: str, page: selectors.JsonPage, limit: int) -> bytes:
+    """`{key: [items], "next": ...}` around a page's JSON text, byte for byte as DRF renders it."""
     body = b'{"' + key.encode() + b'":[' + page.items.encode() + b"]"
     if page.more:
         body += b',"next":' + plain_json.json_string(_next_link(request, cursor_name, page.last, limit))
-    return view.plain_response(body + b"}", status.HTTP_200_OK)
+    return body + b"}"
+
+
+def _page_response(request, key: str, cursor_name: str, page: selectors.JsonPage, limit: int) -> Response:
+    """The same page for DRF's renderers (the browsable API, `?format=`, an `indent`)."""
+    return Response(json.loads(_page_body(request, key, cursor_name, page, limit)))
 
 
 def _header_user_id(request) -> int | None:
-    """The User-Id header's id as authentication parses it; None when absent (its unknown user is DRF's to report)."""
+    """The User-Id header's id as authentication parses it; None when absent (its unknown user is the selector's to report)."""
     raw = request.META.get("HTTP_USER_ID")
     return None if raw is None else validation.positive_id(raw.strip(), "User-Id header")
+
+
+def _caller_id(request) -> int | None:
+    """The caller's id on DRF's path, where authentication has already checked the user exists."""
+    return None if request.user is None else request.user.pk
 
 
 class UsersView(APIView):
@@ -104,28 +104,23 @@ class ConversationsView(plain_json.PlainJsonMixin, APIView):
     """Two-person conversations. `GET` lists the caller's (header `User-Id`)."""
 
     def plain_get(self, request):
-        """The caller's page in one statement that also checks the caller exists (DRF's path reports if not)."""
+        """The caller's page: input checked here (a refusal of it is DRF's), the rest in the selector."""
         try:
             user_id = _header_user_id(request)
+            limit, after = _page_limit(request), _cursor(request, "after_id")
         except errors.ServiceError:
             return None
         if user_id is None:
             return None
-        return _plain_page(self, request, "conversations", "after_id", lambda after, limit: (
-            selectors.conversations_page_json(user_id=user_id, after_id=after, limit=limit)))
+        page = selectors.conversations_page(user_id=user_id, after_id=after, limit=limit)
+        return self.plain_response(_page_body(request, "conversations", "after_id", page, limit), status.HTTP_200_OK)
 
     @openapi.conversations_list
     def get(self, request):
         user = require_user(request)
         limit = _page_limit(request)
-        rows = selectors.conversations_for_user(
-            user_id=user.pk, after_id=_cursor(request, "after_id"), limit=limit + 1
-        )
-        conversations = [
-            {"id": row["id"], "inserted_at": presenters.timestamp(row["inserted_at"]), "name": row["name"]}
-            for row in rows
-        ]
-        return Response(_paged(request, "conversations", conversations, "after_id", lambda c: c["id"], limit))
+        page = selectors.conversations_page(user_id=user.pk, after_id=_cursor(request, "after_id"), limit=limit)
+        return _page_response(request, "conversations", "after_id", page, limit)
 
     @openapi.conversations_create
     def post(self, request):
@@ -151,19 +146,21 @@ class MessagesView(plain_json.PlainJsonMixin, APIView):
     """A conversation's messages in index order, paged by `after_index` and `limit`."""
 
     def plain_get(self, request, conversation_id: str):
-        """The page in one statement; members-only reads, and a User-Id to check, take DRF's path."""
-        if settings.READS_REQUIRE_MEMBER or "HTTP_USER_ID" in request.META:
-            return None
+        """The page: input checked here (a refusal of it is DRF's), the caller and the page in one selector."""
         try:
+            user_id = _header_user_id(request)
             conversation_id = validation.positive_id(conversation_id, "Conversation id")
+            limit, after = _page_limit(request), _cursor(request, "after_index")
         except errors.ServiceError:
             return None
-        # No such conversation reads as None: DRF's path answers the 404.
-        return _plain_page(self, request, "messages", "after_index", lambda after, limit: (
-            selectors.messages_page_json(conversation_id=conversation_id, after_index=after, limit=limit)))
+        if user_id is None and settings.READS_REQUIRE_MEMBER:
+            return None
+        page = selectors.messages_page(conversation_id=conversation_id, after_index=after, limit=limit,
+                                       user_id=user_id)
+        return self.plain_response(_page_body(request, "messages", "after_index", page, limit), status.HTTP_200_OK)
 
     def plain_post(self, request, conversation_id: str):
-        """The post in one statement; an Idempotency-Key, and every refusal, take DRF's path."""
+        """The post: input checked here (a refusal of it is DRF's), the caller, the checks and the writes in the service."""
         if "HTTP_IDEMPOTENCY_KEY" in request.META:
             return None
         data = plain_json.json_body(request)
@@ -175,36 +172,18 @@ class MessagesView(plain_json.PlainJsonMixin, APIView):
             return None
         if user_id is None:
             return None
-        message = services.message_post(conversation_id=conversation_id, user_id=user_id, content=content)
-        if message is None:
-            return None
+        message = services.message_create(conversation_id=conversation_id, user_id=user_id, content=content)
         return self.plain_response(plain_json.render(_message_body(message)), status.HTTP_201_CREATED)
 
     @openapi.messages_list
     def get(self, request, conversation_id: str):
         conversation_id = validation.positive_id(conversation_id, "Conversation id")
         if settings.READS_REQUIRE_MEMBER:
-            services.check_member(conversation_id=conversation_id, user=require_user(request))
+            require_user(request)
         limit = _page_limit(request)
-        rows = selectors.messages_for_conversation(
-            conversation_id=conversation_id, after_index=_cursor(request, "after_index"), limit=limit + 1
-        )
-        # An empty page may mean "no such conversation": only then is it worth a query.
-        if not rows and not selectors.conversation_exists(conversation_id):
-            raise services.conversation_not_found(conversation_id)
-        messages = [
-            {
-                "id": row["id"],
-                "content": row["content"],
-                "user_id": row["user_id"],
-                "channel_id": row["conversation_id"],
-                "index": row["index"],
-                "inserted_at": presenters.timestamp(row["inserted_at"]),
-                "username": row["user__name"],
-            }
-            for row in rows
-        ]
-        return Response(_paged(request, "messages", messages, "after_index", lambda m: m["index"], limit))
+        page = selectors.messages_page(conversation_id=conversation_id, after_index=_cursor(request, "after_index"),
+                                       limit=limit, user_id=_caller_id(request))
+        return _page_response(request, "messages", "after_index", page, limit)
 
     @openapi.messages_create
     def post(self, request, conversation_id: str):
@@ -213,7 +192,7 @@ class MessagesView(plain_json.PlainJsonMixin, APIView):
         content = validation.message_content(request.data)
         key = validation.idempotency_key(request.headers.get("Idempotency-Key"))
         message = services.message_create(
-            conversation_id=conversation_id, user=user, content=content, idempotency_key=key
+            conversation_id=conversation_id, user_id=user.pk, content=content, idempotency_key=key
         )
         headers = {"Idempotent-Replayed": "true"} if message.replayed else None
         return Response(_message_body(message), status=status.HTTP_201_CREATED, headers=headers)

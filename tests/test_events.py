@@ -142,7 +142,7 @@ def test_rolled_back_message_produces_no_event(users, conversation, broker, chat
 
     with pytest.raises(Abort):
         with transaction.atomic():
-            services.message_create(conversation_id=conversation.pk, user=alice, content="never")
+            services.message_create(conversation_id=conversation.pk, user_id=alice.pk, content="never")
             raise Abort
 
     assert OutboxEvent.objects.count() == 0
@@ -150,7 +150,7 @@ def test_rolled_back_message_produces_no_event(users, conversation, broker, chat
     assert chat_queue.drain() == []
 
     # The next committed message takes index 1 again, and only it is published.
-    services.message_create(conversation_id=conversation.pk, user=alice, content="kept")
+    services.message_create(conversation_id=conversation.pk, user_id=alice.pk, content="kept")
     assert events.relay_pending() == 1
     assert event_ids(chat_queue.drain()) == [f"{conversation.pk}:1"]
 
@@ -207,7 +207,7 @@ def test_worker_killed_mid_relay_loses_nothing_and_its_redelivered_task_sends_th
     total, batch = 400, 10
     alice = users[0]
     for n in range(total):  # no broker configured in this process yet: nothing is enqueued
-        services.message_create(conversation_id=conversation.pk, user=alice, content=f"m{n}")
+        services.message_create(conversation_id=conversation.pk, user_id=alice.pk, content=f"m{n}")
     chat_queue.declare(CELERY_QUEUE)
     chat_queue.purge(CELERY_QUEUE)  # no relay task left over from an earlier test
     settings.CELERY_BROKER_URL = vhost.url()
@@ -273,7 +273,7 @@ def test_two_relays_at_once_publish_each_event_once_in_index_order_per_conversat
     conversations = [services.conversation_create(participant_ids=[a.pk, b.pk]) for a, b in pairs]
     for n in range(100):
         for conversation, (author, _) in zip(conversations, pairs):
-            services.message_create(conversation_id=conversation.pk, user=author, content=f"m{n}")
+            services.message_create(conversation_id=conversation.pk, user_id=author.pk, content=f"m{n}")
     settings.CELERY_BROKER_URL = broker_url
     barrier = threading.Barrier(2)
 
@@ -301,11 +301,11 @@ def test_deleted_chat_queue_is_declared_again_and_the_refused_event_is_sent_on_t
     users, conversation, broker, chat_queue
 ):
     alice = users[0]
-    services.message_create(conversation_id=conversation.pk, user=alice, content="one")
+    services.message_create(conversation_id=conversation.pk, user_id=alice.pk, content="one")
     assert events.relay_pending() == 1
     chat_queue.delete()  # an operator's mistake; the kept publisher does not know
 
-    services.message_create(conversation_id=conversation.pk, user=alice, content="two")
+    services.message_create(conversation_id=conversation.pk, user_id=alice.pk, content="two")
     with pytest.raises(events.RelayError, match="refused 1 event"):
         events.relay_pending()
     second = OutboxEvent.objects.get(event_id=f"{conversation.pk}:2")
@@ -322,7 +322,7 @@ def test_outbox_command_relays_now_and_fails_clearly_while_the_broker_is_down(
 ):
     alice = users[0]
     broker.cut("reset")
-    services.message_create(conversation_id=conversation.pk, user=alice, content="while down")
+    services.message_create(conversation_id=conversation.pk, user_id=alice.pk, content="while down")
     with pytest.raises(CommandError, match="Relay failed, pending events stay in the outbox"):
         call_command("outbox", "--relay", stdout=StringIO())
     assert pending() == 1

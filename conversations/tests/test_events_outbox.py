@@ -67,7 +67,7 @@ def test_rolled_back_message_leaves_no_event_and_no_kick(users, conversation, se
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         with pytest.raises(RuntimeError):
             with transaction.atomic():
-                services.message_create(conversation_id=conversation.pk, user=users[0], content="never")
+                services.message_create(conversation_id=conversation.pk, user_id=users[0].pk, content="never")
                 raise RuntimeError("abort")
     assert callbacks == []
     assert kicks == []
@@ -87,7 +87,7 @@ def test_outbox_command_reports_nothing_pending():
 
 def test_outbox_command_reports_pending_count_and_the_oldest_event_age(users, conversation):
     for content in ("one", "two"):
-        services.message_create(conversation_id=conversation.pk, user=users[0], content=content)
+        services.message_create(conversation_id=conversation.pk, user_id=users[0].pk, content=content)
     ninety_seconds_ago = timezone.now() - timedelta(seconds=90)
     OutboxEvent.objects.filter(event_id=f"{conversation.pk}:1").update(created_at=ninety_seconds_ago)
     OutboxEvent.objects.filter(event_id=f"{conversation.pk}:2").update(sent_at=timezone.now())
@@ -101,7 +101,7 @@ def test_outbox_command_reports_pending_count_and_the_oldest_event_age(users, co
 
 
 def test_outbox_command_max_age_fails_when_the_oldest_event_is_older(users, conversation):
-    services.message_create(conversation_id=conversation.pk, user=users[0], content="late")
+    services.message_create(conversation_id=conversation.pk, user_id=users[0].pk, content="late")
     OutboxEvent.objects.update(created_at=timezone.now() - timedelta(seconds=120))
     assert outbox_report("--max-age", "300").startswith("pending: 1\n")
     with pytest.raises(CommandError, match=r"The oldest pending event is 120\.\ds old, over --max-age 60s\."):

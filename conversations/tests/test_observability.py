@@ -61,7 +61,7 @@ def test_each_request_writes_one_json_line(api, users, conversation, log_lines):
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", line["ts"])
 
 
-@pytest.mark.parametrize("offered", [None, "", "has spaces", "x" * 129, "quote\"d"])
+@pytest.mark.parametrize("offered", [None, "", "has spaces", "x" * 129, "quote\"d", "trailing-newline\n"])
 def test_missing_or_unusable_request_id_is_replaced_by_a_new_one(api, log_lines, offered):
     headers = {} if offered is None else {"HTTP_X_REQUEST_ID": offered}
     first = api.get("/health", **headers)
@@ -70,6 +70,29 @@ def test_missing_or_unusable_request_id_is_replaced_by_a_new_one(api, log_lines,
         assert re.match(r"^[0-9a-f]{32}$", response["X-Request-Id"])
     assert first["X-Request-Id"] != second["X-Request-Id"]
     assert [line["request_id"] for line in log_lines] == [first["X-Request-Id"], second["X-Request-Id"]]
+
+
+@pytest.mark.parametrize("path", ['/no/such/"quoted"\\path', "/no/such/é漢😀", "/no/such/\u2028\x7f"])
+def test_a_log_line_is_exactly_the_json_of_its_fields(api, path):
+    """The line is built as text for speed: it must be what `json.dumps` writes for the same fields, in order."""
+    texts = []
+    handler = logging.Handler(level=logging.INFO)
+    handler.emit = lambda record: texts.append(record.getMessage())
+    logger = logging.getLogger("messenger.requests")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        assert api.get(path, HTTP_X_REQUEST_ID="trace:1/2+3=4@x").status_code == 404
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    [text] = texts
+    fields = json.loads(text)
+    assert fields["path"] == path
+    assert list(fields) == ["ts", "msg", "method", "path", "route", "status", "duration_ms", "instance",
+                            "request_id", "pid"]
+    assert text == json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
 def test_refusals_and_unknown_routes_are_logged_with_their_route(api, users, conversation, log_lines, settings):
