@@ -20,6 +20,6 @@ class ConversationsConfig(AppConfig):
         """
         from django.conf import settings
 
-        from messenger import discovery
+        from discovery import registration as discovery
 
         discovery.start_if_serving(settings.CONFIG)

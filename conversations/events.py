@@ -44,7 +44,7 @@ QUEUE_NAME = "chat_queue"
 NEW_MESSAGE = "new_message"
 # The notifier's body, key for key and in this order (as the reference's JSON.stringify wrote it).
 NEW_MESSAGE_KEYS = ("type", "channel_id", "user_id", "index", "participant_ids")
-RELAY_TASK = "conversations.tasks.relay_outbox"
+RELAY_TASK = "outbox.tasks.relay_outbox"
 
 # The request path's enqueue gives up quickly; the periodic sweep is the fallback.
 ENQUEUE_CONNECT_TIMEOUT = 2.0

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from django.db.models import Case, F, Q, When
 
-from conversations import pg
 from conversations.models import Conversation, Message, User
+from core.db import pg
 
 
 def users_page(*, after_id: int, limit: int) -> list[User]:

@@ -18,9 +18,10 @@ from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from conversations import events, pg
-from conversations.errors import InvalidInput, NotFound, Unprocessable
+from conversations import events
 from conversations.models import Conversation, IdempotencyKey, Message, Participant, User
+from core.db import pg
+from core.http.errors import InvalidInput, NotFound, Unprocessable
 
 PARTICIPANT_COUNT = 2
 

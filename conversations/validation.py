@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from conversations.errors import InvalidInput
+from core.http.errors import InvalidInput
 
 # PostgreSQL bigint: an id beyond this names nothing and cannot be queried.
 MAX_ID = 2**63 - 1

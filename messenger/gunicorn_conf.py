@@ -7,7 +7,7 @@ Start a serving instance with:
 import time
 
 from messenger import config as config_schema
-from messenger import discovery
+from discovery import registration as discovery
 from messenger import startup_checks
 
 _config = config_schema.load()

@@ -29,14 +29,17 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and Redoc assets, served locally (no CDN)
+    "core",
+    "discovery",
+    "outbox",
     "conversations.apps.ConversationsConfig",
 ]
 
 MIDDLEWARE = [
     # Outermost, so the log line and the metrics also cover refusals (413) and errors.
-    "conversations.observability.RequestObservabilityMiddleware",
-    "conversations.db_deadline.DatabaseDeadlineMiddleware",
-    "conversations.middleware.BodyLimitMiddleware",
+    "core.http.observability.RequestObservabilityMiddleware",
+    "core.db.deadline.DatabaseDeadlineMiddleware",
+    "core.http.body_limit.BodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -59,8 +62,8 @@ TEMPLATES = [
 if CONFIG.PGHOST:
     DATABASES = {
         "default": {
-            # Django's backend with a cheaper per-request health check (messenger/postgresql).
-            "ENGINE": "messenger.postgresql",
+            # Django's backend with a cheaper per-request health check (core/db/postgresql).
+            "ENGINE": "core.db.postgresql",
             "HOST": CONFIG.PGHOST,
             "PORT": CONFIG.PGPORT,
             "USER": CONFIG.PGUSER,
@@ -74,7 +77,7 @@ if CONFIG.PGHOST:
                 # libpq's connect timeout counts whole seconds, 2 at least.
                 "connect_timeout": max(2, math.ceil(CONFIG.PG_CONNECT_TIMEOUT)),
                 "options": f"-c statement_timeout={int(CONFIG.PG_STATEMENT_TIMEOUT * 1000)}",
-                # The hot requests' statements (conversations.pg) are prepared on
+                # The hot requests' statements (core.db.pg) are prepared on
                 # first use; Django's own client-side-bound queries never are.
                 "prepare_threshold": 0,
                 # A peer that vanishes without closing the connection (a partition)
@@ -100,7 +103,7 @@ else:
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # A request still waiting on PostgreSQL this long has its connection cut (a hung
-# server or a partition that the two timeouts cannot see): conversations.db_deadline.
+# server or a partition that the two timeouts cannot see): core.db.deadline.
 DATABASE_REQUEST_DEADLINE = (
     CONFIG.PG_STATEMENT_TIMEOUT + max(2, math.ceil(CONFIG.PG_CONNECT_TIMEOUT)) + 1
     if CONFIG.PGHOST and CONFIG.PG_STATEMENT_TIMEOUT
@@ -130,7 +133,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "celery.beat:Scheduler"
 CELERY_BEAT_SCHEDULE = {
     "relay-outbox": {
-        "task": "conversations.tasks.relay_outbox",
+        "task": "outbox.tasks.relay_outbox",
         "schedule": CONFIG.EVENTS_SWEEP_INTERVAL,
         # A sweep still queued after one interval is superseded by the next one.
         "options": {"expires": CONFIG.EVENTS_SWEEP_INTERVAL},
@@ -143,15 +146,15 @@ JSON_BODY_LIMIT = CONFIG.JSON_BODY_LIMIT
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(CONFIG.JSON_BODY_LIMIT, 1)
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["conversations.authentication.UserIdHeaderAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["conversations.api.authentication.UserIdHeaderAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_PARSER_CLASSES": ["conversations.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.http.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "EXCEPTION_HANDLER": "conversations.errors.exception_handler",
+    "EXCEPTION_HANDLER": "core.http.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNICODE_JSON": True,
     "COMPACT_JSON": True,
@@ -159,7 +162,7 @@ REST_FRAMEWORK = {
 
 # --- API behaviour -----------------------------------------------------------
 READS_REQUIRE_MEMBER = CONFIG.READS_REQUIRE_MEMBER
-PG_FAST_PATHS = CONFIG.PG_FAST_PATHS  # conversations.pg
+PG_FAST_PATHS = CONFIG.PG_FAST_PATHS  # core.db.pg
 IDEMPOTENCY_KEY_TTL = CONFIG.IDEMPOTENCY_KEY_TTL  # seconds
 METRICS_TOKEN = CONFIG.METRICS_TOKEN
 
@@ -173,7 +176,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "POSTPROCESSING_HOOKS": ["conversations.openapi.postprocess"],
+    "POSTPROCESSING_HOOKS": ["conversations.api.openapi.postprocess"],
 }
 
 STATIC_URL = "/static/"
@@ -198,7 +201,7 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        # One JSON line per request (conversations.observability), on stdout, alone.
+        # One JSON line per request (core.http.observability), on stdout, alone.
         "messenger.requests": {"handlers": ["requests"], "level": CONFIG.LOG_LEVEL, "propagate": False},
         "messenger": {"level": CONFIG.LOG_LEVEL},
         "conversations": {"level": CONFIG.LOG_LEVEL},

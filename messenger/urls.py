@@ -4,10 +4,10 @@ from django.urls import include, path, re_path
 
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from conversations import errors, observability
+from core.http import errors, observability
 
 urlpatterns = [
-    path("", include("conversations.urls")),
+    path("", include("conversations.api.urls")),
     # The OpenAPI description (YAML; JSON with ?format=json) and Swagger UI over it,
     # whose assets are served from this instance (no CDN; Redoc is left out as its
     # page loads web fonts from the internet).
@@ -19,6 +19,6 @@ urlpatterns = [
     re_path(r"^(?!static/).*$", errors.handler404),
 ]
 
-handler400 = "conversations.errors.handler400"
-handler404 = "conversations.errors.handler404"
-handler500 = "conversations.errors.handler500"
+handler400 = "core.http.errors.handler400"
+handler404 = "core.http.errors.handler404"
+handler500 = "core.http.errors.handler500"

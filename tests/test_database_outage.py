@@ -5,7 +5,7 @@ through a TCP proxy that the test owns and cuts:
 
 - `reset`: the server is gone; connections are reset and new ones refused;
 - `blackhole`: the server stops answering; connections stay open but silent,
-  which neither timeout sees and `conversations.db_deadline` has to cut.
+  which neither timeout sees and `core.db.deadline` has to cut.
 
 A poster keeps posting through the outage; afterwards every message it was
 told 201 about is in the database, with gap-free indexes.
@@ -18,8 +18,8 @@ import psycopg
 import pytest
 from django.db import connection
 
-from conversations.errors import DATABASE_UNAVAILABLE
 from conversations.models import Message, OutboxEvent
+from core.http.errors import DATABASE_UNAVAILABLE
 from tests.support.live_service import database_env, seed_chat
 from tests.support.openapi_check import ResponseChecker, served_schema
 from tests.support.processes import wait_until

@@ -20,7 +20,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conversations.job_lock import lock_key
+from core.db.job_lock import lock_key
 from conversations.management.commands.seed import SEED_USERS
 from tests.support.infrastructure import Infrastructure
 from tests.support.postgres import PG_BIN, ThrowawayPostgres

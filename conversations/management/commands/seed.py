@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand
 from django.db import connection, transaction
 
-from conversations.job_lock import add_lock_arguments, job_lock
+from core.db.job_lock import add_lock_arguments, job_lock
 from conversations.models import User
 
 SEED_USERS = (

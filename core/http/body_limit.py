@@ -14,7 +14,7 @@ import io
 from django.conf import settings
 from django.core.handlers.wsgi import LimitedStream
 
-from conversations.errors import json_error
+from core.http.errors import json_error
 
 
 def _too_large(limit: int):

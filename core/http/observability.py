@@ -37,7 +37,7 @@ from django.urls import Resolver404, resolve
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from conversations.errors import json_error, safe_methods_only
+from core.http.errors import json_error, safe_methods_only
 
 logger = logging.getLogger("messenger.requests")
 
@@ -64,7 +64,7 @@ def _consul_registration():
     before the workers fork, so each worker holds a copy of its id and agent address.
     """
     try:
-        from messenger import discovery
+        from discovery import registration as discovery
     except ImportError:
         return None
     return getattr(discovery, "_current", None)

@@ -18,7 +18,8 @@ from django.db import DatabaseError
 from django.http import HttpResponse
 from rest_framework.renderers import JSONRenderer
 
-from conversations import errors, pg
+from core.db import pg
+from core.http import errors
 
 # Accept headers DRF answers with JSONRenderer; anything else (a browser's
 # text/html, an `indent` parameter, ...) goes through DRF's negotiation.

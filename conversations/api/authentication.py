@@ -11,7 +11,7 @@ from __future__ import annotations
 from rest_framework.authentication import BaseAuthentication
 
 from conversations import validation
-from conversations.errors import InvalidInput
+from core.http.errors import InvalidInput
 from conversations.models import User
 
 MISSING_USER_ID = "Please specify a user id by adding the User-Id header."

@@ -18,9 +18,9 @@ import copy
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 
-from conversations.authentication import MISSING_USER_ID
-from conversations.errors import DATABASE_UNAVAILABLE
+from conversations.api.authentication import MISSING_USER_ID
 from conversations.validation import IDEMPOTENCY_KEY_MAX, MAX_ID
+from core.http.errors import DATABASE_UNAVAILABLE
 
 HEADER, QUERY, PATH = OpenApiParameter.HEADER, OpenApiParameter.QUERY, OpenApiParameter.PATH
 

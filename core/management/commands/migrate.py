@@ -9,8 +9,8 @@ from django.conf import settings
 from django.core.management.commands.migrate import Command as DjangoMigrateCommand
 from django.db import connections
 
-from conversations.db_privileges import grant_application_role
-from conversations.job_lock import add_lock_arguments, job_lock
+from core.db.job_lock import add_lock_arguments, job_lock
+from core.db.privileges import grant_application_role
 
 
 class Command(DjangoMigrateCommand):

@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from conversations import observability
 from conversations.models import OutboxEvent
+from core.http import observability
 from tests.support.metrics import sample
 
 pytestmark = pytest.mark.django_db

@@ -16,8 +16,10 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from conversations import errors, openapi, plain_json, presenters, selectors, services, validation
-from conversations.authentication import require_user
+from conversations import presenters, selectors, services, validation
+from conversations.api import openapi
+from conversations.api.authentication import require_user
+from core.http import errors, plain_json
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000

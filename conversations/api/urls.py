@@ -1,6 +1,6 @@
 from django.urls import path
 
-from conversations import views
+from conversations.api import views
 
 urlpatterns = [
     path("health", views.health, name="health"),
