@@ -84,27 +84,6 @@ class Message(models.Model):
         ]
 
 
-class OutboxEvent(models.Model):
-    """An event waiting to be published, written in the same transaction as its cause.
-
-    An event exists if and only if its message committed. The relay marks a row
-    `sent_at` only after the broker has confirmed it.
-    """
-
-    event_id = models.CharField(max_length=64, unique=True)
-    event_type = models.CharField(max_length=64)
-    payload = models.JSONField()
-    created_at = models.DateTimeField(auto_now_add=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.IntegerField(default=0)
-
-    class Meta:
-        db_table = "outbox"
-        indexes = [
-            models.Index(fields=["id"], name="outbox_pending_idx", condition=Q(sent_at__isnull=True)),
-        ]
-
-
 class IdempotencyKey(models.Model):
     """A client's `Idempotency-Key` for a message post, and the message it produced.
 

@@ -1,22 +1,21 @@
 """Celery tasks. Each takes no arguments (the outbox holds the work) and is safe to run twice.
 
-`relay_outbox` is enqueued after a message commits (`events.relay_after_commit`)
-and every `EVENTS_SWEEP_INTERVAL` by beat. It is acked late, so a worker killed
-mid-relay leaves the task to run again, and it retries with exponential backoff
-while the broker or the database is unreachable; the sweep covers the rest.
+`relay_outbox` is enqueued after a commit (`outbox.kicker.relay_after_commit`)
+and every `EVENTS_SWEEP_INTERVAL` by beat. It is acked late (CELERY_TASK_ACKS_LATE
+and CELERY_TASK_REJECT_ON_WORKER_LOST in messenger/settings.py), so a worker
+killed mid-relay leaves the task to run again, and it retries with exponential
+backoff while the broker or the database is unreachable; the sweep covers the rest.
 """
 
 from celery import shared_task
 from django.db import DatabaseError
 
-from conversations import events
+from outbox import relay
 
-RETRY_ON = (*events.CONNECTION_ERRORS, DatabaseError, events.RelayError)
+RETRY_ON = (*relay.CONNECTION_ERRORS, DatabaseError, relay.RelayError)
 
 
 @shared_task(
-    acks_late=True,
-    reject_on_worker_lost=True,
     autoretry_for=RETRY_ON,
     retry_backoff=2,
     retry_backoff_max=60,
@@ -25,4 +24,4 @@ RETRY_ON = (*events.CONNECTION_ERRORS, DatabaseError, events.RelayError)
 )
 def relay_outbox() -> int:
     """Publish every pending outbox event to `chat_queue`; returns how many the broker confirmed."""
-    return events.relay_pending()
+    return relay.relay_pending()

@@ -18,7 +18,8 @@ import psycopg
 import pytest
 from django.db import connection
 
-from conversations.models import Message, OutboxEvent
+from conversations.models import Message
+from outbox.models import OutboxEvent
 from core.http.errors import DATABASE_UNAVAILABLE
 from tests.support.live_service import database_env, seed_chat
 from tests.support.openapi_check import ResponseChecker, served_schema

@@ -20,8 +20,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
 from rest_framework.test import APIClient
 
-from conversations import events, services
-from conversations.models import Message, OutboxEvent
+from conversations import services
+from conversations.models import Message
+from outbox import kicker, relay, wire
+from outbox.models import OutboxEvent
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import AMQP_PORT, CeleryWorker, QueueReader, RabbitVhost
 from tests.support.tcp_proxy import TcpProxy
@@ -46,7 +48,7 @@ def vhost():
 @pytest.fixture
 def chat_queue(vhost):
     """chat_queue, declared as the notifier declares it, empty at the start of the test."""
-    reader = QueueReader(vhost, events.QUEUE_NAME)
+    reader = QueueReader(vhost, wire.QUEUE_NAME)
     reader.declare()
     reader.purge()
     try:
@@ -63,7 +65,7 @@ def broker(settings, vhost):
         try:
             yield proxy
         finally:
-            events.close_publisher()
+            relay.close_publisher()
 
 
 @pytest.fixture
@@ -146,12 +148,12 @@ def test_rolled_back_message_produces_no_event(users, conversation, broker, chat
             raise Abort
 
     assert OutboxEvent.objects.count() == 0
-    assert events.relay_pending() == 0
+    assert relay.relay_pending() == 0
     assert chat_queue.drain() == []
 
     # The next committed message takes index 1 again, and only it is published.
     services.message_create(conversation_id=conversation.pk, user=alice, content="kept")
-    assert events.relay_pending() == 1
+    assert relay.relay_pending() == 1
     assert event_ids(chat_queue.drain()) == [f"{conversation.pk}:1"]
 
 
@@ -196,7 +198,7 @@ def test_posts_do_not_wait_on_a_broker_that_accepts_connections_but_never_answer
     assert pending() == 10
 
     broker.restore()
-    assert events.relay_pending() == 10
+    assert relay.relay_pending() == 10
     assert indexes(chat_queue.drain()) == list(range(1, 11))
 
 
@@ -211,7 +213,7 @@ def test_worker_killed_mid_relay_loses_nothing_and_its_redelivered_task_sends_th
     chat_queue.declare(CELERY_QUEUE)
     chat_queue.purge(CELERY_QUEUE)  # no relay task left over from an earlier test
     settings.CELERY_BROKER_URL = vhost.url()
-    events.enqueue_relay()  # exactly one relay task, and nothing will send another
+    kicker.enqueue_relay()  # exactly one relay task, and nothing will send another
 
     first = start_worker(EVENTS_RELAY_BATCH=str(batch))
     wait_until(lambda: pending() < total, 30, interval=0.005, what="the relay to confirm a first batch")
@@ -277,16 +279,16 @@ def test_two_relays_at_once_publish_each_event_once_in_index_order_per_conversat
     settings.CELERY_BROKER_URL = broker_url
     barrier = threading.Barrier(2)
 
-    def relay(_):
+    def relay_once(_):
         try:
             barrier.wait(timeout=10)
-            return events.relay_pending(batch_size=10)
+            return relay.relay_pending(batch_size=10)
         finally:
-            events.close_publisher()
+            relay.close_publisher()
             connections.close_all()
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        sent = list(pool.map(relay, range(2)))
+        sent = list(pool.map(relay_once, range(2)))
 
     assert sum(sent) == 300
     arrived = event_ids(chat_queue.drain())
@@ -302,16 +304,16 @@ def test_deleted_chat_queue_is_declared_again_and_the_refused_event_is_sent_on_t
 ):
     alice = users[0]
     services.message_create(conversation_id=conversation.pk, user=alice, content="one")
-    assert events.relay_pending() == 1
+    assert relay.relay_pending() == 1
     chat_queue.delete()  # an operator's mistake; the kept publisher does not know
 
     services.message_create(conversation_id=conversation.pk, user=alice, content="two")
-    with pytest.raises(events.RelayError, match="refused 1 event"):
-        events.relay_pending()
+    with pytest.raises(relay.RelayError, match="refused 1 event"):
+        relay.relay_pending()
     second = OutboxEvent.objects.get(event_id=f"{conversation.pk}:2")
     assert (second.sent_at, second.attempts) == (None, 1)
 
-    assert events.relay_pending() == 1
+    assert relay.relay_pending() == 1
     assert event_ids(chat_queue.drain()) == [f"{conversation.pk}:2"]
     second.refresh_from_db()
     assert (second.sent_at is not None, second.attempts) == (True, 2)

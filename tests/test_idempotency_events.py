@@ -13,7 +13,8 @@ import pytest
 from django.db import connections
 from rest_framework.test import APIClient
 
-from conversations.models import Message, OutboxEvent
+from conversations.models import Message
+from outbox.models import OutboxEvent
 from tests.support.processes import wait_until
 from tests.test_events import broker, chat_queue, indexes, pending, start_worker, vhost  # noqa: F401 (fixtures)
 

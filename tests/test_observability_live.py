@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conversations.models import OutboxEvent
+from outbox.models import OutboxEvent
 from tests.support.live_service import database_env, seed_chat
 from tests.support.metrics import sample
 from tests.support.processes import wait_until

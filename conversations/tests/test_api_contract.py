@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from conversations.models import Conversation, Message, OutboxEvent, Participant, User
+from conversations.models import Conversation, Message, Participant, User
+from outbox.models import OutboxEvent
 
 pytestmark = pytest.mark.django_db
 

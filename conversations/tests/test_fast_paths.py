@@ -14,7 +14,8 @@ import pytest
 from django.db import connection
 
 from conversations import selectors
-from conversations.models import Conversation, Message, OutboxEvent, User
+from conversations.models import Conversation, Message, User
+from outbox.models import OutboxEvent
 
 pytestmark = pytest.mark.django_db
 

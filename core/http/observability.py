@@ -180,7 +180,7 @@ class InstanceCollector:
     """Gauges computed at scrape time, for the instance as a whole."""
 
     def collect(self):
-        from conversations.models import OutboxEvent
+        from outbox.models import OutboxEvent
 
         up = GaugeMetricFamily("messenger_database_up", "1 when the database answered this scrape, else 0.")
         try:

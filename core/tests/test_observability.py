@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from conversations.models import OutboxEvent
+from outbox.models import OutboxEvent
 from core.http import observability
 from tests.support.metrics import sample
 

@@ -13,7 +13,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from conversations import events, services
-from conversations.models import OutboxEvent
+from outbox import kicker, wire
+from outbox.models import OutboxEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.django_db
 def kicks(monkeypatch):
     """Record the relay kicks instead of starting the enqueue thread (no broker in these tests)."""
     recorded = []
-    monkeypatch.setattr(events._kicker, "kick", lambda: recorded.append(1))
+    monkeypatch.setattr(kicker._kicker, "kick", lambda: recorded.append(1))
     return recorded
 
 
@@ -76,7 +77,7 @@ def test_rolled_back_message_leaves_no_event_and_no_kick(users, conversation, se
 
 def test_event_body_has_the_contract_keys_in_contract_order_whatever_the_stored_order():
     stored = {"participant_ids": [1, 2], "index": 3, "user_id": 1, "channel_id": 7, "type": "new_message"}
-    assert events.encode_body(stored) == (
+    assert wire.encode_body(events.NEW_MESSAGE, stored) == (
         b'{"type":"new_message","channel_id":7,"user_id":1,"index":3,"participant_ids":[1,2]}'
     )
 

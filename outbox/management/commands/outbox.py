@@ -4,12 +4,14 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 from django.utils import timezone
 
-from conversations import events
+from outbox import relay
+from outbox.kicker import broker_configured
+from outbox.services import pending_backlog
 
 
 class Command(BaseCommand):
     help = (
-        "Print how many new_message events wait in the outbox and how old the oldest is; "
+        "Print how many events wait in the outbox and how old the oldest is; "
         "--relay publishes them to chat_queue first."
     )
 
@@ -23,17 +25,17 @@ class Command(BaseCommand):
             help="Exit with an error if the oldest pending event is older than this (for monitoring).",
         )
 
-    def handle(self, *args, relay=False, max_age=None, **options):
-        if relay:
-            if not events.broker_configured():
+    def handle(self, *args, max_age=None, **options):
+        if options["relay"]:
+            if not broker_configured():
                 raise CommandError("No broker configured: set AMQPHOST (and AMQPPORT, AMQPUSER, ...) to relay.")
             try:
-                sent = events.relay_pending()
-            except (*events.CONNECTION_ERRORS, DatabaseError, events.RelayError) as exc:
+                sent = relay.relay_pending()
+            except (*relay.CONNECTION_ERRORS, DatabaseError, relay.RelayError) as exc:
                 raise CommandError(f"Relay failed, pending events stay in the outbox: {exc}") from exc
             self.stdout.write(f"relayed: {sent}")
 
-        count, oldest = events.pending_backlog()
+        count, oldest = pending_backlog()
         self.stdout.write(f"pending: {count}")
         if oldest is None:
             self.stdout.write("oldest pending: none")
