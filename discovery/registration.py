@@ -1,7 +1,7 @@
 """Consul registration of one serving instance.
 
-One `Registration` per serving instance, started from the app's
-`AppConfig.ready()` (the design card's hook) but only in the process the
+One `Registration` per serving instance, started from this app's
+`AppConfig.ready()` (discovery/apps.py, the design card's hook) but only in the process the
 serving entry point marked: `messenger/gunicorn_conf.py` calls
 `mark_serving_process()` in gunicorn's master, whose preloaded app runs
 `ready()` once. Management commands, Celery workers, tests and gunicorn's
@@ -41,13 +41,15 @@ logger = logging.getLogger(__name__)
 # Every call to the agent gives up after this long, so a hung agent stalls
 # neither the retry loop nor shutdown for longer.
 API_TIMEOUT_SECONDS = 5.0
+# A metrics scrape never waits longer than this on the agent (discovery/metrics.py).
+SCRAPE_TIMEOUT_SECONDS = 1.0
 FIRST_RETRY_SECONDS = 0.5
 # ready() runs before gunicorn binds its socket: the first registration waits
 # (this long at most) until the instance answers, so it registers passing.
 FIRST_REGISTRATION_WAIT_SECONDS = 30.0
 _ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
 # What a failed call to an unreachable or failing agent raises.
-_CONSUL_ERRORS = (consul.ConsulException, requests.RequestException, OSError)
+CONSUL_ERRORS = (consul.ConsulException, requests.RequestException, OSError)
 
 
 class Registration:
@@ -63,14 +65,16 @@ class Registration:
         self._bind_host: str = config.BIND_HOST
         self._check_interval = format_duration(config.CONSUL_CHECK_INTERVAL)
         self._deregister_after = format_duration(config.CONSUL_DEREGISTER_CRITICAL_AFTER)
-        self._client = consul.Consul(
-            host=config.CONSUL_HOST, port=config.CONSUL_PORT, connections_timeout=API_TIMEOUT_SECONDS
-        )
+        self._client = self._agent_client(API_TIMEOUT_SECONDS)
         # Held around every register/deregister call, so a registration in
         # flight when stop() runs finishes before the deregistration.
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._registered_once = False
+
+    def _agent_client(self, timeout: float) -> consul.Consul:
+        host, port = self.consul_address
+        return consul.Consul(host=host, port=port, connections_timeout=timeout)
 
     def address(self) -> str:
         """The address Consul's check and the load balancer reach this instance at."""
@@ -110,8 +114,10 @@ class Registration:
         )
         self._registered_once = True
 
-    def known_to_agent(self) -> bool:
-        return self._client.agent.service_definition(self.service_id) is not None
+    def known_to_agent(self, timeout: float | None = None) -> bool:
+        """Whether the agent has this instance now (a restarted agent may have forgotten it)."""
+        client = self._client if timeout is None else self._agent_client(timeout)
+        return client.agent.service_definition(self.service_id) is not None
 
     def start(self) -> None:
         """Keep this instance registered from a background thread."""
@@ -134,7 +140,7 @@ class Registration:
             try:
                 if not self.known_to_agent():
                     self.register()
-            except _CONSUL_ERRORS as exc:
+            except CONSUL_ERRORS as exc:
                 # One warning per outage; the retries after it go to debug.
                 (logger.debug if failing else logger.warning)(
                     "Consul at %s:%s not reachable for %s (%s); retrying in %.1fs",
@@ -155,7 +161,7 @@ class Registration:
             self._stopped.set()
             try:
                 self._client.agent.service.deregister(self.service_id)
-            except _CONSUL_ERRORS as exc:
+            except CONSUL_ERRORS as exc:
                 logger.warning(
                     "could not deregister %s from Consul (%s); Consul removes it once its check "
                     "has been critical for %s", self.service_id, exc, self._deregister_after,
@@ -206,11 +212,21 @@ def start(config: Config) -> Registration | None:
     global _current
     if not config.CONSUL_SERVICE_NAME:
         return None
+    # Imported here: gunicorn's config imports this module before it may import prometheus_client.
+    from core.http.observability import name_instance
+
     with _current_lock:
         if _current is None:
             _current = Registration(config)
+            # Log lines name the instance as Consul does; forked workers inherit the name.
+            name_instance(_current.service_id)
             _current.start()
         return _current
+
+
+def current() -> Registration | None:
+    """This process's registration (a forked worker's copy of its master's), or None."""
+    return _current
 
 
 def stop() -> bool:

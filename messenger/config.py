@@ -153,6 +153,8 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("ALLOWED_HOSTS", "list", "Host headers the service answers to, comma-separated.", default="*"),
     Setting("LOG_LEVEL", "str", "Log level of the service's own loggers.", default="INFO",
             env_defaults={"test": "WARNING"}, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    Setting("LOG_FORMAT", "str", "Log line format on stdout and stderr: json (one object per line) or text (readable, for make run).",
+            default="json", env_defaults={"development": "text"}, choices=("json", "text")),
     Setting("DATA_DIR", "str", "Folder for the embedded SQLite database used when PGHOST is unset.", default="var"),
     Setting("WEB_CONCURRENCY", "positive_int", "gunicorn worker processes per instance; one by default: scale out with more instances (each process costs ~70 MiB).",
             default=1),

@@ -7,6 +7,7 @@ Start a serving instance with:
 import time
 
 from messenger import config as config_schema
+from core.logging import gunicorn_logging
 from discovery import registration as discovery
 from messenger import startup_checks
 
@@ -104,3 +105,7 @@ def _deregister_then(stop, server):
 
 def on_exit(server):
     discovery.stop()  # any other way out, such as workers failing to boot
+
+
+# gunicorn's own lines in the service's log format (core/logging.py): one format per stream.
+logconfig_dict = gunicorn_logging(log_format=_config.LOG_FORMAT, level=_config.LOG_LEVEL)

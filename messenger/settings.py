@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import quote
 
+from core.logging import logging_config
 from messenger import config as config_schema
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -165,6 +166,13 @@ READS_REQUIRE_MEMBER = CONFIG.READS_REQUIRE_MEMBER
 PG_FAST_PATHS = CONFIG.PG_FAST_PATHS  # core.db.pg
 IDEMPOTENCY_KEY_TTL = CONFIG.IDEMPOTENCY_KEY_TTL  # seconds
 METRICS_TOKEN = CONFIG.METRICS_TOKEN
+PROMETHEUS_MULTIPROC_DIR = CONFIG.PROMETHEUS_MULTIPROC_DIR
+# Gauges computed when /metrics is scraped (core/http/metrics.py), one collector per app.
+METRICS_INSTANCE_COLLECTORS = [
+    "core.http.metrics.DatabaseCollector",
+    "outbox.metrics.BacklogCollector",
+    "discovery.metrics.RegistrationCollector",
+]
 
 # OpenAPI description at /schema, Swagger UI at /schema/docs.
 SPECTACULAR_SETTINGS = {
@@ -188,22 +196,4 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "message": {"format": "%(message)s"},
-    },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
-        "requests": {"class": "logging.StreamHandler", "formatter": "message", "stream": "ext://sys.stdout"},
-    },
-    "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {
-        # One JSON line per request (core.http.observability), on stdout, alone.
-        "messenger.requests": {"handlers": ["requests"], "level": CONFIG.LOG_LEVEL, "propagate": False},
-        "messenger": {"level": CONFIG.LOG_LEVEL},
-        "conversations": {"level": CONFIG.LOG_LEVEL},
-    },
-}
+LOGGING = logging_config(log_format=CONFIG.LOG_FORMAT, level=CONFIG.LOG_LEVEL)

@@ -4,7 +4,7 @@ from django.urls import include, path, re_path
 
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from core.http import errors, observability
+from core.http import errors, metrics
 
 urlpatterns = [
     path("", include("conversations.api.urls")),
@@ -14,7 +14,7 @@ urlpatterns = [
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("schema/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="schema-docs"),
     # Prometheus; kept off the public load balancer (and optionally token-protected).
-    path("metrics", observability.metrics, name="metrics"),
+    path("metrics", metrics.metrics, name="metrics"),
     # Anything else is a JSON 404 (also with DEBUG on, where handler404 is bypassed).
     re_path(r"^(?!static/).*$", errors.handler404),
 ]

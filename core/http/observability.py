@@ -1,4 +1,4 @@
-"""What an instance tells its operators: a JSON log line per request, and metrics.
+"""What an instance tells its operators about each request: a JSON log line, and request metrics.
 
 `RequestObservabilityMiddleware` runs outermost. For every request it takes
 the caller's `X-Request-Id` (or makes one), echoes it in the response, counts
@@ -10,34 +10,22 @@ line on the `messenger.requests` logger:
      "route": "/conversations/{conversation_id}/messages", "status": 201, "duration_ms": 4.1,
      "instance": "host:4000", "request_id": "...", "pid": 1234}
 
-`metrics` serves `/metrics` in Prometheus' text format. gunicorn runs several
-worker processes, so the counters live in prometheus-client's multi-process
-files (PROMETHEUS_MULTIPROC_DIR, which gunicorn's config sets) and a scrape of
-any worker sums every worker. Gauges that describe the instance rather than a
-worker (outbox backlog, database reachability, Consul registration) are
-computed when scraped.
+`/metrics` (core/http/metrics.py) serves these counters with the instance's gauges.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
 import re
 import socket
 import time
-import urllib.request
 from datetime import datetime, timezone
-from urllib.parse import quote
 
 from django.conf import settings
-from django.http import HttpResponse
 from django.urls import Resolver404, resolve
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
-
-from core.http.errors import json_error, safe_methods_only
+from prometheus_client import Counter, Histogram
 
 logger = logging.getLogger("messenger.requests")
 
@@ -57,25 +45,15 @@ LATENCY = Histogram(
 )
 
 
-def _consul_registration():
-    """This instance's Consul registration, or None when it does not register.
-
-    `AppConfig.ready()` makes it in gunicorn's master (see messenger/discovery.py)
-    before the workers fork, so each worker holds a copy of its id and agent address.
-    """
-    try:
-        from discovery import registration as discovery
-    except ImportError:
-        return None
-    return getattr(discovery, "_current", None)
-
-
 def instance_id() -> str:
-    """This instance, as logs name it: its Consul service id, else host:port."""
-    registration = _consul_registration()
-    if registration is not None:
-        return registration.service_id
+    """This instance, as logs name it until `name_instance` names it otherwise: host:port."""
     return f"{socket.gethostname()}:{settings.CONFIG.PORT}"
+
+
+def name_instance(name: str) -> None:
+    """Name this instance in log lines (discovery does, with its Consul service id, before workers fork)."""
+    global _INSTANCE
+    _INSTANCE = name
 
 
 _INSTANCE = None
@@ -151,82 +129,3 @@ class RequestObservabilityMiddleware:
                 "pid": os.getpid(),
             }, ensure_ascii=False, separators=(",", ":")))
         return response
-
-
-# --- /metrics -----------------------------------------------------------------------
-
-CONSUL_TIMEOUT = 1.0  # a scrape never waits longer than this on the Consul agent
-
-
-def _consul_registered() -> float | None:
-    """1 while the Consul agent knows this instance, 0 when not (or unreachable); None: not registering.
-
-    Asked of the agent itself at scrape time: a worker's copy of the
-    registration cannot see what the master's registration thread did since.
-    """
-    registration = _consul_registration()
-    if registration is None:
-        return None
-    host, port = registration.consul_address
-    url = f"http://{host}:{port}/v1/agent/service/{quote(registration.service_id, safe='')}"
-    try:
-        with urllib.request.urlopen(url, timeout=CONSUL_TIMEOUT) as response:
-            return 1.0 if response.status == 200 else 0.0
-    except (OSError, ValueError):  # 404 (not registered, an HTTPError) or no agent
-        return 0.0
-
-
-class InstanceCollector:
-    """Gauges computed at scrape time, for the instance as a whole."""
-
-    def collect(self):
-        from outbox.models import OutboxEvent
-
-        up = GaugeMetricFamily("messenger_database_up", "1 when the database answered this scrape, else 0.")
-        try:
-            backlog = OutboxEvent.objects.filter(sent_at__isnull=True).count()
-        except Exception:  # the database is down: report that rather than fail the scrape
-            up.add_metric([], 0)
-            yield up
-        else:
-            up.add_metric([], 1)
-            yield up
-            yield GaugeMetricFamily(
-                "messenger_outbox_backlog", "Events stored but not yet published to the broker.", value=backlog
-            )
-        registered = _consul_registered()
-        if registered is not None:
-            yield GaugeMetricFamily(
-                "messenger_consul_registered", "1 while this instance is registered in Consul, else 0.",
-                value=registered,
-            )
-
-
-def _scrape() -> bytes:
-    instance = CollectorRegistry(auto_describe=False)
-    instance.register(InstanceCollector())
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        workers = CollectorRegistry()
-        multiprocess.MultiProcessCollector(workers)
-        return generate_latest(workers) + generate_latest(instance)
-    return generate_latest(REGISTRY) + generate_latest(instance)
-
-
-def _authorised(request) -> bool:
-    token = settings.METRICS_TOKEN
-    if not token:
-        return True
-    offered = request.META.get("HTTP_AUTHORIZATION", "")
-    return hmac.compare_digest(offered.encode(), f"Bearer {token}".encode())
-
-
-@safe_methods_only
-def metrics(request):
-    """Prometheus text format; with METRICS_TOKEN set, only for `Authorization: Bearer <token>`."""
-    if not _authorised(request):
-        response = json_error("Metrics need the bearer token in METRICS_TOKEN.", 401)
-        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
-        return response
-    return HttpResponse(_scrape(), content_type=CONTENT_TYPE_LATEST)

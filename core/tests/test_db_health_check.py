@@ -1,4 +1,4 @@
-"""The per-request health check of kept connections (messenger/postgresql): no round trip while quiet.
+"""The per-request health check of kept connections (core/db/postgresql): no round trip while quiet.
 
 Each test opens a connection of its own (Django's test connection sits in a
 transaction, where the check always asks PostgreSQL), and closes it.

@@ -183,7 +183,7 @@ def test_the_test_process_registers_nothing(consul_agent, instances_db):
     env = {**os.environ, "CONSUL_SERVICE_NAME": "messenger", "CONSUL_HOST": "127.0.0.1",
            "CONSUL_PORT": str(consul_agent.http_port), "PGDATABASE": f"{instances_db}_pytest"}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "conversations/tests/test_config.py",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "messenger/tests/test_config.py",
          "-k", "test_defaults_load_with_an_empty_environment"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
