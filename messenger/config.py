@@ -67,46 +67,45 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+# Typed parsing is django-environ's (`Env.parse_value`, what its typed getters use);
+# the schema adds the ranges a value must fall in, and the units of sizes and durations.
+_FALSE_STRINGS = ("false", "off", "no", "n", "0", "")
+
+
+def _at_least(cast: type, minimum: float, problem: str) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        value = environ.Env.parse_value(raw.strip(), cast)
+        if value < minimum:
+            raise ValueError(problem)
+        return value
+
+    return parse
+
+
 def _parse_port(raw: str) -> int:
-    port = int(raw)
+    port = environ.Env.parse_value(raw.strip(), int)
     if not 0 < port < 65536:
         raise ValueError("expected a port between 1 and 65535")
     return port
 
 
-def _parse_positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("expected a positive integer")
-    return value
-
-
-def _parse_non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if value < 0:
-        raise ValueError("expected a number >= 0")
-    return value
-
-
 def _parse_bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in environ.Env.BOOLEAN_TRUE_STRINGS:
-        return True
-    if lowered in ("false", "off", "no", "n", "0", ""):
-        return False
-    raise ValueError("expected true or false")
+    # django-environ reads any unknown word as false; a typo must not switch a feature off silently.
+    if raw.strip().lower() not in (*environ.Env.BOOLEAN_TRUE_STRINGS, *_FALSE_STRINGS):
+        raise ValueError("expected true or false")
+    return environ.Env.parse_value(raw.strip(), bool)
 
 
 def _parse_list(raw: str) -> list[str]:
-    return [item.strip() for item in raw.split(",") if item.strip()]
+    return [item.strip() for item in environ.Env.parse_value(raw, list) if item.strip()]
 
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,
-    "int": int,
+    "int": lambda raw: environ.Env.parse_value(raw.strip(), int),
     "port": _parse_port,
-    "positive_int": _parse_positive_int,
-    "float": _parse_non_negative_float,
+    "positive_int": _at_least(int, 1, "expected a positive integer"),
+    "float": _at_least(float, 0, "expected a number >= 0"),
     "bool": _parse_bool,
     "bytes": parse_bytes,
     "duration": parse_duration,
@@ -126,8 +125,6 @@ class Setting:
     env_defaults: Mapping[str, Any] = field(default_factory=dict)
     choices: tuple[str, ...] | None = None
     secret: bool = False
-    # Required in these environments (no default is good enough there).
-    required_in: tuple[str, ...] = ()
     # Older names still honoured (the reference's NODE_ENV, for example).
     aliases: tuple[str, ...] = ()
     # A `<NAME>_FILE` variable may hold the path of a file with the value,
@@ -293,9 +290,6 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             continue
         if raw is None:
             default = setting.default_for(environment)
-            if environment in setting.required_in:
-                problems.append(f"{setting.name}: required in {environment} ({setting.doc})")
-                continue
             raw = None if default is None else str(default)
             source = "default"
         sources[setting.name] = source

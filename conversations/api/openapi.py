@@ -2,8 +2,8 @@
 
 The views are plain `APIView`s that parse by hand (see `validation`), so
 nothing here is introspected: each operation's parameters, body and responses
-are written out once, as JSON Schema, to match what the code does, error by
-error. `tests/test_openapi.py` checks real responses against this description,
+are written out as JSON Schema, with every limit and refusal text taken from
+the code that enforces it (`validation`, `services`, the config schema). `tests/test_openapi.py` checks real responses against this description,
 and `tests/test_fuzz.py` fuzzes a live server with it.
 
 Views take their description from the decorators at the bottom
@@ -18,9 +18,11 @@ import copy
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 
+from conversations import services, validation
 from conversations.api.authentication import MISSING_USER_ID
-from conversations.validation import IDEMPOTENCY_KEY_MAX, MAX_ID
+from conversations.validation import DEFAULT_PAGE, IDEMPOTENCY_KEY_MAX, MAX_ID, MAX_PAGE, USER_NAME_MAX
 from core.http.errors import DATABASE_UNAVAILABLE
+from messenger.config import SCHEMA_BY_NAME
 
 HEADER, QUERY, PATH = OpenApiParameter.HEADER, OpenApiParameter.QUERY, OpenApiParameter.PATH
 
@@ -54,7 +56,7 @@ COMPONENTS: dict[str, dict] = {
     "UserPage": _page("users", "User"),
     "UserCreated": _object({"user": ref("User")}),
     "UserCreate": _object(
-        {"name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": _TEXT_PATTERN,
+        {"name": {"type": "string", "minLength": 1, "maxLength": USER_NAME_MAX, "pattern": _TEXT_PATTERN,
                   "example": "James Blanderphone"}},
         closed=False,
     ),
@@ -63,7 +65,8 @@ COMPONENTS: dict[str, dict] = {
     "ConversationCreate": _object(
         {
             "participant_ids": {
-                "type": "array", "items": _ID, "minItems": 2, "maxItems": 2, "uniqueItems": True,
+                "type": "array", "items": _ID, "minItems": services.PARTICIPANT_COUNT,
+                "maxItems": services.PARTICIPANT_COUNT, "uniqueItems": True,
                 "description": "The two users of the conversation.", "example": [1, 2],
             }
         },
@@ -131,11 +134,11 @@ IDEMPOTENCY_KEY = OpenApiParameter(
         "A client-chosen key (a UUID, say) that makes a retry safe: repeating the same post with the same key "
         "returns the first message (201, same id and index, header `Idempotent-Replayed: true`) and stores "
         "nothing new. The same key with another conversation or content is a 422. Keys are remembered for "
-        "IDEMPOTENCY_KEY_TTL (24h by default)."
+        f"IDEMPOTENCY_KEY_TTL ({SCHEMA_BY_NAME['IDEMPOTENCY_KEY_TTL'].default} by default)."
     ),
 )
 CONVERSATION_ID = OpenApiParameter("conversation_id", _ID, PATH, description="A conversation's id.")
-LIMIT = OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}, QUERY,
+LIMIT = OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}, QUERY,
                          description="Page size.")
 
 
@@ -159,7 +162,8 @@ BAD_INPUT = ("Bad input: malformed (or too deeply nested) JSON, a wrong type, te
 UNAVAILABLE = error(f"The database is unreachable or too slow: `{DATABASE_UNAVAILABLE}` (with `Retry-After`).")
 TOO_LARGE = error("The body is larger than JSON_BODY_LIMIT; refused unread, nothing stored.")
 UNSUPPORTED = error("The body is not `application/json`.")
-NO_SUCH_CONVERSATION = error("`Conversation with id N not found`.")
+NO_SUCH_CONVERSATION = error(f"`{services.CONVERSATION_NOT_FOUND.format(conversation_id='N')}`.")
+NOT_IN_CONVERSATION = f"`{services.NOT_IN_CONVERSATION.format(user_id='N')}`"
 
 # The decorators take dict schemas as they are; drf-spectacular's own response
 # building is bypassed by `postprocess`, which writes these in.
@@ -190,7 +194,7 @@ users_create = _operation(
     "users_create", "Add a user", tags=["users"], request="UserCreate",
     responses={
         201: _json("UserCreated", "The new user."),
-        400: error(BAD_INPUT + "; `name must be a non-empty string`."),
+        400: error(BAD_INPUT + f"; `{validation.NAME_REQUIRED}`."),
         413: TOO_LARGE, 415: UNSUPPORTED, 503: UNAVAILABLE,
     },
 )
@@ -209,9 +213,8 @@ conversations_create = _operation(
     responses={
         201: _json("ConversationCreated", "The new conversation."),
         400: error(
-            BAD_INPUT + "; `Conversation must have 2 unique users`; "
-            "`participant_ids provided did not match to two known participants`; "
-            "`A conversation between these two users already exists with id N`."
+            BAD_INPUT + f"; `{services.CONVERSATION_NEEDS_TWO_USERS}`; `{services.UNKNOWN_PARTICIPANTS}`; "
+            f"`{services.CONVERSATION_EXISTS.format(conversation_id='N')}`."
         ),
         413: TOO_LARGE, 415: UNSUPPORTED, 503: UNAVAILABLE,
     },
@@ -222,8 +225,7 @@ messages_list = _operation(
     responses={
         200: _json("MessagePage", "Messages in index order."),
         400: error(
-            BAD_INPUT + f"; with READS_REQUIRE_MEMBER on: `{MISSING_USER_ID}` or "
-            "`User with id N is not in conversation`."
+            BAD_INPUT + f"; with READS_REQUIRE_MEMBER on: `{MISSING_USER_ID}` or {NOT_IN_CONVERSATION}."
         ),
         404: NO_SUCH_CONVERSATION,
         503: UNAVAILABLE,
@@ -236,12 +238,12 @@ messages_create = _operation(
     responses={
         201: _json("MessageCreated", "The stored message (or, for a repeated Idempotency-Key, the first one)."),
         400: error(
-            BAD_INPUT + f"; `{MISSING_USER_ID}`; `User with id N is not in conversation`; "
-            "`content must be a non-empty string`; a malformed Idempotency-Key."
+            BAD_INPUT + f"; `{MISSING_USER_ID}`; {NOT_IN_CONVERSATION}; `{validation.CONTENT_REQUIRED}`; "
+            "a malformed Idempotency-Key."
         ),
         404: NO_SUCH_CONVERSATION,
         413: TOO_LARGE, 415: UNSUPPORTED,
-        422: error("The Idempotency-Key was already used for a different conversation or content."),
+        422: error(f"`{services.IDEMPOTENCY_KEY_REUSED}`."),
         503: UNAVAILABLE,
     },
 )
@@ -251,8 +253,7 @@ view_horizon_set = _operation(
     responses={
         204: {"description": "Recorded (a horizon never moves back)."},
         400: error(
-            BAD_INPUT + f"; `{MISSING_USER_ID}`; `User with id N is not in conversation`; "
-            "`index must be a non-negative integer`."
+            BAD_INPUT + f"; `{MISSING_USER_ID}`; {NOT_IN_CONVERSATION}; `{validation.INDEX_INVALID}`."
         ),
         404: NO_SUCH_CONVERSATION,
         413: TOO_LARGE, 415: UNSUPPORTED, 503: UNAVAILABLE,

@@ -19,10 +19,8 @@ from rest_framework.views import APIView
 from conversations import presenters, selectors, services, validation
 from conversations.api import openapi
 from conversations.api.authentication import require_user
+from conversations.validation import DEFAULT_PAGE, MAX_PAGE
 from core.http import errors, plain_json
-
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
 
 
 @errors.safe_methods_only

@@ -36,16 +36,8 @@ class NotFound(ServiceError):
     status_code = status.HTTP_404_NOT_FOUND
 
 
-class Conflict(ServiceError):
-    status_code = status.HTTP_409_CONFLICT
-
-
 class Unprocessable(ServiceError):
     status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
-
-
-class Unavailable(ServiceError):
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
 
 
 DATABASE_UNAVAILABLE = "The database is unavailable; try again shortly."
