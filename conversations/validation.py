@@ -6,7 +6,8 @@ with a sentence the client can act on, so bad input is a 400, never a 500.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from core.http.errors import InvalidInput
 
@@ -99,7 +100,7 @@ def idempotency_key(raw: str | None) -> str | None:
 
 def view_horizon_index(data: Any) -> int:
     index = body_object(data).get("index")
-    if not _is_int(index) or not 0 <= index <= MAX_ID:
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_ID:
         raise InvalidInput(INDEX_INVALID)
     return index
 

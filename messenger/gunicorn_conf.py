@@ -6,9 +6,9 @@ Start a serving instance with:
 
 import time
 
-from messenger import config as config_schema
 from core.logging import gunicorn_logging
 from discovery import registration as discovery
+from messenger import config as config_schema
 from messenger import startup_checks
 
 _config = config_schema.load()

@@ -1,7 +1,6 @@
 """URL routes: the contract's paths, without trailing slashes."""
 
 from django.urls import include, path, re_path
-
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from core.http import errors, metrics

@@ -37,6 +37,13 @@ def broker_configured() -> bool:
     return bool(settings.CELERY_BROKER_URL)
 
 
+def _broker_url() -> str:
+    url = settings.CELERY_BROKER_URL
+    if not url:
+        raise RuntimeError("no broker configured (AMQPHOST is unset)")
+    return url
+
+
 def relay_after_commit() -> None:
     """Ask the relay to publish pending events; returns at once (registered with `on_commit`)."""
     if broker_configured():
@@ -64,7 +71,7 @@ def connect_for_enqueue(url: str) -> Connection:
 def enqueue_relay(connection: Connection | None = None) -> None:
     """Send one relay task to Celery's queue, without retrying: the periodic sweep is the retry."""
     if connection is None:
-        with connect_for_enqueue(settings.CELERY_BROKER_URL) as connection:
+        with connect_for_enqueue(_broker_url()) as connection:
             return enqueue_relay(connection)
     app.send_task(
         relay_outbox.name, connection=connection, retry=False, expires=ENQUEUE_EXPIRES, expiration=ENQUEUE_EXPIRES
@@ -117,7 +124,7 @@ class _RelayKicker:
                 time.sleep(ENQUEUE_PAUSE_AFTER_FAILURE)
 
     def _send(self) -> None:
-        url = settings.CELERY_BROKER_URL
+        url = _broker_url()
         if self._connection is not None and self._url == url:
             try:
                 enqueue_relay(self._connection)

@@ -16,7 +16,6 @@ returns are then collected together, within CONFIRM_TIMEOUT.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 import time
 from typing import Any
@@ -117,7 +116,7 @@ class Publisher:
                 raise TimeoutError(f"outbox: no confirm from the broker within {CONFIRM_TIMEOUT}s")
             try:
                 self._connection.drain_events(timeout=remaining)
-            except socket.timeout:
+            except TimeoutError:
                 continue
         return self._acked - self._refused
 

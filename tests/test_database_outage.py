@@ -19,8 +19,8 @@ import pytest
 from django.db import connection
 
 from conversations.models import Message
-from outbox.models import OutboxEvent
 from core.http.errors import DATABASE_UNAVAILABLE
+from outbox.models import OutboxEvent
 from tests.support.live_service import database_env, seed_chat
 from tests.support.openapi_check import ResponseChecker, served_schema
 from tests.support.processes import wait_until

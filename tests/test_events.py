@@ -274,7 +274,7 @@ def test_two_relays_at_once_publish_each_event_once_in_index_order_per_conversat
     pairs = [(users[0], users[1]), (users[0], users[2]), (users[1], users[2])]
     conversations = [services.conversation_create(participant_ids=[a.pk, b.pk]) for a, b in pairs]
     for n in range(100):
-        for conversation, (author, _) in zip(conversations, pairs):
+        for conversation, (author, _) in zip(conversations, pairs, strict=True):
             services.message_create(conversation_id=conversation.pk, user=author, content=f"m{n}")
     settings.CELERY_BROKER_URL = broker_url
     barrier = threading.Barrier(2)

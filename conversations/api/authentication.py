@@ -11,8 +11,8 @@ from __future__ import annotations
 from rest_framework.authentication import BaseAuthentication
 
 from conversations import validation
-from core.http.errors import InvalidInput
 from conversations.models import User
+from core.http.errors import InvalidInput
 
 MISSING_USER_ID = "Please specify a user id by adding the User-Id header."
 

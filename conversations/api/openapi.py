@@ -15,6 +15,7 @@ response carries.
 from __future__ import annotations
 
 import copy
+from typing import Any, Final
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 
@@ -24,7 +25,9 @@ from conversations.validation import DEFAULT_PAGE, IDEMPOTENCY_KEY_MAX, MAX_ID, 
 from core.http.errors import DATABASE_UNAVAILABLE
 from messenger.config import SCHEMA_BY_NAME
 
-HEADER, QUERY, PATH = OpenApiParameter.HEADER, OpenApiParameter.QUERY, OpenApiParameter.PATH
+HEADER: Final = OpenApiParameter.HEADER
+QUERY: Final = OpenApiParameter.QUERY
+PATH: Final = OpenApiParameter.PATH
 
 
 def ref(name: str) -> dict:
@@ -40,7 +43,7 @@ _TEXT_PATTERN = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
 
 
 def _object(properties: dict, required: list[str] | None = None, closed: bool = True) -> dict:
-    schema = {"type": "object", "properties": properties, "required": required or list(properties)}
+    schema: dict[str, Any] = {"type": "object", "properties": properties, "required": required or list(properties)}
     if closed:
         schema["additionalProperties"] = False
     return schema

@@ -106,7 +106,7 @@ def test_a_page_of_conversations_is_the_same_bytes_both_ways(api, settings, user
     for user, query in [(users[1], ""), (users[1], "?limit=3"), (users[1], "?after_id=1&limit=2"),
                         (users[0], ""), (alice, ""), (users[2], ""), (users[1], "?limit=100")]:
         fast, portable = both_ways(
-            settings, lambda: api.get(f"/conversations{query}", HTTP_USER_ID=str(user.pk))
+            settings, lambda user=user, query=query: api.get(f"/conversations{query}", HTTP_USER_ID=str(user.pk))
         )
         assert answer(fast) == answer(portable), (user.name, query)
         assert fast.status_code == 200
@@ -180,7 +180,7 @@ def test_message_posts_answer_and_store_the_same_both_ways(api, settings, users,
             ]
         answers = [_comparable(response, roles) for response in responses]
         outcomes[fast_paths] = (answers, _stored(conversation, roles), len(callbacks))
-    for fast, portable in zip(outcomes[True][0], outcomes[False][0]):
+    for fast, portable in zip(outcomes[True][0], outcomes[False][0], strict=True):
         assert fast == portable
     assert outcomes[True][1:] == outcomes[False][1:]
     answers, (messages, events, last_index), relay_kicks = outcomes[True]

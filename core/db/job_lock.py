@@ -17,9 +17,10 @@ import hashlib
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
+import psycopg
 from django.core.management.base import CommandError
 from django.db import connections
 
@@ -58,6 +59,11 @@ def _describe_holder(conn, key: int) -> str:
     return f"server pid {pid} ({application_name or 'unnamed'}, connected {started:%Y-%m-%d %H:%M:%S %Z})"
 
 
+def _try_lock(conn: psycopg.Connection, key: int) -> bool:
+    row = conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()
+    return bool(row and row[0])
+
+
 @contextmanager
 def job_lock(job: str, *, timeout: float = DEFAULT_TIMEOUT, using: str = "default",
              progress: Callable[[str], None] | None = None) -> Iterator[None]:
@@ -72,8 +78,8 @@ def job_lock(job: str, *, timeout: float = DEFAULT_TIMEOUT, using: str = "defaul
     # The application name is what a waiting migrator shows, to say who it waits for.
     params["application_name"] = f"messenger {job} on {socket.gethostname()} pid {os.getpid()}"[:63]
     try:
-        conn = connection.Database.connect(**params)
-    except connection.Database.Error as exc:
+        conn = psycopg.connect(**params)
+    except psycopg.Error as exc:
         raise CommandError(
             f"Cannot connect to PostgreSQL database {name!r} at {params.get('host')}:{params.get('port')} "
             f"as {params.get('user')!r}: {str(exc).strip()}"
@@ -83,7 +89,7 @@ def job_lock(job: str, *, timeout: float = DEFAULT_TIMEOUT, using: str = "defaul
         conn.autocommit = True
         started = time.monotonic()
         next_report = started
-        while not conn.execute("SELECT pg_try_advisory_lock(%s)", [key]).fetchone()[0]:
+        while not _try_lock(conn, key):
             waited = time.monotonic() - started
             holder = _describe_holder(conn, key)
             if waited >= timeout:

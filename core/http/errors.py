@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 class ServiceError(exceptions.APIException):
     """A request the service refuses, with the text the client sees."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
 
     def __init__(self, message: str):
         super().__init__(detail=message)

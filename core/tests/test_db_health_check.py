@@ -6,7 +6,6 @@ transaction, where the check always asks PostgreSQL), and closes it.
 
 import time
 
-import psycopg
 import pytest
 from django.db import connection, connections
 from django.db.backends.postgresql import base as django_postgresql

@@ -11,8 +11,8 @@ import re
 
 import pytest
 
-from outbox.models import OutboxEvent
 from core.http import observability
+from outbox.models import OutboxEvent
 from tests.support.metrics import sample
 
 pytestmark = pytest.mark.django_db

@@ -1,9 +1,9 @@
 """Create the service's database through the maintenance database."""
 
 import psycopg
-from psycopg import sql
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from psycopg import sql
 
 
 class Command(BaseCommand):
