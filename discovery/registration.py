@@ -218,6 +218,7 @@ def start(config: Config) -> Registration | None:
     with _current_lock:
         if _current is None:
             _current = Registration(config)
+            logger.info("registering this instance in Consul as %s", _current.service_id)
             # Log lines name the instance as Consul does; forked workers inherit the name.
             name_instance(_current.service_id)
             _current.start()

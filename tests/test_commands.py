@@ -1,24 +1,21 @@
-"""The one-off jobs: create_db, migrate and seed, run as the seed runs them (separate processes)."""
+"""Management commands as processes: the one-off jobs as the seed runs them, and start-up's refusal of a bad configuration."""
 
 import os
+import re
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
-from django.core.management import call_command
 
 from conversations.management.commands.seed import SEED_USERS
-from conversations.models import User
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.processes import REPO_ROOT
 
 
 def manage(*args, **env):
     full_env = {**os.environ, "APP_ENV": "test", **env}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=full_env, capture_output=True,
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=full_env, capture_output=True,
                           text=True, timeout=120)
 
 
@@ -77,10 +74,25 @@ def test_create_db_without_a_name_fails_with_a_clear_message():
     assert "Set CREATE_DB_NAME (or pass --name) to the database to create." in result.stderr
 
 
-@pytest.mark.django_db(transaction=True, reset_sequences=True)
-def test_seed_writes_ids_1_to_3_on_a_fresh_database_and_is_idempotent():
-    call_command("seed", stdout=open(os.devnull, "w"))
-    call_command("seed", stdout=open(os.devnull, "w"))
-    assert list(User.objects.order_by("pk").values_list("pk", "name")) == list(SEED_USERS)
-    # The id sequence continues after the seeded rows.
-    assert User.objects.create(name="next").pk == 4
+def _manage(*args, env_extra):
+    env = {"PATH": "/usr/bin:/bin", "DATA_DIR": "var/test-config", **env_extra}
+    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_startup_with_invalid_config_exits_non_zero_naming_each_problem():
+    result = _manage("check", env_extra={"PORT": "0", "AMQPPORT": "abc"})
+    assert result.returncode == 2
+    assert "Invalid configuration (2 problem(s))" in result.stderr
+    assert "PORT: '0' is invalid" in result.stderr
+    assert "AMQPPORT: 'abc' is invalid" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_command_prints_values_and_masks_secrets():
+    result = _manage("config", env_extra={"PGPASSWORD": "hunter2", "JSON_BODY_LIMIT": "27b", "APP_ENV": "test"})
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout
+    assert re.search(r"^PGPASSWORD\s+\*{8}\s+\[environment\]", result.stdout, re.MULTILINE)
+    assert re.search(r"^JSON_BODY_LIMIT\s+27b\s+\[environment\]", result.stdout, re.MULTILINE)
+    assert result.stdout.startswith("environment: test")
