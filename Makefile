@@ -53,7 +53,7 @@ lint: $(STAMP) ## ruff (lint, and the format check) and mypy over the tree; sett
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-docs: $(STAMP) ## Regenerate the README's configuration table and .env.example from the schema
+docs: $(STAMP) ## Regenerate docs/configuration.md's table and .env.example from the schema
 	$(PY) scripts/render-config-docs.py
 
 bench: $(STAMP) ## Run every benchmark scenario against the running stack (make up) and pgbench; print one table

@@ -314,10 +314,10 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     return Config(values, sources, raws)
 
 
-# --- documentation rendered from the schema (README table, .env.example) -----
+# --- documentation rendered from the schema (docs/configuration.md, .env.example) -----
 
 def markdown_table() -> str:
-    """The schema as the README's configuration table."""
+    """The schema as the configuration table of docs/configuration.md."""
     lines = ["| variable | type | default | description |", "|---|---|---|---|"]
     for setting in SCHEMA:
         default = "" if setting.default is None else str(setting.default)

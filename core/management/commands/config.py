@@ -10,7 +10,7 @@ class Command(BaseCommand):
     help = "Print every configuration variable with its value in force, its source and its doc; secrets are masked."
 
     def add_arguments(self, parser):
-        parser.add_argument("--markdown", action="store_true", help="Print the schema as a Markdown table (for the README).")
+        parser.add_argument("--markdown", action="store_true", help="Print the schema as a Markdown table (docs/configuration.md's).")
 
     def handle(self, *args, **options):
         config = settings.CONFIG
