@@ -1,4 +1,4 @@
-"""What an instance tells its operators about each request: a JSON log line, and request metrics.
+"""What an instance tells its operators: a JSON log line per request, and metrics.
 
 `RequestObservabilityMiddleware` runs outermost. For every request it takes
 the caller's `X-Request-Id` (or makes one), echoes it in the response, counts
@@ -10,7 +10,12 @@ line on the `messenger.requests` logger:
      "route": "/conversations/{conversation_id}/messages", "status": 201, "duration_ms": 4.1,
      "instance": "host:4000", "request_id": "...", "pid": 1234}
 
-`/metrics` (core/http/metrics.py) serves these counters with the instance's gauges.
+`/metrics` (core/http/metrics.py) serves them in Prometheus' text format. gunicorn runs several
+worker processes, so the counters live in prometheus-client's multi-process
+files (PROMETHEUS_MULTIPROC_DIR, which gunicorn's config sets) and a scrape of
+any worker sums every worker. Gauges that describe the instance rather than a
+worker (outbox backlog, database reachability, Consul registration) are
+computed when scraped.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ LATENCY = Histogram(
 
 
 def instance_id() -> str:
-    """This instance, as logs name it until `name_instance` names it otherwise: host:port."""
+    """This instance, as logs name it: its Consul service id (see `name_instance`), else host:port."""
     return f"{socket.gethostname()}:{settings.CONFIG.PORT}"
 
 
