@@ -13,10 +13,10 @@ import os
 import threading
 import time
 
+from celery import current_app as app
 from django.conf import settings
 from kombu import Connection
 
-from messenger.celery import app
 from outbox.tasks import relay_outbox
 
 logger = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any
 
+from celery import current_app as app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -28,7 +29,6 @@ from kombu import Connection, Producer
 from kombu.exceptions import OperationalError
 from kombu.transport import pyamqp
 
-from messenger.celery import app
 from outbox import wire
 from outbox.models import OutboxEvent
 from outbox.services import pending_events
