@@ -36,6 +36,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
+class TextFormatter(logging.Formatter):
+    """`<ts> <LEVEL> <logger> <message>`, with the timestamps the request lines carry."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_timestamp(record.created)} {record.levelname} {record.name} {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
 class RequestTextFormatter(logging.Formatter):
     """The middleware's JSON request line as one readable line: time, method, path, status, duration, id."""
 
@@ -53,7 +63,7 @@ def _base(log_format: str) -> dict:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "record": {"()": JsonFormatter} if json_lines else {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+            "record": {"()": JsonFormatter if json_lines else TextFormatter},
             # The request line is already a JSON object: pass it through as it is.
             "request": {"format": "%(message)s"} if json_lines else {"()": RequestTextFormatter},
         },
