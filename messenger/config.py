@@ -73,21 +73,14 @@ def format_duration(seconds: float) -> str:
 _FALSE_STRINGS = ("false", "off", "no", "n", "0", "")
 
 
-def _at_least(cast: type, minimum: float, problem: str) -> Callable[[str], Any]:
+def _ranged(cast: type, problem: str, minimum: float, maximum: float = float("inf")) -> Callable[[str], Any]:
     def parse(raw: str) -> Any:
         value = environ.Env.parse_value(raw.strip(), cast)
-        if value < minimum:
+        if not minimum <= value <= maximum:
             raise ValueError(problem)
         return value
 
     return parse
-
-
-def _parse_port(raw: str) -> int:
-    port = environ.Env.parse_value(raw.strip(), int)
-    if not 0 < port < 65536:
-        raise ValueError("expected a port between 1 and 65535")
-    return port
 
 
 def _parse_bool(raw: str) -> bool:
@@ -104,9 +97,9 @@ def _parse_list(raw: str) -> list[str]:
 PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,
     "int": lambda raw: environ.Env.parse_value(raw.strip(), int),
-    "port": _parse_port,
-    "positive_int": _at_least(int, 1, "expected a positive integer"),
-    "float": _at_least(float, 0, "expected a number >= 0"),
+    "port": _ranged(int, "expected a port between 1 and 65535", 1, 65535),
+    "positive_int": _ranged(int, "expected a positive integer", 1),
+    "float": _ranged(float, "expected a number >= 0", 0),
     "bool": _parse_bool,
     "bytes": parse_bytes,
     "duration": parse_duration,
