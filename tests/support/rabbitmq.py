@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,11 +152,14 @@ class CeleryWorker:
         if self.process is None:
             return
         stop_process_group(self.process, sig, timeout)
-        # Pool children can outlive the main process by a moment after SIGKILL.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        group = self.process.pid
+
+        def group_gone() -> bool:
             try:
-                os.killpg(self.process.pid, 0)
+                os.killpg(group, 0)
             except ProcessLookupError:
-                return
-            time.sleep(0.05)
+                return True
+            return False
+
+        # Pool children can outlive the main process by a moment after SIGKILL.
+        wait_until(group_gone, 5, interval=0.05, what=f"celery worker {self.name}'s pool processes to exit")
