@@ -43,11 +43,17 @@ worker: $(STAMP) ## Run the event worker (Celery, with its beat sweep) in the fo
 	@mkdir -p var
 	exec $(WORKER)
 
-test: $(STAMP) system-deps ## Run the whole test suite against the real services
+test: lint system-deps ## Run the lint and type checks, then the whole test suite against the real services
 	@bash scripts/ensure-services.sh
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-docs: $(STAMP) ## Regenerate the README's configuration table and .env.example from the schema
+.PHONY: lint
+lint: $(STAMP) ## ruff (lint, and the format check) and mypy over the tree; settings in pyproject.toml
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+docs: $(STAMP) ## Regenerate docs/configuration.md's table and .env.example from the schema
 	$(PY) scripts/render-config-docs.py
 
 bench: $(STAMP) ## Run every benchmark scenario against the running stack (make up) and pgbench; print one table

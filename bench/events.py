@@ -45,11 +45,12 @@ def main() -> None:
     from django.conf import settings
     from django.test import Client
 
-    from conversations import events, services
-    from conversations.models import OutboxEvent
+    from conversations import services
+    from outbox import relay, wire
+    from outbox.models import OutboxEvent
 
     broker_url = settings.CELERY_BROKER_URL
-    reader = QueueReader(vhost, events.QUEUE_NAME)
+    reader = QueueReader(vhost, wire.QUEUE_NAME)
     reader.declare()
     try:
         alice = services.user_create(name="events bench a")
@@ -70,7 +71,7 @@ def main() -> None:
             backlog.exclude(pk__in=first).update(sent_at=backlog.first().created_at)
             reader.purge()
             started = time.monotonic()
-            sent = events.relay_pending(batch_size=batch)
+            sent = relay.relay_pending(batch_size=batch)
             elapsed = time.monotonic() - started
             print(f"  batch {batch:>4}: {sent:>5} events in {elapsed:6.2f}s = {sent / elapsed:7.0f} events/s")
 
@@ -94,7 +95,7 @@ def main() -> None:
             print(f"  {label:<31} p50 {statistics.median(timings):6.2f}  p95 {percentile(timings, 0.95):6.2f}"
                   f"  max {max(timings):7.2f}")
         settings.CELERY_BROKER_URL = broker_url
-        events.relay_pending()  # leave nothing pending behind (no worker runs here)
+        relay.relay_pending()  # leave nothing pending behind (no worker runs here)
     finally:
         reader.close()
         proxy.stop()

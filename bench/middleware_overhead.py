@@ -36,8 +36,8 @@ from django.http import HttpResponse  # noqa: E402
 from django.test import RequestFactory  # noqa: E402
 from django.urls import resolve  # noqa: E402
 
-from conversations.db_deadline import DatabaseDeadlineMiddleware  # noqa: E402
-from conversations.observability import RequestObservabilityMiddleware  # noqa: E402
+from core.db.deadline import DatabaseDeadlineMiddleware  # noqa: E402
+from core.http.observability import RequestObservabilityMiddleware  # noqa: E402
 
 PATH = "/conversations/1/messages"
 

@@ -50,6 +50,9 @@ class Conversation(models.Model):
             models.Index(fields=["user_high", "id"], name="channels_user_high_id_idx"),
         ]
 
+    def __str__(self) -> str:
+        return f"conversation {self.pk} ({self.user_low_id}, {self.user_high_id})"
+
 
 class Participant(models.Model):
     """A user's membership of a conversation, with their view horizon."""
@@ -65,6 +68,9 @@ class Participant(models.Model):
             models.UniqueConstraint(fields=["conversation", "user"], name="users_channels_user_channel_unique"),
         ]
         indexes = [models.Index(fields=["user", "conversation"], name="users_channels_user_idx")]
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} in conversation {self.conversation_id}"
 
 
 class Message(models.Model):
@@ -83,26 +89,8 @@ class Message(models.Model):
             models.UniqueConstraint(fields=["conversation", "index"], name="messages_channel_index_unique"),
         ]
 
-
-class OutboxEvent(models.Model):
-    """An event waiting to be published, written in the same transaction as its cause.
-
-    An event exists if and only if its message committed. The relay marks a row
-    `sent_at` only after the broker has confirmed it.
-    """
-
-    event_id = models.CharField(max_length=64, unique=True)
-    event_type = models.CharField(max_length=64)
-    payload = models.JSONField()
-    created_at = models.DateTimeField(auto_now_add=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.IntegerField(default=0)
-
-    class Meta:
-        db_table = "outbox"
-        indexes = [
-            models.Index(fields=["id"], name="outbox_pending_idx", condition=Q(sent_at__isnull=True)),
-        ]
+    def __str__(self) -> str:
+        return f"message {self.conversation_id}:{self.index}"
 
 
 class IdempotencyKey(models.Model):
@@ -126,3 +114,6 @@ class IdempotencyKey(models.Model):
             models.UniqueConstraint(fields=["user", "key"], name="idempotency_keys_user_key_unique"),
         ]
         indexes = [models.Index(fields=["created_at"], name="idempotency_keys_created_idx")]
+
+    def __str__(self) -> str:
+        return f"Idempotency-Key of user {self.user_id} for message {self.message_id}"

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db.models import Case, F, Q, When
 
-from conversations import pg, presenters
-from conversations.authentication import MISSING_USER_ID, unknown_user
-from conversations.errors import InvalidInput
+from conversations import presenters
 from conversations.models import Conversation, Message, User
-from conversations.plain_json import render
 from conversations.services import check_member, conversation_not_found, not_in_conversation
+from conversations.validation import MISSING_USER_ID, unknown_user
+from core.db import pg
+from core.http.errors import InvalidInput
+from core.http.plain_json import render
 
 
 def users_page(*, after_id: int, limit: int) -> list[User]:
@@ -36,7 +37,7 @@ def conversations_for_user(*, user_id: int, after_id: int, limit: int) -> list[d
         .order_by("pk")
         .values("id", "inserted_at", "name")[:limit]
     )
-    return list(rows)
+    return [dict(row) for row in rows]
 
 
 def messages_for_conversation(*, conversation_id: int, after_index: int, limit: int) -> list[dict]:
@@ -50,7 +51,7 @@ def messages_for_conversation(*, conversation_id: int, after_index: int, limit: 
         .order_by("index")
         .values("id", "content", "user_id", "conversation_id", "index", "inserted_at", "user__name")[:limit]
     )
-    return list(rows)
+    return [dict(row) for row in rows]
 
 
 def conversation_exists(conversation_id: int) -> bool:
@@ -128,6 +129,12 @@ JOIN LATERAL (SELECT name FROM users WHERE id = p.user_id LIMIT 1) AS u ON true
 """
 
 
+def _sent(user_id: int | None) -> int:
+    """The caller's id where a refusal names it: the statement refuses a user only when one was sent."""
+    assert user_id is not None
+    return user_id
+
+
 def messages_page(*, conversation_id: int, after_index: int, limit: int, user_id: int | None) -> JsonPage:
     """One page of a conversation's messages in index order, as JSON text.
 
@@ -144,17 +151,17 @@ def messages_page(*, conversation_id: int, after_index: int, limit: int, user_id
             "conversation": conversation_id, "after": after_index, "limit": limit, "user": user_id,
             "members_only": members_only})
         if refusal == _UNKNOWN_USER:
-            raise unknown_user(user_id)
+            raise unknown_user(_sent(user_id))
         if not found:
             raise conversation_not_found(conversation_id)
         if refusal == _NOT_A_PARTICIPANT:
-            raise not_in_conversation(user_id)
+            raise not_in_conversation(_sent(user_id))
         return JsonPage(items=items or "", more=count > limit, last=last)
 
     if user_id is not None and not User.objects.filter(pk=user_id).exists():
         raise unknown_user(user_id)
     if members_only:
-        check_member(conversation_id=conversation_id, user_id=user_id)
+        check_member(conversation_id=conversation_id, user_id=_sent(user_id))
     rows = messages_for_conversation(conversation_id=conversation_id, after_index=after_index, limit=limit + 1)
     # An empty page may mean "no such conversation": only then is it worth a query.
     if not rows and not conversation_exists(conversation_id):

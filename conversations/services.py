@@ -18,12 +18,20 @@ from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from conversations import events, pg
-from conversations.authentication import unknown_user
-from conversations.errors import InvalidInput, NotFound, Unprocessable
+from conversations import events
 from conversations.models import Conversation, IdempotencyKey, Message, Participant, User
+from conversations.validation import unknown_user
+from core.db import pg
+from core.http.errors import InvalidInput, NotFound, Unprocessable
 
 PARTICIPANT_COUNT = 2
+
+# The contract's refusals, as the OpenAPI description quotes them too.
+CONVERSATION_NEEDS_TWO_USERS = f"Conversation must have {PARTICIPANT_COUNT} unique users"
+UNKNOWN_PARTICIPANTS = "participant_ids provided did not match to two known participants"
+CONVERSATION_EXISTS = "A conversation between these two users already exists with id {conversation_id}"
+NOT_IN_CONVERSATION = "User with id {user_id} is not in conversation"
+CONVERSATION_NOT_FOUND = "Conversation with id {conversation_id} not found"
 
 
 def user_create(*, name: str) -> User:
@@ -31,17 +39,17 @@ def user_create(*, name: str) -> User:
 
 
 def _existing_conversation_error(conversation_id: int) -> InvalidInput:
-    return InvalidInput(f"A conversation between these two users already exists with id {conversation_id}")
+    return InvalidInput(CONVERSATION_EXISTS.format(conversation_id=conversation_id))
 
 
 def conversation_create(*, participant_ids: list[int]) -> Conversation:
     """Create the conversation of two distinct known users; one per pair, ever."""
     unique_ids = set(participant_ids)
     if len(unique_ids) != PARTICIPANT_COUNT or len(participant_ids) != PARTICIPANT_COUNT:
-        raise InvalidInput(f"Conversation must have {PARTICIPANT_COUNT} unique users")
+        raise InvalidInput(CONVERSATION_NEEDS_TWO_USERS)
     low, high = sorted(unique_ids)
     if User.objects.filter(pk__in=(low, high)).count() != PARTICIPANT_COUNT:
-        raise InvalidInput("participant_ids provided did not match to two known participants")
+        raise InvalidInput(UNKNOWN_PARTICIPANTS)
 
     existing = Conversation.objects.filter(user_low_id=low, user_high_id=high).values_list("pk", flat=True).first()
     if existing is not None:
@@ -63,11 +71,11 @@ def conversation_create(*, participant_ids: list[int]) -> Conversation:
 
 
 def not_in_conversation(user_id: int) -> InvalidInput:
-    return InvalidInput(f"User with id {user_id} is not in conversation")
+    return InvalidInput(NOT_IN_CONVERSATION.format(user_id=user_id))
 
 
 def conversation_not_found(conversation_id: int) -> NotFound:
-    return NotFound(f"Conversation with id {conversation_id} not found")
+    return NotFound(CONVERSATION_NOT_FOUND.format(conversation_id=conversation_id))
 
 
 def _membership_error(conversation_id: int, user_id: int) -> Exception:
@@ -232,7 +240,7 @@ def message_create(
     if user is None:
         raise unknown_user(user_id)
     check_member(conversation_id=conversation_id, user_id=user.pk)
-    fingerprint = None
+    fingerprint = ""  # set, and read, only with an idempotency key
     if idempotency_key is not None:
         fingerprint = _message_fingerprint(conversation_id, content)
         replay = _idempotent_replay(user=user, key=idempotency_key, fingerprint=fingerprint)

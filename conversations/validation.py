@@ -6,12 +6,29 @@ with a sentence the client can act on, so bad input is a 400, never a 500.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from conversations.errors import InvalidInput
+from core.http.errors import InvalidInput
 
 # PostgreSQL bigint: an id beyond this names nothing and cannot be queried.
 MAX_ID = 2**63 - 1
+# Pages: the size a list answers with unless `limit` says otherwise, and the largest it may ask.
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+USER_NAME_MAX = 200
+
+# The refusals the OpenAPI description quotes (conversations/api/openapi.py).
+CONTENT_REQUIRED = "content must be a non-empty string"
+NAME_REQUIRED = "name must be a non-empty string"
+INDEX_INVALID = "index must be a non-negative integer"
+
+MISSING_USER_ID = "Please specify a user id by adding the User-Id header."
+
+
+def unknown_user(user_id: int) -> InvalidInput:
+    """The 400 for a well-formed User-Id that names nobody (the one-statement paths decide it too)."""
+    return InvalidInput(f"User-Id header names no known user: {user_id}")
 
 
 def _is_int(value: Any) -> bool:
@@ -83,7 +100,7 @@ def _require_storable_text(text: str, what: str) -> None:
 def message_content(data: Any) -> str:
     content = body_object(data).get("content")
     if not isinstance(content, str) or not content.strip():
-        raise InvalidInput("content must be a non-empty string")
+        raise InvalidInput(CONTENT_REQUIRED)
     if "\x00" in content:
         raise InvalidInput("content must not contain NUL characters")
     _require_storable_text(content, "content")
@@ -107,17 +124,17 @@ def idempotency_key(raw: str | None) -> str | None:
 
 def view_horizon_index(data: Any) -> int:
     index = body_object(data).get("index")
-    if not _is_int(index) or not 0 <= index <= MAX_ID:
-        raise InvalidInput("index must be a non-negative integer")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_ID:
+        raise InvalidInput(INDEX_INVALID)
     return index
 
 
 def user_name(data: Any) -> str:
     name = body_object(data).get("name")
     if not isinstance(name, str) or not name.strip():
-        raise InvalidInput("name must be a non-empty string")
-    if "\x00" in name or len(name) > 200:
-        raise InvalidInput("name must be at most 200 characters, without NUL characters")
+        raise InvalidInput(NAME_REQUIRED)
+    if "\x00" in name or len(name) > USER_NAME_MAX:
+        raise InvalidInput(f"name must be at most {USER_NAME_MAX} characters, without NUL characters")
     _require_storable_text(name, "name")
     return name.strip()
 

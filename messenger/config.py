@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import environ
 
@@ -67,46 +68,38 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def _parse_port(raw: str) -> int:
-    port = int(raw)
-    if not 0 < port < 65536:
-        raise ValueError("expected a port between 1 and 65535")
-    return port
+# Typed parsing is django-environ's (`Env.parse_value`, what its typed getters use);
+# the schema adds the ranges a value must fall in, and the units of sizes and durations.
+_FALSE_STRINGS = ("false", "off", "no", "n", "0", "")
 
 
-def _parse_positive_int(raw: str) -> int:
-    value = int(raw)
-    if value < 1:
-        raise ValueError("expected a positive integer")
-    return value
+def _ranged(cast: type, problem: str, minimum: float, maximum: float = float("inf")) -> Callable[[str], Any]:
+    def parse(raw: str) -> Any:
+        value = environ.Env.parse_value(raw.strip(), cast)
+        if not minimum <= value <= maximum:
+            raise ValueError(problem)
+        return value
 
-
-def _parse_non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if value < 0:
-        raise ValueError("expected a number >= 0")
-    return value
+    return parse
 
 
 def _parse_bool(raw: str) -> bool:
-    lowered = raw.strip().lower()
-    if lowered in environ.Env.BOOLEAN_TRUE_STRINGS:
-        return True
-    if lowered in ("false", "off", "no", "n", "0", ""):
-        return False
-    raise ValueError("expected true or false")
+    # django-environ reads any unknown word as false; a typo must not switch a feature off silently.
+    if raw.strip().lower() not in (*environ.Env.BOOLEAN_TRUE_STRINGS, *_FALSE_STRINGS):
+        raise ValueError("expected true or false")
+    return environ.Env.parse_value(raw.strip(), bool)
 
 
 def _parse_list(raw: str) -> list[str]:
-    return [item.strip() for item in raw.split(",") if item.strip()]
+    return [item.strip() for item in environ.Env.parse_value(raw, list) if item.strip()]
 
 
 PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,
-    "int": int,
-    "port": _parse_port,
-    "positive_int": _parse_positive_int,
-    "float": _parse_non_negative_float,
+    "int": lambda raw: environ.Env.parse_value(raw.strip(), int),
+    "port": _ranged(int, "expected a port between 1 and 65535", 1, 65535),
+    "positive_int": _ranged(int, "expected a positive integer", 1),
+    "float": _ranged(float, "expected a number >= 0", 0),
     "bool": _parse_bool,
     "bytes": parse_bytes,
     "duration": parse_duration,
@@ -126,8 +119,6 @@ class Setting:
     env_defaults: Mapping[str, Any] = field(default_factory=dict)
     choices: tuple[str, ...] | None = None
     secret: bool = False
-    # Required in these environments (no default is good enough there).
-    required_in: tuple[str, ...] = ()
     # Older names still honoured (the reference's NODE_ENV, for example).
     aliases: tuple[str, ...] = ()
     # A `<NAME>_FILE` variable may hold the path of a file with the value,
@@ -153,6 +144,8 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("ALLOWED_HOSTS", "list", "Host headers the service answers to, comma-separated.", default="*"),
     Setting("LOG_LEVEL", "str", "Log level of the service's own loggers.", default="INFO",
             env_defaults={"test": "WARNING"}, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
+    Setting("LOG_FORMAT", "str", "Log line format on stdout and stderr: json (one object per line) or text (readable, for make run).",
+            default="json", env_defaults={"development": "text"}, choices=("json", "text")),
     Setting("DATA_DIR", "str", "Folder for the embedded SQLite database used when PGHOST is unset.", default="var"),
     Setting("WEB_CONCURRENCY", "positive_int", "gunicorn worker processes per instance; one by default: scale out with more instances (each process costs ~70 MiB).",
             default=1),
@@ -291,9 +284,6 @@ def load(env: Mapping[str, str] | None = None) -> Config:
             continue
         if raw is None:
             default = setting.default_for(environment)
-            if environment in setting.required_in:
-                problems.append(f"{setting.name}: required in {environment} ({setting.doc})")
-                continue
             raw = None if default is None else str(default)
             source = "default"
         sources[setting.name] = source
@@ -317,10 +307,10 @@ def load(env: Mapping[str, str] | None = None) -> Config:
     return Config(values, sources, raws)
 
 
-# --- documentation rendered from the schema (README table, .env.example) -----
+# --- documentation rendered from the schema (docs/configuration.md, .env.example) -----
 
 def markdown_table() -> str:
-    """The schema as the README's configuration table."""
+    """The schema as the configuration table of docs/configuration.md."""
     lines = ["| variable | type | default | description |", "|---|---|---|---|"]
     for setting in SCHEMA:
         default = "" if setting.default is None else str(setting.default)

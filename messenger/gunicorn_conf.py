@@ -6,10 +6,10 @@ Start a serving instance with:
 
 import time
 
+from core.logging import gunicorn_logging
+from discovery import registration as discovery
 from messenger import config as config_schema
-from messenger import discovery
-from messenger import gunicorn_refusals
-from messenger import startup_checks
+from messenger import gunicorn_refusals, startup_checks
 
 _config = config_schema.load()
 
@@ -36,7 +36,12 @@ def _share_metrics_between_workers() -> str:
     else:
         directory = tempfile.mkdtemp(prefix="messenger-metrics-")
         master = os.getpid()
-        atexit.register(lambda: os.getpid() == master and shutil.rmtree(directory, ignore_errors=True))
+
+        def remove_in_master() -> None:
+            if os.getpid() == master:
+                shutil.rmtree(directory, ignore_errors=True)
+
+        atexit.register(remove_in_master)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
     return directory
 
@@ -111,3 +116,7 @@ def _deregister_then(stop, server):
 
 def on_exit(server):
     discovery.stop()  # any other way out, such as workers failing to boot
+
+
+# gunicorn's own lines in the service's log format (core/logging.py): one format per stream.
+logconfig_dict = gunicorn_logging(log_format=_config.LOG_FORMAT, level=_config.LOG_LEVEL)

@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 from urllib.parse import quote
 
+from core.logging import logging_config
 from messenger import config as config_schema
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -29,14 +30,17 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and Redoc assets, served locally (no CDN)
+    "core",
+    "discovery",
+    "outbox",
     "conversations.apps.ConversationsConfig",
 ]
 
 MIDDLEWARE = [
     # Outermost, so the log line and the metrics also cover refusals (413) and errors.
-    "conversations.observability.RequestObservabilityMiddleware",
-    "conversations.db_deadline.DatabaseDeadlineMiddleware",
-    "conversations.middleware.BodyLimitMiddleware",
+    "core.http.observability.RequestObservabilityMiddleware",
+    "core.db.deadline.DatabaseDeadlineMiddleware",
+    "core.http.body_limit.BodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -59,8 +63,8 @@ TEMPLATES = [
 if CONFIG.PGHOST:
     DATABASES = {
         "default": {
-            # Django's backend with a cheaper per-request health check (messenger/postgresql).
-            "ENGINE": "messenger.postgresql",
+            # Django's backend with a cheaper per-request health check (core/db/postgresql).
+            "ENGINE": "core.db.postgresql",
             "HOST": CONFIG.PGHOST,
             "PORT": CONFIG.PGPORT,
             "USER": CONFIG.PGUSER,
@@ -74,7 +78,7 @@ if CONFIG.PGHOST:
                 # libpq's connect timeout counts whole seconds, 2 at least.
                 "connect_timeout": max(2, math.ceil(CONFIG.PG_CONNECT_TIMEOUT)),
                 "options": f"-c statement_timeout={int(CONFIG.PG_STATEMENT_TIMEOUT * 1000)}",
-                # The hot requests' statements (conversations.pg) are prepared on
+                # The hot requests' statements (core.db.pg) are prepared on
                 # first use; Django's own client-side-bound queries never are.
                 "prepare_threshold": 0,
                 # A peer that vanishes without closing the connection (a partition)
@@ -100,7 +104,7 @@ else:
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # A request still waiting on PostgreSQL this long has its connection cut (a hung
-# server or a partition that the two timeouts cannot see): conversations.db_deadline.
+# server or a partition that the two timeouts cannot see): core.db.deadline.
 DATABASE_REQUEST_DEADLINE = (
     CONFIG.PG_STATEMENT_TIMEOUT + max(2, math.ceil(CONFIG.PG_CONNECT_TIMEOUT)) + 1
     if CONFIG.PGHOST and CONFIG.PG_STATEMENT_TIMEOUT
@@ -130,7 +134,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "celery.beat:Scheduler"
 CELERY_BEAT_SCHEDULE = {
     "relay-outbox": {
-        "task": "conversations.tasks.relay_outbox",
+        "task": "outbox.tasks.relay_outbox",
         "schedule": CONFIG.EVENTS_SWEEP_INTERVAL,
         # A sweep still queued after one interval is superseded by the next one.
         "options": {"expires": CONFIG.EVENTS_SWEEP_INTERVAL},
@@ -143,15 +147,15 @@ JSON_BODY_LIMIT = CONFIG.JSON_BODY_LIMIT
 DATA_UPLOAD_MAX_MEMORY_SIZE = max(CONFIG.JSON_BODY_LIMIT, 1)
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["conversations.authentication.UserIdHeaderAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["conversations.api.authentication.UserIdHeaderAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
-    "DEFAULT_PARSER_CLASSES": ["conversations.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["core.http.parsers.JSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "EXCEPTION_HANDLER": "conversations.errors.exception_handler",
+    "EXCEPTION_HANDLER": "core.http.errors.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNICODE_JSON": True,
     "COMPACT_JSON": True,
@@ -159,9 +163,16 @@ REST_FRAMEWORK = {
 
 # --- API behaviour -----------------------------------------------------------
 READS_REQUIRE_MEMBER = CONFIG.READS_REQUIRE_MEMBER
-PG_FAST_PATHS = CONFIG.PG_FAST_PATHS  # conversations.pg
+PG_FAST_PATHS = CONFIG.PG_FAST_PATHS  # core.db.pg
 IDEMPOTENCY_KEY_TTL = CONFIG.IDEMPOTENCY_KEY_TTL  # seconds
 METRICS_TOKEN = CONFIG.METRICS_TOKEN
+PROMETHEUS_MULTIPROC_DIR = CONFIG.PROMETHEUS_MULTIPROC_DIR
+# Gauges computed when /metrics is scraped (core/http/metrics.py), one collector per app.
+METRICS_INSTANCE_COLLECTORS = [
+    "core.http.metrics.DatabaseCollector",
+    "outbox.metrics.BacklogCollector",
+    "discovery.metrics.RegistrationCollector",
+]
 
 # OpenAPI description at /schema, Swagger UI at /schema/docs.
 SPECTACULAR_SETTINGS = {
@@ -173,7 +184,7 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "POSTPROCESSING_HOOKS": ["conversations.openapi.postprocess"],
+    "POSTPROCESSING_HOOKS": ["conversations.api.openapi.postprocess"],
 }
 
 STATIC_URL = "/static/"
@@ -185,22 +196,4 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "message": {"format": "%(message)s"},
-    },
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
-        "requests": {"class": "logging.StreamHandler", "formatter": "message", "stream": "ext://sys.stdout"},
-    },
-    "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {
-        # One JSON line per request (conversations.observability), on stdout, alone.
-        "messenger.requests": {"handlers": ["requests"], "level": CONFIG.LOG_LEVEL, "propagate": False},
-        "messenger": {"level": CONFIG.LOG_LEVEL},
-        "conversations": {"level": CONFIG.LOG_LEVEL},
-    },
-}
+LOGGING = logging_config(log_format=CONFIG.LOG_FORMAT, level=CONFIG.LOG_LEVEL)

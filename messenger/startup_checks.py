@@ -18,7 +18,7 @@ import os
 
 RUN_THE_MIGRATOR = (
     "run the migrator job: infrastructure/messenger-db-migrator-deploy.sh, then create_db, migrate and seed "
-    "in the messenger-migrator instance (README: 'Migrating the database')"
+    "in the messenger-migrator instance (docs/migrations.md)"
 )
 
 

@@ -1,4 +1,4 @@
-"""Regenerate the README's configuration table and .env.example from the schema.
+"""Regenerate the configuration table (docs/configuration.md) and .env.example from the schema.
 
 Run with `make docs` after adding or changing a setting in messenger/config.py;
 a test fails while either file is out of step with the schema.
@@ -16,7 +16,7 @@ from messenger.config import env_example, markdown_table  # noqa: E402
 TABLE_RE = re.compile(r"(<!-- config-table:start -->\n).*?(<!-- config-table:end -->)", re.S)
 
 if __name__ == "__main__":
-    readme = ROOT / "README.md"
-    readme.write_text(TABLE_RE.sub(lambda m: m.group(1) + markdown_table() + m.group(2), readme.read_text()))
+    page = ROOT / "docs" / "configuration.md"
+    page.write_text(TABLE_RE.sub(lambda m: m.group(1) + markdown_table() + m.group(2), page.read_text()))
     (ROOT / ".env.example").write_text(env_example())
-    print("README.md configuration table and .env.example regenerated from messenger/config.py")
+    print("docs/configuration.md table and .env.example regenerated from messenger/config.py")

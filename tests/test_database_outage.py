@@ -5,7 +5,7 @@ through a TCP proxy that the test owns and cuts:
 
 - `reset`: the server is gone; connections are reset and new ones refused;
 - `blackhole`: the server stops answering; connections stay open but silent,
-  which neither timeout sees and `conversations.db_deadline` has to cut.
+  which neither timeout sees and `core.db.deadline` has to cut.
 
 A poster keeps posting through the outage; afterwards every message it was
 told 201 about is in the database, with gap-free indexes.
@@ -18,8 +18,9 @@ import psycopg
 import pytest
 from django.db import connection
 
-from conversations.errors import DATABASE_UNAVAILABLE
-from conversations.models import Message, OutboxEvent
+from conversations.models import Message
+from core.http.errors import DATABASE_UNAVAILABLE
+from outbox.models import OutboxEvent
 from tests.support.live_service import database_env, seed_chat
 from tests.support.openapi_check import ResponseChecker, served_schema
 from tests.support.processes import wait_until
@@ -66,15 +67,17 @@ class Poster(threading.Thread):
         self.service, self.conversation, self.user, self.limit = service, conversation, user, limit
         self.answers = []
         self.stopped = threading.Event()
+        self.last_started = 0.0  # time.monotonic() when the latest post was sent
 
     def run(self):
         for n in range(self.limit):
             if self.stopped.is_set():
                 return
+            self.last_started = time.monotonic()
             answer = call(self.service.url, "POST", f"/conversations/{self.conversation.pk}/messages",
                           {"content": f"poster {n}"}, {"User-Id": str(self.user.pk)})
             self.answers.append((f"poster {n}", answer))
-            time.sleep(0.02)
+            self.stopped.wait(0.02)  # a steady trickle of posts, not a burst
 
 
 def requests_of_every_kind(users, conversation):
@@ -116,10 +119,11 @@ def test_outage_answers_503_in_bounded_time_and_recovers_without_restart(service
         accepted.append((f"before {n}", answer.json()))
     poster = Poster(service, conversation, users[1])
     poster.start()
-    time.sleep(0.3)
+    wait_until(lambda: len(poster.answers) >= 3, 30, what="the poster to post before the outage")
 
+    cut_at = time.monotonic()
     proxy.cut(mode)
-    time.sleep(0.3)
+    wait_until(lambda: poster.last_started > cut_at, 30, what="the poster to post into the outage")
     for method, template, path, body, headers in requests_of_every_kind(users, conversation):
         answer = call(service.url, method, path, body, headers)
         assert answer.seconds < BOUND, f"{method} {path} took {answer.seconds:.1f}s"
@@ -136,7 +140,9 @@ def test_outage_answers_503_in_bounded_time_and_recovers_without_restart(service
                  {"User-Id": str(users[0].pk)})
     assert after.status == 201
     accepted.append(("after", after.json()))
-    time.sleep(0.3)
+    answered_before = len(poster.answers)
+    wait_until(lambda: any(answer.status == 201 for _, answer in poster.answers[answered_before:]), 30,
+               what="the poster to post after the outage")
     poster.stopped.set()
     poster.join(timeout=60)
 

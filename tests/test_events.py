@@ -20,8 +20,10 @@ from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
 from rest_framework.test import APIClient
 
-from conversations import events, services
-from conversations.models import Message, OutboxEvent
+from conversations import services
+from conversations.models import Message
+from outbox import kicker, relay, wire
+from outbox.models import OutboxEvent
 from tests.support.processes import wait_until
 from tests.support.rabbitmq import AMQP_PORT, CeleryWorker, QueueReader, RabbitVhost
 from tests.support.tcp_proxy import TcpProxy
@@ -46,7 +48,7 @@ def vhost():
 @pytest.fixture
 def chat_queue(vhost):
     """chat_queue, declared as the notifier declares it, empty at the start of the test."""
-    reader = QueueReader(vhost, events.QUEUE_NAME)
+    reader = QueueReader(vhost, wire.QUEUE_NAME)
     reader.declare()
     reader.purge()
     try:
@@ -63,7 +65,7 @@ def broker(settings, vhost):
         try:
             yield proxy
         finally:
-            events.close_publisher()
+            relay.close_publisher()
 
 
 @pytest.fixture
@@ -146,20 +148,20 @@ def test_rolled_back_message_produces_no_event(users, conversation, broker, chat
             raise Abort
 
     assert OutboxEvent.objects.count() == 0
-    assert events.relay_pending() == 0
+    assert relay.relay_pending() == 0
     assert chat_queue.drain() == []
 
     # The next committed message takes index 1 again, and only it is published.
     services.message_create(conversation_id=conversation.pk, user_id=alice.pk, content="kept")
-    assert events.relay_pending() == 1
+    assert relay.relay_pending() == 1
     assert event_ids(chat_queue.drain()) == [f"{conversation.pk}:1"]
 
 
 def test_posts_answer_fast_while_the_broker_is_down_and_every_event_arrives_once_it_is_back(
-    api, users, conversation, broker, chat_queue, start_worker
+    api, users, conversation, broker, chat_queue, start_worker, caplog
 ):
     """A worker with its beat sweep, both behind the cut proxy: nothing waits, nothing is lost or doubled."""
-    start_worker(port=broker.port, beat=True)
+    worker = start_worker(port=broker.port, beat=True)
     alice, bob = users[0], users[1]
     assert post(api, conversation, alice, "before").status_code == 201
     chat_queue.wait_for(1, timeout=20)
@@ -170,7 +172,9 @@ def test_posts_answer_fast_while_the_broker_is_down_and_every_event_arrives_once
         started = time.monotonic()
         statuses.append(post(api, conversation, bob if n % 2 else alice, f"during {n}").status_code)
         latencies.append(time.monotonic() - started)
-    time.sleep(2)  # the worker's sweeps and the enqueues fail meanwhile
+    # This process's enqueues have failed, and the worker has lost the broker (its beat sweeps with it).
+    wait_until(lambda: "could not enqueue the relay" in caplog.text and "Connection to broker lost" in worker.log(),
+               30, what="a failed enqueue here and the worker's lost broker connection")
     assert statuses == [201] * 30
     assert max(latencies) < POST_BOUND, latencies
     assert pending() == 30
@@ -196,7 +200,7 @@ def test_posts_do_not_wait_on_a_broker_that_accepts_connections_but_never_answer
     assert pending() == 10
 
     broker.restore()
-    assert events.relay_pending() == 10
+    assert relay.relay_pending() == 10
     assert indexes(chat_queue.drain()) == list(range(1, 11))
 
 
@@ -211,7 +215,7 @@ def test_worker_killed_mid_relay_loses_nothing_and_its_redelivered_task_sends_th
     chat_queue.declare(CELERY_QUEUE)
     chat_queue.purge(CELERY_QUEUE)  # no relay task left over from an earlier test
     settings.CELERY_BROKER_URL = vhost.url()
-    events.enqueue_relay()  # exactly one relay task, and nothing will send another
+    kicker.enqueue_relay()  # exactly one relay task, and nothing will send another
 
     first = start_worker(EVENTS_RELAY_BATCH=str(batch))
     wait_until(lambda: pending() < total, 30, interval=0.005, what="the relay to confirm a first batch")
@@ -272,21 +276,21 @@ def test_two_relays_at_once_publish_each_event_once_in_index_order_per_conversat
     pairs = [(users[0], users[1]), (users[0], users[2]), (users[1], users[2])]
     conversations = [services.conversation_create(participant_ids=[a.pk, b.pk]) for a, b in pairs]
     for n in range(100):
-        for conversation, (author, _) in zip(conversations, pairs):
+        for conversation, (author, _) in zip(conversations, pairs, strict=True):
             services.message_create(conversation_id=conversation.pk, user_id=author.pk, content=f"m{n}")
     settings.CELERY_BROKER_URL = broker_url
     barrier = threading.Barrier(2)
 
-    def relay(_):
+    def relay_once(_):
         try:
             barrier.wait(timeout=10)
-            return events.relay_pending(batch_size=10)
+            return relay.relay_pending(batch_size=10)
         finally:
-            events.close_publisher()
+            relay.close_publisher()
             connections.close_all()
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        sent = list(pool.map(relay, range(2)))
+        sent = list(pool.map(relay_once, range(2)))
 
     assert sum(sent) == 300
     arrived = event_ids(chat_queue.drain())
@@ -302,16 +306,16 @@ def test_deleted_chat_queue_is_declared_again_and_the_refused_event_is_sent_on_t
 ):
     alice = users[0]
     services.message_create(conversation_id=conversation.pk, user_id=alice.pk, content="one")
-    assert events.relay_pending() == 1
+    assert relay.relay_pending() == 1
     chat_queue.delete()  # an operator's mistake; the kept publisher does not know
 
     services.message_create(conversation_id=conversation.pk, user_id=alice.pk, content="two")
-    with pytest.raises(events.RelayError, match="refused 1 event"):
-        events.relay_pending()
+    with pytest.raises(relay.RelayError, match="refused 1 event"):
+        relay.relay_pending()
     second = OutboxEvent.objects.get(event_id=f"{conversation.pk}:2")
     assert (second.sent_at, second.attempts) == (None, 1)
 
-    assert events.relay_pending() == 1
+    assert relay.relay_pending() == 1
     assert event_ids(chat_queue.drain()) == [f"{conversation.pk}:2"]
     second.refresh_from_db()
     assert (second.sent_at is not None, second.attempts) == (True, 2)
@@ -332,3 +336,46 @@ def test_outbox_command_relays_now_and_fails_clearly_while_the_broker_is_down(
     call_command("outbox", "--relay", stdout=out)
     assert out.getvalue() == "relayed: 1\npending: 0\noldest pending: none\n"
     assert event_ids(chat_queue.drain()) == [f"{conversation.pk}:1"]
+
+
+# --- idempotent posts ---------------------------------------------------------------
+
+
+def keyed_post(client, conversation, user, key, content="hello"):
+    return client.post(f"/conversations/{conversation.pk}/messages", {"content": content}, format="json",
+                       HTTP_USER_ID=str(user.pk), HTTP_IDEMPOTENCY_KEY=key)
+
+
+def test_replays_and_a_race_on_one_key_publish_one_event_per_message(
+    users, conversation, broker, chat_queue, start_worker
+):
+    """Idempotent replays, and a race on one key, store one message each and publish one event each."""
+    start_worker()
+    first = keyed_post(APIClient(), conversation, users[0], "once")
+    replays = [keyed_post(APIClient(), conversation, users[0], "once") for _ in range(2)]
+    assert [r.status_code for r in [first, *replays]] == [201, 201, 201]
+    assert all(r.json() == first.json() and r["Idempotent-Replayed"] == "true" for r in replays)
+
+    racers = 8
+    barrier = threading.Barrier(racers)
+
+    def race(_):
+        try:
+            barrier.wait(timeout=30)
+            response = keyed_post(APIClient(), conversation, users[1], "double-click", "racing")
+            return response.status_code, response.json()["message"]["id"]
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=racers) as pool:
+        results = list(pool.map(race, range(racers)))
+    assert {status for status, _ in results} == {201}
+    assert len({message_id for _, message_id in results}) == 1
+
+    deliveries = chat_queue.wait_for(2, timeout=30)
+    # A row is marked sent only once the broker confirmed it, so with none pending every
+    # publish there will ever be is in the queue already: a duplicate would be in this drain.
+    wait_until(lambda: pending() == 0, 20, what="the outbox relayed")
+    deliveries += chat_queue.drain()
+    assert sorted(indexes(deliveries)) == [1, 2]
+    assert Message.objects.count() == OutboxEvent.objects.count() == 2

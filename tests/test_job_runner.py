@@ -20,8 +20,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from conversations.job_lock import lock_key
 from conversations.management.commands.seed import SEED_USERS
+from core.db.job_lock import lock_key
 from tests.support.infrastructure import Infrastructure
 from tests.support.postgres import PG_BIN, ThrowawayPostgres
 from tests.support.processes import REPO_ROOT, free_port, http_get, wait_until
@@ -36,7 +36,7 @@ MIGRATOR_USER, MIGRATOR_PASSWORD = "messenger_migrator", "migrator-password-1"
 
 @dataclass
 class Roles:
-    cluster: object
+    cluster: ThrowawayPostgres
 
     def migrator_env(self, dbname: str, **extra: str) -> dict[str, str]:
         env = self.cluster.env(MIGRATOR_USER, MIGRATOR_PASSWORD, dbname)
@@ -415,7 +415,7 @@ def test_two_concurrent_migrate_runs_both_finish_and_the_schema_is_right(roles, 
         runs.append((process, out, err))
     try:
         for _, _, err in runs:
-            wait_until(lambda: "Waiting for the schema-jobs lock" in err.read_text(), timeout=60,
+            wait_until(lambda err=err: "Waiting for the schema-jobs lock" in err.read_text(), timeout=60,
                        what="both migrators to wait for the lock")
         assert "held by server pid" in runs[0][2].read_text() and "(test-holder," in runs[0][2].read_text()
     finally:

@@ -21,6 +21,7 @@ import hcl
 import pytest
 
 from messenger import config as config_schema
+
 # The recording stand-in for a Docker engine, shared with the other deploy scripts' tests.
 from tests.consul.test_deploy_scripts import fake_docker  # noqa: F401 (a fixture)
 from tests.support.load_balancer import INFRA, LB_DIR, expand_ctmpl, watcher_module

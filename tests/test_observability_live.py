@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conversations.models import OutboxEvent
+from outbox.models import OutboxEvent
 from tests.support.live_service import database_env, seed_chat
 from tests.support.metrics import sample
 from tests.support.processes import wait_until
@@ -94,6 +94,8 @@ def test_request_lines_and_metrics_cover_every_worker(service, consul_agent):
 
     lines = wait_until(lambda: (lines := request_lines(service)) and len(lines) >= 40 and lines, timeout=10,
                        what="40 request lines")
+    # One format on the stream: gunicorn's own lines, discovery's and the request log are all JSON.
+    assert all(json.loads(raw) for raw in service.log_path.read_text().splitlines() if raw.strip())
     posts = {line["request_id"]: line for line in lines if line["method"] == "POST"}
     for request_id, _ in sent:
         line = posts[request_id]

@@ -29,7 +29,9 @@ SEED = ["James Blanderphone", "Normalavian Ropetoter", "Flambaravo Chortleblatt"
 class Stack:
     """`make up|down|ps|scale|reset-db` with this test's ports, state folder and database."""
 
-    request = Topology.request  # one request through the load balancer on a new connection
+    def request(self, *args, **kwargs) -> tuple[int, bytes, dict]:
+        """One request through the load balancer on a new connection (Topology's, on this stack's port)."""
+        return Topology.request(self, *args, **kwargs)  # type: ignore[arg-type]
 
     def __init__(self, state_dir: Path, database: str):
         self.state_dir = state_dir
@@ -58,7 +60,7 @@ class Stack:
         status, raw, _ = self.request("POST", path, body=body, headers=headers)
         return status, json.loads(raw) if raw else {}
 
-    def get(self, path: str) -> tuple[int, dict, dict]:
+    def get(self, path: str) -> tuple[int, dict | str, dict]:
         status, raw, headers = self.request("GET", path)
         return status, json.loads(raw) if raw.startswith(b"{") else raw.decode(), headers
 

@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from conversations.models import Conversation, Message, OutboxEvent, Participant, User
+from conversations.models import Conversation, Message, Participant, User
+from outbox.models import OutboxEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -278,7 +279,7 @@ def test_message_list_defaults_to_a_page_of_100(api, users, conversation):
 
 
 def test_message_list_page_is_one_query(api, users, conversation, django_assert_num_queries):
-    for i in range(3):
+    for _ in range(3):
         post_message(api, conversation.pk, users[0].pk)
     with django_assert_num_queries(1):
         api.get(f"/conversations/{conversation.pk}/messages")

@@ -12,7 +12,8 @@ from django.db import connection, connections
 from rest_framework.test import APIClient
 
 from conversations import services
-from conversations.models import Conversation, Message, OutboxEvent, User
+from conversations.models import Conversation, Message, User
+from outbox.models import OutboxEvent
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -16,7 +16,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from conversations.models import Conversation, Message, OutboxEvent, User
+from conversations.models import Conversation, Message, User
+from outbox.models import OutboxEvent
 
 pytestmark = pytest.mark.django_db
 
@@ -92,8 +93,8 @@ def test_a_page_read_with_a_user_id_is_the_same_bytes_both_ways(api, settings, a
     settings.READS_REQUIRE_MEMBER = members_only
     conversation, alice = awkward_chat
     for reader in (alice, users[0]):
-        fast, portable = both_ways(settings, lambda: api.get(f"/conversations/{conversation.pk}/messages{query}",
-                                                             HTTP_USER_ID=str(reader.pk)))
+        fast, portable = both_ways(settings, lambda reader=reader: api.get(
+            f"/conversations/{conversation.pk}/messages{query}", HTTP_USER_ID=str(reader.pk)))
         assert answer(fast) == answer(portable)
         assert fast.status_code == 200
 
@@ -144,7 +145,7 @@ def test_a_page_of_conversations_is_the_same_bytes_both_ways(api, settings, user
     for user, query in [(users[1], ""), (users[1], "?limit=3"), (users[1], "?after_id=1&limit=2"),
                         (users[0], ""), (alice, ""), (users[2], ""), (users[1], "?limit=100")]:
         fast, portable = both_ways(
-            settings, lambda: api.get(f"/conversations{query}", HTTP_USER_ID=str(user.pk))
+            settings, lambda user=user, query=query: api.get(f"/conversations{query}", HTTP_USER_ID=str(user.pk))
         )
         assert answer(fast) == answer(portable), (user.name, query)
         assert fast.status_code == 200
@@ -217,7 +218,7 @@ def test_message_posts_answer_and_store_the_same_both_ways(api, settings, users,
             ]
         answers = [_comparable(response, roles) for response in responses]
         outcomes[fast_paths] = (answers, _stored(conversation, roles), len(callbacks))
-    for fast, portable in zip(outcomes[True][0], outcomes[False][0]):
+    for fast, portable in zip(outcomes[True][0], outcomes[False][0], strict=True):
         assert fast == portable
     assert outcomes[True][1:] == outcomes[False][1:]
     answers, (messages, events, last_index), relay_kicks = outcomes[True]

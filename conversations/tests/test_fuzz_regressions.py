@@ -38,7 +38,7 @@ def test_empty_query_values_mean_the_default(api, users, conversation, query):
 def test_unpaired_surrogate_in_text_is_a_400_not_a_500(api, users, conversation, path, field):
     """Found by hand while fuzzing: JSON can escape half a surrogate pair, which PostgreSQL cannot store."""
     url = f"/conversations/{conversation.pk}/messages" if path == "messages" else "/users"
-    body = '{"%s": "half \\ud800 a pair"}' % field
+    body = f'{{"{field}": "half \\ud800 a pair"}}'
     response = api.post(url, body, content_type="application/json", HTTP_USER_ID=str(users[0].pk))
     assert response.status_code == 400
     assert response.json() == {"error": f"{field} must be valid Unicode text (it has an unpaired surrogate)"}

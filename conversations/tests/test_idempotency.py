@@ -18,7 +18,8 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from conversations import services
-from conversations.models import IdempotencyKey, Message, OutboxEvent, User
+from conversations.models import IdempotencyKey, Message, User
+from outbox.models import OutboxEvent
 
 REUSED = {
     "error": "Idempotency-Key was already used for a different request (another conversation or content); "

@@ -5,7 +5,8 @@ Each refusal is a 400 with the contract's text, and no row changes.
 
 import pytest
 
-from conversations.models import Message, OutboxEvent, Participant
+from conversations.models import Message, Participant
+from outbox.models import OutboxEvent
 
 pytestmark = pytest.mark.django_db
 

@@ -17,7 +17,7 @@
 --   else in the cluster.
 --
 -- Row privileges are per database. A database the migrator creates later gets them
--- from `manage.py migrate` (conversations/db_privileges.py), which it runs as the
+-- from `manage.py migrate` (core/db/privileges.py), which it runs as the
 -- migrator. With db_name set and that database already present (made before these
 -- roles existed, or by an earlier deploy), this file gives them itself, the same
 -- statements as db_privileges.py, after making the migrator the owner of the
@@ -76,7 +76,7 @@ SELECT format('ALTER %s %I.%I OWNER TO %I',
  ORDER BY c.relname \gexec
 
 -- As the migrator, so the grants and default privileges are exactly those its
--- `migrate` gives (keep in step with STATEMENTS in conversations/db_privileges.py).
+-- `migrate` gives (keep in step with STATEMENTS in core/db/privileges.py).
 SET ROLE :"migrator_user";
 REVOKE TEMPORARY ON DATABASE :"db_name" FROM PUBLIC;
 GRANT CONNECT ON DATABASE :"db_name" TO :"app_user";

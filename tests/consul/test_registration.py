@@ -23,6 +23,9 @@ from tests.support.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
+# What discovery logs (INFO) the moment it starts registering a process.
+REGISTERING = "registering this instance in Consul"
+
 
 def _check_status(consul_agent, service_id: str) -> str | None:
     for check in consul_agent.checks("messenger"):
@@ -62,8 +65,10 @@ def test_sigterm_leaves_the_catalog_before_the_instance_stops_accepting_connecti
     stopping = infrastructure.start("messenger-stop.sh", victim)  # SIGTERM, then waits for the exit
     left_catalog = stopped_accepting = None
     served_after_leaving = 0
-    deadline = time.monotonic() + 30
-    while stopped_accepting is None and time.monotonic() < deadline:
+
+    def sample() -> bool:
+        """One look at the catalog and the port; True once the instance stopped accepting."""
+        nonlocal left_catalog, stopped_accepting, served_after_leaving
         in_catalog = any(entry["ServiceID"] == service_id for entry in consul_agent.catalog_instances("messenger"))
         if left_catalog is None and not in_catalog:
             left_catalog = time.monotonic()
@@ -72,7 +77,9 @@ def test_sigterm_leaves_the_catalog_before_the_instance_stops_accepting_connecti
         elif left_catalog is not None:
             status, body, _ = http_get(f"http://127.0.0.1:{port}/health", timeout=2)
             served_after_leaving += (status, body) == (200, b"OK")
-        time.sleep(0.05)
+        return stopped_accepting is not None
+
+    wait_until(sample, timeout=30, interval=0.05, what="the instance to stop accepting connections")
     assert stopping.wait(timeout=30) == 0, stopping.stderr.read()
 
     assert left_catalog is not None and stopped_accepting is not None
@@ -133,13 +140,16 @@ def test_instance_started_while_consul_is_down_registers_once_consul_is_up_and_a
     agent = ConsulAgent()  # its port is known; the agent is not running yet
     service = ServiceProcess(
         _instance_env(agent.http_port, instances_db, CONSUL_SERVICE_NAME="messenger", CONSUL_RETRY_INTERVAL="2s",
-                      LOG_LEVEL="INFO"),
+                      LOG_LEVEL="DEBUG"),
         tmp_path / "instance.log",
     )
     try:
         service.start()
         assert http_get(f"{service.url}/health")[:2] == (200, b"OK")  # serves while Consul is down
-        time.sleep(retry * 2)  # long enough for the backoff to reach its cap
+        # The backoff doubles from 0.5s up to the retry interval: wait until it is there.
+        wait_until(lambda: f"retrying in {retry:.1f}s" in service.log_path.read_text(), 30,
+                   what="the registration backoff to reach its cap")
+        assert REGISTERING in service.log_path.read_text()  # what the tests of processes that must not register look for
 
         agent.start()
         # Within one retry period (plus the agent's own bookkeeping).
@@ -183,7 +193,7 @@ def test_the_test_process_registers_nothing(consul_agent, instances_db):
     env = {**os.environ, "CONSUL_SERVICE_NAME": "messenger", "CONSUL_HOST": "127.0.0.1",
            "CONSUL_PORT": str(consul_agent.http_port), "PGDATABASE": f"{instances_db}_pytest"}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "conversations/tests/test_config.py",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "messenger/tests/test_config.py",
          "-k", "test_defaults_load_with_an_empty_environment"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
     )
@@ -233,7 +243,8 @@ def test_celery_worker_registers_nothing(consul_agent, instances_db, tmp_path):
     try:
         wait_until(lambda: b" ready." in log.read_bytes() or worker.poll() is not None, 60, what="celery ready")
         assert worker.poll() is None, log.read_text()[-3000:]
-        time.sleep(2)  # what a registrar would need to reach a running agent, twice over
+        # ready() ran before Celery said " ready."; a registration would have said so by then.
+        assert REGISTERING not in log.read_text()
         assert _registered_services(consul_agent) == {}
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
@@ -246,7 +257,8 @@ def test_serving_instance_without_a_service_name_registers_nothing(consul_agent,
     service = ServiceProcess(_instance_env(consul_agent.http_port, instances_db), tmp_path / "instance.log")
     try:
         service.start()
-        time.sleep(2)
+        # ready() and gunicorn's when_ready ran before the instance answered; neither registered.
+        assert REGISTERING not in service.log_path.read_text()
         assert _registered_services(consul_agent) == {}
     finally:
         service.stop()

@@ -70,7 +70,7 @@ class Infrastructure:
 
     def deploy(self, **env: str) -> str:
         """One more messenger instance; returns its id (`messenger-<port>`)."""
-        return self.run("messenger-deploy.sh", **env).stdout.strip()
+        return self.run("messenger-deploy.sh", check=True, timeout=120, **env).stdout.strip()
 
     def pid(self, instance_id: str, kind: str = "messenger") -> int:
         return int((self.state_dir / kind / f"{instance_id}.pid").read_text())

@@ -32,7 +32,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from tests.support.infrastructure import INFRA, Infrastructure, migrated_database
+from tests.support.infrastructure import INFRA, Infrastructure, migrated_database  # noqa: F401 (INFRA re-exported)
 from tests.support.processes import REPO_ROOT, ConsulAgent, free_port, http_get, wait_until
 from tests.support.service import manage
 
@@ -177,7 +177,7 @@ class Topology:
         self.closed_port = free_port()
 
     # -- lifecycle
-    def start(self) -> "Topology":
+    def start(self) -> Topology:
         self.consul.start()
         self.write_kv()
         with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True) as conn:
@@ -364,7 +364,7 @@ class ClientLoop:
                 self.outcomes.append(outcome)
             n += 1
 
-    def __enter__(self) -> "ClientLoop":
+    def __enter__(self) -> ClientLoop:
         for worker in range(self.threads):
             thread = threading.Thread(target=self._run, args=(worker,), daemon=True)
             thread.start()

@@ -54,7 +54,7 @@ class ThrowawayPostgres:
             raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr}{result.stdout}\n{log}")
         return result
 
-    def start(self, timeout: float = 60) -> "ThrowawayPostgres":
+    def start(self, timeout: float = 60) -> ThrowawayPostgres:
         pwfile = self.dir / "superuser-password"
         pwfile.write_text(self.superuser_password + "\n")
         if self._as_postgres:

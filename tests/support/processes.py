@@ -88,7 +88,7 @@ class ConsulAgent:
     def url(self) -> str:
         return f"http://{self.address}"
 
-    def start(self, timeout: float = 30) -> "ConsulAgent":
+    def start(self, timeout: float = 30) -> ConsulAgent:
         ports = {
             "http": self.http_port,
             "dns": -1,

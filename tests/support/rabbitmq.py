@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ class RabbitVhost:
     def __init__(self, name: str | None = None):
         self.name = name or f"messenger-test-{uuid.uuid4().hex[:10]}"
 
-    def create(self) -> "RabbitVhost":
+    def create(self) -> RabbitVhost:
         _rabbitmqctl("add_vhost", self.name)
         _rabbitmqctl("set_permissions", "-p", self.name, "guest", ".*", ".*", ".*")
         return self
@@ -82,7 +81,7 @@ class QueueReader:
 
     def drain(self) -> list[Delivery]:
         """Take every message ready in the queue now, in queue order."""
-        deliveries = []
+        deliveries: list[Delivery] = []
         while True:
             method, properties, body = self._channel.basic_get(self.queue, auto_ack=True)
             if method is None:
@@ -120,7 +119,7 @@ class CeleryWorker:
         self.process: subprocess.Popen | None = None
         self._log_start = 0
 
-    def start(self, timeout: float = 30) -> "CeleryWorker":
+    def start(self, timeout: float = 30) -> CeleryWorker:
         command = [
             sys.executable, "-m", "celery", "-A", "messenger", "worker", "--loglevel", "INFO",
             "--concurrency", "1", "--hostname", f"{self.name}-{uuid.uuid4().hex[:6]}@%h",
@@ -137,6 +136,7 @@ class CeleryWorker:
         return self
 
     def _ready(self) -> bool:
+        assert self.process is not None, "start() first"
         if self.process.poll() is not None:
             raise RuntimeError(f"celery worker exited {self.process.returncode}: {self.log()[-3000:]}")
         return " ready." in self.log()
@@ -152,11 +152,14 @@ class CeleryWorker:
         if self.process is None:
             return
         stop_process_group(self.process, sig, timeout)
-        # Pool children can outlive the main process by a moment after SIGKILL.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        group = self.process.pid
+
+        def group_gone() -> bool:
             try:
-                os.killpg(self.process.pid, 0)
+                os.killpg(group, 0)
             except ProcessLookupError:
-                return
-            time.sleep(0.05)
+                return True
+            return False
+
+        # Pool children can outlive the main process by a moment after SIGKILL.
+        wait_until(group_gone, 5, interval=0.05, what=f"celery worker {self.name}'s pool processes to exit")

@@ -69,28 +69,31 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> subprocess.Popen:
         gunicorn = Path(sys.executable).with_name("gunicorn")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [str(gunicorn), "-c", "messenger/gunicorn_conf.py", "messenger.wsgi"],
                 cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
+        return self.process
 
-    def start(self, timeout: float = 30) -> "ServiceProcess":
+    def start(self, timeout: float = 30) -> ServiceProcess:
         self._spawn()
         wait_until(self._answers, timeout, what=f"service on port {self.port}")
         return self
 
     def run_until_exit(self, timeout: float = 30) -> tuple[int, str]:
         """Start an instance that is expected to refuse to start; return (exit status, its log)."""
-        self._spawn()
+        process = self._spawn()
         try:
-            self.process.wait(timeout=timeout)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop(signal.SIGKILL)
-            raise AssertionError(f"the service did not exit within {timeout}s: {self.log_path.read_text()[-3000:]}")
-        return self.process.returncode, self.log_path.read_text()
+            raise AssertionError(
+                f"the service did not exit within {timeout}s: {self.log_path.read_text()[-3000:]}"
+            ) from None
+        return process.returncode, self.log_path.read_text()
 
     def request(self, method: str, path: str, body: dict | None = None, user_id: int | None = None,
                 timeout: float = 10) -> tuple[int, dict | None]:
@@ -99,6 +102,7 @@ class ServiceProcess:
         return answer.status, json.loads(answer.body) if answer.body else None
 
     def _answers(self) -> bool:
+        assert self.process is not None, "start() first"
         if self.process.poll() is not None:
             raise RuntimeError(f"service exited {self.process.returncode}: {self.log_path.read_text()[-3000:]}")
         status, _, _ = http_get(f"{self.url}/health", timeout=1)

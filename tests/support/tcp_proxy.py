@@ -43,18 +43,18 @@ class TcpProxy:
         self.port = self._listener.getsockname()[1]
         self._mode: str | None = None  # None while traffic flows
         self._state = threading.Condition()
-        self._pairs: set["_Pair"] = set()
+        self._pairs: set[_Pair] = set()
         self._stopped = False
         self._accepted = 0
         self._thread = threading.Thread(target=self._accept_loop, name=f"tcp-proxy-{self.port}", daemon=True)
 
     # --- control ---------------------------------------------------------------
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         self._thread.start()
         return self
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -151,7 +151,7 @@ class TcpProxy:
         for source, sink in ((client, upstream), (upstream, client)):
             threading.Thread(target=self._pump, args=(pair, source, sink), daemon=True).start()
 
-    def _pump(self, pair: "_Pair", source: socket.socket, sink: socket.socket) -> None:
+    def _pump(self, pair: _Pair, source: socket.socket, sink: socket.socket) -> None:
         try:
             while self._wait_while_blackholed():
                 ready, _, _ = select.select([source], [], [], _POLL)

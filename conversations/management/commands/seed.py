@@ -3,8 +3,8 @@
 from django.core.management.base import BaseCommand
 from django.db import connection, transaction
 
-from conversations.job_lock import add_lock_arguments, job_lock
 from conversations.models import User
+from core.db.job_lock import add_lock_arguments, job_lock
 
 SEED_USERS = (
     (1, "James Blanderphone"),

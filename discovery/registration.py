@@ -1,0 +1,235 @@
+"""Consul registration of one serving instance.
+
+One `Registration` per serving instance, started from this app's
+`AppConfig.ready()` (discovery/apps.py, the design card's hook) but only in the process the
+serving entry point marked: `messenger/gunicorn_conf.py` calls
+`mark_serving_process()` in gunicorn's master, whose preloaded app runs
+`ready()` once. Management commands, Celery workers, tests and gunicorn's
+forked workers run `ready()` too, and register nothing. gunicorn's `when_ready`
+hook calls `start()` again (a no-op when `ready()` already did; the start
+itself when the app is not preloaded). It registers the instance under `CONSUL_SERVICE_NAME` with a unique id, the address
+and port Consul and the load balancer reach it at, and an HTTP check on
+`/health`. A background thread keeps it registered:
+
+- while Consul is unreachable the instance serves anyway, and the thread retries
+  with exponential backoff capped at `CONSUL_RETRY_INTERVAL`;
+- once registered, the thread asks the agent every `CONSUL_RETRY_INTERVAL`
+  whether it still knows the service (a restarted agent may have forgotten it)
+  and registers it again if not.
+
+`stop()` deregisters, once; nothing registers after it. Registering an id that
+is already registered replaces it, so every step here is safe to repeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import urllib.error
+import urllib.request
+import uuid
+
+import consul
+import requests
+
+from messenger.config import Config, format_duration
+
+logger = logging.getLogger(__name__)
+
+# Every call to the agent gives up after this long, so a hung agent stalls
+# neither the retry loop nor shutdown for longer.
+API_TIMEOUT_SECONDS = 5.0
+# A metrics scrape never waits longer than this on the agent (discovery/metrics.py).
+SCRAPE_TIMEOUT_SECONDS = 1.0
+FIRST_RETRY_SECONDS = 0.5
+# ready() runs before gunicorn binds its socket: the first registration waits
+# (this long at most) until the instance answers, so it registers passing.
+FIRST_REGISTRATION_WAIT_SECONDS = 30.0
+_ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
+# What a failed call to an unreachable or failing agent raises.
+CONSUL_ERRORS = (consul.ConsulException, requests.RequestException, OSError)
+
+
+class Registration:
+    """This instance's entry in Consul's catalog."""
+
+    def __init__(self, config: Config):
+        self.name: str = config.CONSUL_SERVICE_NAME
+        self.port: int = config.PORT
+        self.consul_address = (config.CONSUL_HOST, config.CONSUL_PORT)
+        self.service_id = f"{self.name}-{socket.gethostname()}-{self.port}-{uuid.uuid4().hex[:8]}"
+        self.retry_interval: float = config.CONSUL_RETRY_INTERVAL
+        self._configured_address: str | None = config.CONSUL_SERVICE_ADDRESS
+        self._bind_host: str = config.BIND_HOST
+        self._check_interval = format_duration(config.CONSUL_CHECK_INTERVAL)
+        self._deregister_after = format_duration(config.CONSUL_DEREGISTER_CRITICAL_AFTER)
+        self._client = self._agent_client(API_TIMEOUT_SECONDS)
+        # Held around every register/deregister call, so a registration in
+        # flight when stop() runs finishes before the deregistration.
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._registered_once = False
+
+    def _agent_client(self, timeout: float) -> consul.Consul:
+        host, port = self.consul_address
+        return consul.Consul(host=host, port=port, connections_timeout=timeout)
+
+    def address(self) -> str:
+        """The address Consul's check and the load balancer reach this instance at."""
+        if self._configured_address:
+            return self._configured_address
+        if self._bind_host not in _ANY_ADDRESS:
+            return self._bind_host
+        # The source address of the route to the agent is an address of this
+        # host that the agent (and a load balancer beside it) can reach: a
+        # container's address on its network, 127.0.0.1 next to a local agent.
+        # Connecting a UDP socket picks the route without sending anything.
+        family, kind, proto, _, target = socket.getaddrinfo(*self.consul_address, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(target)
+            return probe.getsockname()[0]
+
+    def register(self) -> None:
+        """Register (or re-register) this instance and its health check."""
+        address = self.address()
+        host = f"[{address}]" if ":" in address else address
+        health_url = f"http://{host}:{self.port}/health"
+        check = consul.Check.http(health_url, interval=self._check_interval, deregister=self._deregister_after)
+        # Consul runs a new check first after a random part of its interval (up
+        # to 15s), and until then counts it critical. Asking /health once here
+        # lets an instance that already answers take traffic at once.
+        check["Status"] = "passing" if _answers(health_url) else "critical"
+        with self._lock:
+            if self._stopped.is_set():
+                return  # deregistered for shutdown: never come back
+            self._client.agent.service.register(
+                self.name, service_id=self.service_id, address=address, port=self.port, check=check
+            )
+        logger.info(
+            "%s %s in Consul at %s:%s (%s:%s, check every %s)",
+            "registered again" if self._registered_once else "registered",
+            self.service_id, *self.consul_address, address, self.port, self._check_interval,
+        )
+        self._registered_once = True
+
+    def known_to_agent(self, timeout: float | None = None) -> bool:
+        """Whether the agent has this instance now (a restarted agent may have forgotten it)."""
+        client = self._client if timeout is None else self._agent_client(timeout)
+        return client.agent.service_definition(self.service_id) is not None
+
+    def start(self) -> None:
+        """Keep this instance registered from a background thread."""
+        threading.Thread(target=self._keep_registered, name="consul-registration", daemon=True).start()
+
+    def _wait_until_serving(self) -> None:
+        """Until this instance answers its own /health at all, healthy or not (or the wait runs out, or stop())."""
+        host = "127.0.0.1" if self._bind_host in _ANY_ADDRESS else self._bind_host
+        local_health = f"http://{host}:{self.port}/health"
+        deadline = FIRST_REGISTRATION_WAIT_SECONDS
+        while deadline > 0 and not self._stopped.is_set() and _health_status(local_health) is None:
+            self._stopped.wait(0.1)
+            deadline -= 0.1
+
+    def _keep_registered(self) -> None:
+        self._wait_until_serving()
+        backoff = FIRST_RETRY_SECONDS
+        failing = False
+        while not self._stopped.is_set():
+            try:
+                if not self.known_to_agent():
+                    self.register()
+            except CONSUL_ERRORS as exc:
+                # One warning per outage; the retries after it go to debug.
+                (logger.debug if failing else logger.warning)(
+                    "Consul at %s:%s not reachable for %s (%s); retrying in %.1fs",
+                    *self.consul_address, self.service_id, exc, backoff,
+                )
+                failing = True
+                wait, backoff = backoff, min(backoff * 2, self.retry_interval)
+            else:
+                failing = False
+                wait, backoff = self.retry_interval, FIRST_RETRY_SECONDS
+            self._stopped.wait(wait)
+
+    def stop(self) -> bool:
+        """Deregister and stop the background thread; True only for the call that did it."""
+        with self._lock:
+            if self._stopped.is_set():
+                return False
+            self._stopped.set()
+            try:
+                self._client.agent.service.deregister(self.service_id)
+            except CONSUL_ERRORS as exc:
+                logger.warning(
+                    "could not deregister %s from Consul (%s); Consul removes it once its check "
+                    "has been critical for %s", self.service_id, exc, self._deregister_after,
+                )
+            else:
+                logger.info("deregistered %s from Consul", self.service_id)
+        return True
+
+
+def _health_status(health_url: str) -> int | None:
+    """The HTTP status `health_url` answers with now; None while nothing answers (not yet serving)."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
+    try:
+        with direct.open(health_url, timeout=API_TIMEOUT_SECONDS) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:  # it answers, unhealthy (a 503 while the database is away)
+        return exc.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def _answers(health_url: str) -> bool:
+    """Whether `health_url` answers 200 now (the workers may still be starting: wait for them)."""
+    return _health_status(health_url) == 200
+
+
+_current: Registration | None = None
+_current_lock = threading.Lock()
+# The process that serves, as marked by the serving entry point; only it registers.
+_serving_pid: int | None = None
+
+
+def mark_serving_process() -> None:
+    """Called by the serving entry point (gunicorn's config): this process may register."""
+    global _serving_pid
+    _serving_pid = os.getpid()
+
+
+def start_if_serving(config: Config) -> Registration | None:
+    """`AppConfig.ready()`'s call: register only in the marked serving process."""
+    if _serving_pid != os.getpid():
+        return None  # a management command, a Celery worker, a test, or a forked gunicorn worker
+    return start(config)
+
+
+def start(config: Config) -> Registration | None:
+    """Register this instance, once per process; None when CONSUL_SERVICE_NAME is unset."""
+    global _current
+    if not config.CONSUL_SERVICE_NAME:
+        return None
+    # Imported here: gunicorn's config imports this module before it may import prometheus_client.
+    from core.http.observability import name_instance
+
+    with _current_lock:
+        if _current is None:
+            _current = Registration(config)
+            logger.info("registering this instance in Consul as %s", _current.service_id)
+            # Log lines name the instance as Consul does; forked workers inherit the name.
+            name_instance(_current.service_id)
+            _current.start()
+        return _current
+
+
+def current() -> Registration | None:
+    """This process's registration (a forked worker's copy of its master's), or None."""
+    return _current
+
+
+def stop() -> bool:
+    """Deregister this instance; True only for the call that deregistered it."""
+    return _current is not None and _current.stop()
