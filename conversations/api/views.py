@@ -7,9 +7,8 @@ browser asks for HTML.
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
+from typing import Any
 from urllib.parse import urlencode
 
 from django.conf import settings
