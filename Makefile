@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # The event worker: relays the outbox to RabbitMQ, with beat's periodic sweep embedded.
 WORKER := $(VENV)/bin/celery -A messenger worker --beat --loglevel INFO
 
-.PHONY: help venv system-deps run worker test docs bench up down ps scale reset-db
+.PHONY: help venv system-deps run worker test docs bench docker-images up down ps scale reset-db
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,7 +24,7 @@ $(STAMP): requirements/base.txt requirements/production.txt requirements/dev.txt
 
 venv: $(STAMP) ## Create .venv and install the Python packages
 
-system-deps: ## Install NGINX, Consul, Chromium and the benchmark tools (Debian packages)
+system-deps: ## Install NGINX, Consul, Chromium, the benchmark tools and Docker (Debian packages)
 	@bash scripts/install-system-deps.sh
 
 run: $(STAMP) ## Serve on port 4000 (embedded SQLite, no broker, no Consul); with AMQPHOST set, the event worker too
@@ -43,8 +43,10 @@ worker: $(STAMP) ## Run the event worker (Celery, with its beat sweep) in the fo
 	@mkdir -p var
 	exec $(WORKER)
 
-test: $(STAMP) system-deps ## Run the whole test suite against the real services
+# A Docker engine started here for the suite is stopped after it, pass or fail.
+test: $(STAMP) system-deps ## Run the whole test suite against the real services (and a real Docker engine)
 	@bash scripts/ensure-services.sh
+	@trap 'bash scripts/ensure-docker.sh stop' EXIT; bash scripts/ensure-docker.sh start; \
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 docs: $(STAMP) ## Regenerate the README's configuration table and .env.example from the schema
@@ -55,8 +57,15 @@ bench: $(STAMP) ## Run every benchmark scenario against the running stack (make 
 
 # --- the whole topology (infrastructure/stack.sh) ---------------------------------
 STACK := infrastructure/stack.sh
+# With MESSENGER_RUNTIME=docker, an engine must answer: started when none does.
+ENSURE_DOCKER := if [ "$${MESSENGER_RUNTIME:-}" = docker ]; then bash scripts/ensure-docker.sh start; fi
+
+docker-images: system-deps ## Build every image the Docker topology uses (stand-ins for official ones where no registry answers)
+	@bash scripts/ensure-docker.sh start
+	@bash scripts/build-docker-images.sh
 
 up: $(STAMP) system-deps ## Bring up the whole system: Consul, RabbitMQ, PostgreSQL, migrator job, 3 instances, worker, NGINX on 8085
+	@$(ENSURE_DOCKER)
 	@bash $(STACK) up
 
 down: ## Stop everything `make up` started, gracefully
