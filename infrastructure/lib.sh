@@ -323,8 +323,10 @@ choose_listen_address() {
 # A caller that runs something else from the same image (the event worker) sets
 # INSTANCE_COMMAND (the command, relative to the image's PATH or the venv's
 # bin) and INSTANCE_READY (a start_local_process READY, e.g. log:ready.).
+# INSTANCE_DOCKER_ARGS: more `docker run` flags for its container.
 INSTANCE_COMMAND=()
 INSTANCE_READY=""
+INSTANCE_DOCKER_ARGS=()
 start_instance() {
   local kind=$1 id=$2
   shift 2
@@ -339,6 +341,7 @@ start_instance() {
     docker_run_once "${id}" \
       --label "messenger.kind=${kind}" \
       --stop-timeout "${STOP_TIMEOUT_SECONDS}" \
+      ${INSTANCE_DOCKER_ARGS[@]+"${INSTANCE_DOCKER_ARGS[@]}"} \
       "${env_flags[@]}" \
       "${MESSENGER_IMAGE}" ${INSTANCE_COMMAND[@]+"${INSTANCE_COMMAND[@]}"}
     return 0

@@ -57,7 +57,10 @@ if [ "${MESSENGER_RUNTIME}" = docker ]; then
     "${POSTGRES_IMAGE}"
   DB_HOST="${DB_CONTAINER}"
   DB_PORT="${PORT}"
-  ready() { docker exec "${DB_CONTAINER}" pg_isready -q -U "${POSTGRES_USER}" -p "${PORT}"; }
+  # Over TCP: on a first start the image's entry point prepares the database
+  # with a server on the socket only, then restarts it; the socket answering
+  # does not mean the real server is up yet.
+  ready() { docker exec "${DB_CONTAINER}" pg_isready -q -h 127.0.0.1 -U "${POSTGRES_USER}" -p "${PORT}"; }
   run_psql() { docker exec -i "${DB_CONTAINER}" psql -X -q -U "${POSTGRES_USER}" -p "${PORT}" -d postgres "$@"; }
 else
   command -v psql >/dev/null 2>&1 || die "psql not found: install PostgreSQL's client (postgresql-client)"

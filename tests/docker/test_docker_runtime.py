@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from tests.support.docker import NETWORK, address_on, crash, docker, engine_objects, wait_restarted
+from tests.support.docker import NETWORK, address_on, crash, docker, engine_objects, inspect, wait_restarted
 from tests.support.processes import free_port, wait_until
 from tests.support.rabbitmq import QueueReader, RabbitVhost
 from tests.support.stack import Stack, run_tutorial_transcript, scale_to_five_and_back_under_load
@@ -63,7 +63,9 @@ def docker_exec(container: str, *command: str) -> subprocess.CompletedProcess:
 
 def serves(stack: DockerStack, upstream: str, attempts: int = 30) -> bool:
     """Some request through the load balancer is answered by `upstream` (a bounded number of tries)."""
-    return any(stack.get("/health")[2].get("Upstream-Host") == upstream for _ in range(attempts))
+    seen = {stack.get("/health")[2].get("Upstream-Host") for _ in range(attempts)}
+    assert upstream in seen, f"{upstream} not among {seen}; load balancer: {docker('logs', '--tail', '8', 'messenger-lb')}"
+    return True
 
 
 def instance_containers() -> list[str]:
@@ -96,12 +98,16 @@ def test_make_up_in_docker_runs_the_tutorial_scales_survives_crashes_and_make_do
 
         # A serving container whose process dies is started again by the engine, registers and serves.
         victim = instance_containers()[0]
-        upstream = f"{address_on(victim, NETWORK)}:4000"
         restarts = crash(victim)
         wait_restarted(victim, restarts)
+        # The engine may give the restarted container another address on the network.
+        upstream = f"{address_on(victim, NETWORK)}:4000"
         wait_until(lambda: upstream in stack.passing(), 60, interval=0.5, what="the restarted instance passing")
         wait_until(lambda: serves(stack, upstream), 30, interval=0.5, what="the restarted instance serving")
         assert len(stack.passing()) == 3
+        # The engine's own view agrees: the image's health check (GET /health) passes in every instance.
+        wait_until(lambda: {inspect(c)["State"]["Health"]["Status"] for c in instance_containers()} == {"healthy"},
+                   60, interval=1, what="every instance container healthy")
 
         # The same for the worker: back by itself, it relays the next message's event.
         restarts = crash("messenger-worker")
