@@ -14,7 +14,7 @@ WORKER := $(VENV)/bin/celery -A messenger worker --beat --loglevel INFO
 .PHONY: help venv system-deps run worker test docs bench docker-images up down ps scale reset-db
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): requirements/base.txt requirements/production.txt requirements/dev.txt
 	@test -n "$(PYTHON)" || { echo "python3.11 not found: install Python 3.11" >&2; exit 1; }

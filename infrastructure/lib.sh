@@ -78,6 +78,21 @@ docker_run_once() {
   log "${name}: container started (docker logs ${name})"
 }
 
+# replace_image TAG DOCKER-BUILD-ARGS...: build TAG (classic builder, the
+# host's network: the project's engine gives containers no route out, and a
+# build's RUN steps reach the package registries only through the host's),
+# then remove the image TAG named before, so rebuilds do not pile up on disk.
+replace_image() {
+  local tag=$1 before after
+  shift
+  before="$(docker image inspect --format '{{.Id}}' "${tag}" 2>/dev/null || true)"
+  DOCKER_BUILDKIT=0 docker build --network host -t "${tag}" "$@"
+  after="$(docker image inspect --format '{{.Id}}' "${tag}")"
+  if [ -n "${before}" ] && [ "${before}" != "${after}" ]; then
+    docker rmi "${before}" >/dev/null 2>&1 || true  # still used by a container: kept
+  fi
+}
+
 # docker_remove NAME [SECONDS]: stop container NAME gracefully (its image's
 # stop signal, SIGKILL after SECONDS) and remove it with its anonymous volumes.
 docker_remove() {

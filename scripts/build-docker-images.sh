@@ -52,13 +52,11 @@ if [ "${#STAND_IN[@]}" -gt 0 ]; then
 fi
 LB_RENDERER="${LB_RENDERER:-consul-template}"
 
-# --network host: this project's engine gives containers no route out, and a
-# build's RUN steps reach the package registries only through the host's.
 build() {  # tag, docker build arguments...
   local tag=$1
   shift
   log "${tag}: building"
-  DOCKER_BUILDKIT=0 docker build --quiet --network host -t "${tag}" "$@" >/dev/null
+  replace_image "${tag}" --quiet "$@" >/dev/null
   log "${tag}: $(docker image inspect --format '{{.Size}}' "${tag}" | awk '{ printf "%.0f MB", $1 / 1e6 }')"
 }
 build "${MESSENGER_IMAGE}" -f "${REPO_ROOT}/docker/Dockerfile" "${REPO_ROOT}"

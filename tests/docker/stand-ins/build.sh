@@ -24,13 +24,11 @@ LOCAL_CA_DIR=/usr/local/share/ca-certificates
 DEBIAN_SOURCES=/etc/apt/sources.list.d/debian.sources
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# replace_image (the project's way of building an image), log, die.
+# shellcheck source=SCRIPTDIR/../../../infrastructure/lib.sh
+source "${HERE}/../../../infrastructure/lib.sh"
+SCRIPT_NAME=stand-ins  # log's prefix
 REBUILD="${STAND_INS_REBUILD:-0}"
-
-log() { printf '[stand-ins] %s\n' "$*" >&2; }
-die() {
-  log "$*"
-  exit 1
-}
 
 # The folder of the stand-in for an image name (repository without its tag).
 recipe_for() {
@@ -119,7 +117,8 @@ add_machine_files() {  # context
   } >"$1/machine/pip.conf"
 }
 
-BASE_DIGEST="$(digest_of "${HERE}/build.sh")"
+# The base's recipe is build_base itself: a change elsewhere in this script rebuilds nothing.
+BASE_DIGEST="$(declare -f build_base | sha256sum | cut -c1-16)"
 
 [ "$#" -gt 0 ] || die "usage: $0 IMAGE..."
 if [ "${REBUILD}" = 1 ] || [ "$(label_of "${BASE_IMAGE}")" != "${BASE_DIGEST}" ]; then
@@ -144,8 +143,7 @@ for image in "$@"; do
   log "${image}: building the stand-in (${recipe}/Dockerfile)"
   # Only the host's network reaches Debian's mirror (the engine gives
   # containers no route out).
-  if ! DOCKER_BUILDKIT=0 docker build --network host --build-arg "STAND_IN_DIGEST=${digest}" \
-    -t "${image}" "${context}" >"${context}.log" 2>&1; then
+  if ! replace_image "${image}" --build-arg "STAND_IN_DIGEST=${digest}" "${context}" >"${context}.log" 2>&1; then
     tail -n 30 "${context}.log" >&2
     rm -rf "${context}" "${context}.log"
     die "building the ${image} stand-in failed"
