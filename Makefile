@@ -43,11 +43,10 @@ worker: $(STAMP) ## Run the event worker (Celery, with its beat sweep) in the fo
 	@mkdir -p var
 	exec $(WORKER)
 
-# A Docker engine started here for the suite is stopped after it, pass or fail.
+# A Docker engine started for the suite is stopped after it, pass or fail.
 test: $(STAMP) system-deps ## Run the whole test suite against the real services (and a real Docker engine)
 	@bash scripts/ensure-services.sh
-	@trap 'bash scripts/ensure-docker.sh stop' EXIT; bash scripts/ensure-docker.sh start; \
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	@bash scripts/ensure-docker.sh run $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 docs: $(STAMP) ## Regenerate the README's configuration table and .env.example from the schema
 	$(PY) scripts/render-config-docs.py

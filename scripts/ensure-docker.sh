@@ -3,6 +3,8 @@
 #
 #   scripts/ensure-docker.sh start   # an engine answers afterwards (started here if none did)
 #   scripts/ensure-docker.sh stop    # stops the engine `start` started; leaves any other alone
+#   scripts/ensure-docker.sh run COMMAND...   # COMMAND with an engine; one started for it is stopped
+#                                             # after it (pass or fail), and its exit status is COMMAND's
 #
 # These machines run Debian's docker.io, which nothing starts. The engine it
 # starts manages no firewall (--iptables=false, --ip-masq=false: containers have
@@ -92,11 +94,26 @@ stop() {
   rm -f "${STARTED_PID_FILE}"
 }
 
+run() {  # command...
+  if engine_answers; then
+    "$@"
+    return
+  fi
+  start
+  trap stop EXIT
+  "$@"
+}
+
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
+  run)
+    shift
+    [ "$#" -gt 0 ] || die "usage: $0 run COMMAND..."
+    run "$@"
+    ;;
   *)
-    printf 'usage: %s start|stop\n' "$0" >&2
+    printf 'usage: %s start|stop|run COMMAND...\n' "$0" >&2
     exit 2
     ;;
 esac
