@@ -11,10 +11,10 @@ PYTEST_ARGS ?=
 # The event worker: relays the outbox to RabbitMQ, with beat's periodic sweep embedded.
 WORKER := $(VENV)/bin/celery -A messenger worker --beat --loglevel INFO
 
-.PHONY: help venv system-deps run worker test docs bench up down ps scale reset-db
+.PHONY: help venv system-deps run worker test docs bench docker-images up down ps scale reset-db
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): requirements/base.txt requirements/production.txt requirements/dev.txt
 	@test -n "$(PYTHON)" || { echo "python3.11 not found: install Python 3.11" >&2; exit 1; }
@@ -24,7 +24,7 @@ $(STAMP): requirements/base.txt requirements/production.txt requirements/dev.txt
 
 venv: $(STAMP) ## Create .venv and install the Python packages
 
-system-deps: ## Install NGINX, Consul, Chromium and the benchmark tools (Debian packages)
+system-deps: ## Install NGINX, Consul, Chromium, the benchmark tools and Docker (Debian packages)
 	@bash scripts/install-system-deps.sh
 
 run: $(STAMP) ## Serve on port 4000 (embedded SQLite, no broker, no Consul); with AMQPHOST set, the event worker too
@@ -43,9 +43,10 @@ worker: $(STAMP) ## Run the event worker (Celery, with its beat sweep) in the fo
 	@mkdir -p var
 	exec $(WORKER)
 
-test: lint system-deps ## Run the lint and type checks, then the whole test suite against the real services
+# A Docker engine started for the suite is stopped after it, pass or fail.
+test: lint system-deps ## Run the lint and type checks, then the whole suite against the real services and a real Docker engine
 	@bash scripts/ensure-services.sh
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	@bash scripts/ensure-docker.sh run $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: $(STAMP) ## ruff (lint, and the format check) and mypy over the tree; settings in pyproject.toml
@@ -61,8 +62,15 @@ bench: $(STAMP) ## Run every benchmark scenario against the running stack (make 
 
 # --- the whole topology (infrastructure/stack.sh) ---------------------------------
 STACK := infrastructure/stack.sh
+# With MESSENGER_RUNTIME=docker, an engine must answer: started when none does.
+ENSURE_DOCKER := if [ "$${MESSENGER_RUNTIME:-}" = docker ]; then bash scripts/ensure-docker.sh start; fi
+
+docker-images: system-deps ## Build every image the Docker topology uses (stand-ins for official ones where no registry answers)
+	@bash scripts/ensure-docker.sh start
+	@bash scripts/build-docker-images.sh
 
 up: $(STAMP) system-deps ## Bring up the whole system: Consul, RabbitMQ, PostgreSQL, migrator job, 3 instances, worker, NGINX on 8085
+	@$(ENSURE_DOCKER)
 	@bash $(STACK) up
 
 down: ## Stop everything `make up` started, gracefully

@@ -19,6 +19,14 @@ SCRIPT_NAME="$(basename "$0")"
 # network the platform's containers share (the seed's names).
 MESSENGER_IMAGE=messenger
 MESSENGER_DOCKER_NETWORK=mm_2023
+# The Docker topology's image versions and host ports, declared once in
+# docker/.env (compose reads the same file); a variable the caller set wins.
+while IFS= read -r docker_env_line; do
+  case "${docker_env_line}" in '' | '#'*) continue ;; esac
+  docker_env_name="${docker_env_line%%=*}"
+  [ -n "${!docker_env_name:-}" ] || printf -v "${docker_env_name}" '%s' "${docker_env_line#*=}"
+done <"${REPO_ROOT}/docker/.env"
+unset docker_env_line docker_env_name
 # Longer than an instance's SHUTDOWN_DRAIN_SECONDS plus GRACEFUL_TIMEOUT
 # (5 + 20 by default): a graceful stop is never cut short by a SIGKILL.
 STOP_TIMEOUT_SECONDS=40
@@ -52,6 +60,50 @@ select_runtime() {
     local) ;;
     *) die "MESSENGER_RUNTIME must be docker or local, not '${MESSENGER_RUNTIME}'" ;;
   esac
+}
+
+# docker_run_once NAME DOCKER-RUN-ARGS...: start container NAME on the
+# platform's network unless it runs. `--restart unless-stopped`: a container
+# that dies is started again by the engine, with no person acting; one left
+# stopped (a stop that did not remove it) is removed first.
+docker_run_once() {
+  local name=$1
+  shift
+  if [ -n "$(docker ps --quiet --filter "name=^${name}\$")" ]; then
+    log "${name} is already running"
+    return 0
+  fi
+  docker rm --volumes "${name}" >/dev/null 2>&1 || true
+  docker run -d --restart unless-stopped --name "${name}" --network "${MESSENGER_DOCKER_NETWORK}" "$@" >/dev/null
+  log "${name}: container started (docker logs ${name})"
+}
+
+# replace_image TAG DOCKER-BUILD-ARGS...: build TAG (classic builder, the
+# host's network: the project's engine gives containers no route out, and a
+# build's RUN steps reach the package registries only through the host's),
+# then remove the image TAG named before, so rebuilds do not pile up on disk.
+replace_image() {
+  local tag=$1 before after
+  shift
+  before="$(docker image inspect --format '{{.Id}}' "${tag}" 2>/dev/null || true)"
+  DOCKER_BUILDKIT=0 docker build --network host -t "${tag}" "$@"
+  after="$(docker image inspect --format '{{.Id}}' "${tag}")"
+  if [ -n "${before}" ] && [ "${before}" != "${after}" ]; then
+    docker rmi "${before}" >/dev/null 2>&1 || true  # still used by a container: kept
+  fi
+}
+
+# docker_remove NAME [SECONDS]: stop container NAME gracefully (its image's
+# stop signal, SIGKILL after SECONDS) and remove it with its anonymous volumes.
+docker_remove() {
+  local name=$1 seconds=${2:-${STOP_TIMEOUT_SECONDS}}
+  if [ -z "$(docker ps --all --quiet --filter "name=^${name}\$")" ]; then
+    log "${name} is not running"
+    return 0
+  fi
+  docker stop --time "${seconds}" "${name}" >/dev/null
+  docker rm --volumes "${name}" >/dev/null
+  log "${name}: stopped and removed"
 }
 
 # --- Consul --------------------------------------------------------------------
@@ -286,8 +338,10 @@ choose_listen_address() {
 # A caller that runs something else from the same image (the event worker) sets
 # INSTANCE_COMMAND (the command, relative to the image's PATH or the venv's
 # bin) and INSTANCE_READY (a start_local_process READY, e.g. log:ready.).
+# INSTANCE_DOCKER_ARGS: more `docker run` flags for its container.
 INSTANCE_COMMAND=()
 INSTANCE_READY=""
+INSTANCE_DOCKER_ARGS=()
 start_instance() {
   local kind=$1 id=$2
   shift 2
@@ -299,14 +353,12 @@ start_instance() {
     for name in "$@"; do env_flags+=(-e "${name}"); done
     # `-e NAME` passes the value from this environment, so no secret appears
     # on a command line.
-    docker run -d --rm \
-      --name "${id}" \
+    docker_run_once "${id}" \
       --label "messenger.kind=${kind}" \
-      --network "${MESSENGER_DOCKER_NETWORK}" \
       --stop-timeout "${STOP_TIMEOUT_SECONDS}" \
+      ${INSTANCE_DOCKER_ARGS[@]+"${INSTANCE_DOCKER_ARGS[@]}"} \
       "${env_flags[@]}" \
-      "${MESSENGER_IMAGE}" ${INSTANCE_COMMAND[@]+"${INSTANCE_COMMAND[@]}"} >/dev/null
-    log "${id}: container started (docker logs ${id})"
+      "${MESSENGER_IMAGE}" ${INSTANCE_COMMAND[@]+"${INSTANCE_COMMAND[@]}"}
     return 0
   fi
   [ -x "${MESSENGER_VENV}/bin/gunicorn" ] || die "no gunicorn in ${MESSENGER_VENV}: run 'make venv' first"
@@ -341,18 +393,18 @@ instance_running() {  # kind id
 stop_instance() {
   local kind=$1 id=$2
   if [ "${MESSENGER_RUNTIME}" = docker ]; then
-    docker stop --time "${STOP_TIMEOUT_SECONDS}" "${id}" >/dev/null
-    log "${id}: stopped"
+    docker_remove "${id}"
   else
     stop_local_process "${kind}" "${id}"
   fi
 }
 
-# Instances of KIND in the current runtime, one id per line: running
-# containers, or local instances with a pid file.
+# Instances of KIND in the current runtime, one id per line: containers (also
+# one the engine is restarting, or one that stopped), or local instances with
+# a pid file.
 instances() {  # kind
   if [ "${MESSENGER_RUNTIME}" = docker ]; then
-    docker ps --filter "label=messenger.kind=$1" --format '{{.Names}}'
+    docker ps --all --filter "label=messenger.kind=$1" --format '{{.Names}}'
   else
     local_instances "$1"
   fi

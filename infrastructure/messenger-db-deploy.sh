@@ -30,8 +30,8 @@ POSTGRES_APPLICATION_PASSWORD=messenger_password
 POSTGRES_MIGRATOR_USER=messenger_migrator
 # NOTE: As above, never do this in a real deployment.
 POSTGRES_MIGRATOR_PASSWORD=migrator_password
-POSTGRES_IMAGE=postgres:15
 DB_CONTAINER=messenger-db-primary  # also its host name on the Docker network
+DB_VOLUME=db-data                  # the seed's; the image is docker/.env's POSTGRES_IMAGE
 
 # The database the migrator creates and migrates, unless the caller names
 # another (the test suite does). If it exists already, roles.sql hands it to
@@ -47,26 +47,20 @@ select_runtime
 require_consul_location
 
 if [ "${MESSENGER_RUNTIME}" = docker ]; then
-  if [ -n "$(docker ps --quiet --filter "name=^${DB_CONTAINER}\$")" ]; then
-    log "${DB_CONTAINER} is already running"
-  else
-    export POSTGRES_USER POSTGRES_PASSWORD
-    docker run \
-      --rm \
-      --name "${DB_CONTAINER}" \
-      -d \
-      -v db-data:/var/lib/postgresql/data/pgdata \
-      -e POSTGRES_USER \
-      -e POSTGRES_PASSWORD \
-      -e PGPORT="${PORT}" \
-      -e PGDATA=/var/lib/postgresql/data/pgdata \
-      --network "${MESSENGER_DOCKER_NETWORK}" \
-      "${POSTGRES_IMAGE}" >/dev/null
-    log "${DB_CONTAINER}: container started"
-  fi
+  export POSTGRES_USER POSTGRES_PASSWORD
+  docker_run_once "${DB_CONTAINER}" \
+    -v "${DB_VOLUME}:/var/lib/postgresql/data/pgdata" \
+    -e POSTGRES_USER \
+    -e POSTGRES_PASSWORD \
+    -e PGPORT="${PORT}" \
+    -e PGDATA=/var/lib/postgresql/data/pgdata \
+    "${POSTGRES_IMAGE}"
   DB_HOST="${DB_CONTAINER}"
   DB_PORT="${PORT}"
-  ready() { docker exec "${DB_CONTAINER}" pg_isready -q -U "${POSTGRES_USER}" -p "${PORT}"; }
+  # Over TCP: on a first start the image's entry point prepares the database
+  # with a server on the socket only, then restarts it; the socket answering
+  # does not mean the real server is up yet.
+  ready() { docker exec "${DB_CONTAINER}" pg_isready -q -h 127.0.0.1 -U "${POSTGRES_USER}" -p "${PORT}"; }
   run_psql() { docker exec -i "${DB_CONTAINER}" psql -X -q -U "${POSTGRES_USER}" -p "${PORT}" -d postgres "$@"; }
 else
   command -v psql >/dev/null 2>&1 || die "psql not found: install PostgreSQL's client (postgresql-client)"

@@ -23,10 +23,9 @@ LB_NAME=messenger-lb
 LB_CONTAINER_PORT=8085
 SERVICE_NAME=messenger
 
-# The port the load balancer answers on (the seed's 8085), and in the local
-# runtime the address NGINX listens on (every address by default). The test
-# suite sets both to a free loopback port.
-LB_PORT="${LB_PORT:-8085}"
+# The port the load balancer answers on (docker/.env's LB_PORT, the seed's
+# 8085), and in the local runtime the address NGINX listens on (every address
+# by default). The test suite sets both to a free loopback port.
 LB_BIND="${LB_BIND:-}"
 
 # Consul host and port come from the caller: we cannot query Consul until we
@@ -37,20 +36,12 @@ require_consul_location
 if [ "${MESSENGER_RUNTIME}" = docker ]; then
   docker image inspect "${LB_IMAGE}" >/dev/null 2>&1 ||
     die "no image '${LB_IMAGE}': build it first with 'docker build -t ${LB_IMAGE} load-balancer'"
-  if [ -n "$(docker ps --quiet --filter "name=^${LB_NAME}\$")" ]; then
-    log "${LB_NAME} is already running"
-    exit 0
-  fi
   # The container reaches the agent by its name on the platform's network.
-  docker run \
-    --rm \
-    -d \
-    --name "${LB_NAME}" \
+  docker_run_once "${LB_NAME}" \
     -e CONSUL_URL="${CONSUL_HOST}:${CONSUL_PORT}" \
     -p "${LB_PORT}:${LB_CONTAINER_PORT}" \
-    --network "${MESSENGER_DOCKER_NETWORK}" \
-    "${LB_IMAGE}" >/dev/null
-  log "${LB_NAME}: container started, answering on port ${LB_PORT} (docker logs ${LB_NAME})"
+    "${LB_IMAGE}"
+  log "${LB_NAME}: answering on port ${LB_PORT}"
   exit 0
 fi
 

@@ -15,13 +15,8 @@ LB_NAME=messenger-lb
 select_runtime
 
 if [ "${MESSENGER_RUNTIME}" = docker ]; then
-  if [ -z "$(docker ps --quiet --filter "name=^${LB_NAME}\$")" ]; then
-    log "${LB_NAME} is not running"
-    exit 0
-  fi
   # The image's STOPSIGNAL is SIGQUIT: NGINX's graceful stop.
-  docker stop --time "${STOP_TIMEOUT_SECONDS}" "${LB_NAME}" >/dev/null
-  log "${LB_NAME}: stopped"
+  docker_remove "${LB_NAME}"
   exit 0
 fi
 

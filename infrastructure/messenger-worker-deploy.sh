@@ -25,6 +25,8 @@ INSTANCE_ID=messenger-worker
 WORKER_NODE="messenger-worker-$(od -An -N3 -tx1 /dev/urandom | tr -d ' \n')@%h"
 INSTANCE_COMMAND=(celery -A messenger worker --beat --loglevel INFO --concurrency 1 --hostname "${WORKER_NODE}")
 INSTANCE_READY="log:ready."
+# The image's health check asks /health of a serving instance; the worker serves no HTTP.
+INSTANCE_DOCKER_ARGS=(--no-healthcheck)
 
 # The database's name, unless the caller names another (the test suite does).
 PGDATABASE="${MESSENGER_DB_NAME:-messenger}"

@@ -5,8 +5,10 @@
 #   CONSUL_HOST=127.0.0.1 CONSUL_PORT=8500 ./infrastructure/platform-deploy.sh
 #
 # Docker runtime: consul-server, consul-client (its HTTP port published on this
-# host as CONSUL_PORT) and rabbitmq, on the network mm_2023, as the seed's
-# platform repository runs them. Local runtime: one `consul agent -dev` (server
+# host as CONSUL_HOST_PORT) and rabbitmq (AMQP and management published as
+# RABBITMQ_HOST_PORT and RABBITMQ_MANAGEMENT_HOST_PORT), on the network
+# mm_2023, as the seed's platform repository runs them; images and ports come
+# from docker/.env, as for compose. Local runtime: one `consul agent -dev` (server
 # and client in one process; KV and catalog live in memory) on CONSUL_PORT,
 # unless an agent already answers there, and this machine's RabbitMQ.
 set -euo pipefail
@@ -14,8 +16,6 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 # This configuration requires a new commit to change
-CONSUL_IMAGE=hashicorp/consul:1.15.4
-RABBITMQ_IMAGE=rabbitmq:3.11-management
 AMQP_PORT=5672
 DOCKER_AMQP_HOST=rabbitmq     # the container's name on the network
 LOCAL_AMQP_HOST=127.0.0.1     # this machine's RabbitMQ
@@ -29,26 +29,15 @@ consul_leader_elected() {
   [ -n "${leader}" ] && [ "${leader}" != '""' ]
 }
 
-# ensure_container NAME DOCKER-RUN-ARGS...: start it unless it already runs.
-ensure_container() {
-  local name=$1
-  shift
-  if [ -n "$(docker ps --quiet --filter "name=^${name}\$")" ]; then
-    log "${name} is already running"
-  else
-    docker run -d --rm --name "${name}" --network "${MESSENGER_DOCKER_NETWORK}" "$@" >/dev/null
-    log "${name}: container started"
-  fi
-}
-
 if [ "${MESSENGER_RUNTIME}" = docker ]; then
   docker network inspect "${MESSENGER_DOCKER_NETWORK}" >/dev/null 2>&1 ||
     docker network create "${MESSENGER_DOCKER_NETWORK}" >/dev/null
-  ensure_container consul-server "${CONSUL_IMAGE}" \
+  docker_run_once consul-server "${CONSUL_IMAGE}" \
     agent -server -bootstrap-expect=1 -ui -client=0.0.0.0 -node=consul-server
-  ensure_container consul-client -p "${CONSUL_PORT}:8500" "${CONSUL_IMAGE}" \
+  docker_run_once consul-client -p "${CONSUL_HOST_PORT}:8500" "${CONSUL_IMAGE}" \
     agent -client=0.0.0.0 -retry-join=consul-server -node=consul-client
-  ensure_container rabbitmq -p "${AMQP_PORT}:5672" -p 15672:15672 "${RABBITMQ_IMAGE}"
+  docker_run_once rabbitmq -p "${RABBITMQ_HOST_PORT}:${AMQP_PORT}" -p "${RABBITMQ_MANAGEMENT_HOST_PORT}:15672" \
+    "${RABBITMQ_IMAGE}"
   AMQP_HOST="${DOCKER_AMQP_HOST}"
 else
   if consul_leader_elected; then

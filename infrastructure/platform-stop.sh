@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Stops what platform-deploy.sh started: the Consul and RabbitMQ containers
-# (Docker runtime), or the local Consul agent (local runtime; this machine's
-# RabbitMQ is left running, as platform-deploy.sh found it).
+# Stops what platform-deploy.sh started: the Consul and RabbitMQ containers and
+# their network (Docker runtime: containers removed, with their anonymous
+# volumes), or the local Consul agent (local runtime; this machine's RabbitMQ
+# is left running, as platform-deploy.sh found it).
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -9,11 +10,14 @@ source "$(dirname "$0")/lib.sh"
 select_runtime
 if [ "${MESSENGER_RUNTIME}" = docker ]; then
   for name in rabbitmq consul-client consul-server; do
-    if [ -n "$(docker ps --quiet --filter "name=^${name}\$")" ]; then
-      docker stop "${name}" >/dev/null
-      log "${name}: stopped"
-    fi
+    docker_remove "${name}"
   done
+  if docker network inspect "${MESSENGER_DOCKER_NETWORK}" >/dev/null 2>&1; then
+    # Refused while a container of someone else's is still attached: say so, keep it.
+    docker network rm "${MESSENGER_DOCKER_NETWORK}" >/dev/null ||
+      die "network ${MESSENGER_DOCKER_NETWORK} still has containers attached: $(docker network inspect --format '{{range .Containers}}{{.Name}} {{end}}' "${MESSENGER_DOCKER_NETWORK}")"
+    log "network ${MESSENGER_DOCKER_NETWORK}: removed"
+  fi
 else
   stop_local_process platform consul
 fi

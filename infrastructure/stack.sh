@@ -4,7 +4,7 @@
 # and `make reset-db` call it.
 #
 #   ./infrastructure/stack.sh up          # platform, database, migrator job, instances, worker, load balancer
-#   ./infrastructure/stack.sh down        # stop everything `up` started
+#   ./infrastructure/stack.sh down        # stop everything `up` started (Docker: remove its containers, network and volumes)
 #   ./infrastructure/stack.sh ps          # what runs, and its health
 #   ./infrastructure/stack.sh scale N     # N serving instances (more or fewer), no restart of the rest
 #   ./infrastructure/stack.sh reset-db    # empty the database and seed it again, through the migrator job
@@ -12,25 +12,26 @@
 # Runtime as in every script here (MESSENGER_RUNTIME=docker|local; default:
 # Docker when an engine answers). Consul's location comes from the caller and
 # defaults to this machine's agent on 8500 (local) or the platform's
-# consul-client published on 8500 (Docker).
+# consul-client, published on this host as CONSUL_HOST_PORT (Docker; host ports
+# and image versions are docker/.env's, as for compose).
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
 # This configuration requires a new commit to change
 INSTANCES="${STACK_INSTANCES:-3}"
-LB_PORT="${LB_PORT:-8085}"
 DB_NAME="${MESSENGER_DB_NAME:-messenger}"
 MIGRATOR=messenger-migrator
 
 select_runtime
 if [ "${MESSENGER_RUNTIME}" = docker ]; then
   export CONSUL_HOST="${CONSUL_HOST:-consul-client}" CONSUL_PORT="${CONSUL_PORT:-8500}"
-  export CONSUL_HTTP_ADDR="${CONSUL_HTTP_ADDR:-127.0.0.1:${CONSUL_PORT}}"
+  export CONSUL_HTTP_ADDR="${CONSUL_HTTP_ADDR:-127.0.0.1:${CONSUL_HOST_PORT}}"
 else
   export CONSUL_HOST="${CONSUL_HOST:-127.0.0.1}" CONSUL_PORT="${CONSUL_PORT:-8500}"
 fi
-export MESSENGER_RUNTIME LB_PORT MESSENGER_DB_NAME="${DB_NAME}"
+export MESSENGER_RUNTIME LB_PORT CONSUL_HOST_PORT RABBITMQ_HOST_PORT RABBITMQ_MANAGEMENT_HOST_PORT \
+  MESSENGER_DB_NAME="${DB_NAME}"
 require_consul_location
 
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -152,9 +153,8 @@ instance_where() {  # kind id
 }
 
 build_images() {
-  step "building the images (docker)"
-  docker build --quiet -f "${REPO_ROOT}/docker/Dockerfile" -t "${MESSENGER_IMAGE}" "${REPO_ROOT}" >/dev/null
-  docker build --quiet -t messenger-lb "${REPO_ROOT}/load-balancer" >/dev/null
+  step "images (make docker-images)"
+  "${REPO_ROOT}/scripts/build-docker-images.sh"
 }
 
 up() {
@@ -185,6 +185,8 @@ down() {
   "${INFRA_DIR}/messenger-stop.sh" --service "${MIGRATOR}" --all
   step "event worker"
   "${INFRA_DIR}/messenger-stop.sh" --service messenger-worker --all
+  step "database"
+  "${INFRA_DIR}/messenger-db-stop.sh" --volume
   step "platform"
   "${INFRA_DIR}/platform-stop.sh"
   step "stopped"

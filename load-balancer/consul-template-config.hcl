@@ -31,6 +31,6 @@ template {
   # then reloads NGINX (or starts it if it is not running). --exit-zero:
   # consul-template exits when its command fails, and a rejected render must
   # not end the watch; the script reports the rejection on stderr instead.
-  command         = "/usr/local/bin/nginx-apply --exit-zero"
+  command         = "/usr/local/lib/messenger-lb/nginx-apply.sh --exit-zero"
   command_timeout = "60s"
 }

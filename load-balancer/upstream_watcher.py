@@ -137,19 +137,20 @@ def fetch_passing(consul_url: str, service: str, index: int, wait: float) -> tup
 # --- NGINX ---------------------------------------------------------------------
 
 class Nginx:
-    """Our own NGINX: configuration, pid, logs and temp files all under one state folder."""
+    """Our own NGINX: configuration in a state folder; pid, logs and temp files under its prefix (by default the same folder)."""
 
-    def __init__(self, state_dir: Path, binary: str):
+    def __init__(self, state_dir: Path, binary: str, prefix: Path | None = None):
         self.state_dir = state_dir
         self.binary = binary
+        self.prefix = prefix or state_dir
 
     def _command(self, *args: str) -> list[str]:
-        return [self.binary, "-e", "stderr", "-p", f"{self.state_dir}/", "-c", str(self.state_dir / "nginx.conf"), *args]
+        return [self.binary, "-e", "stderr", "-p", f"{self.prefix}/", "-c", str(self.state_dir / "nginx.conf"), *args]
 
     def prepare(self, listen: str) -> None:
         """Lay out the state folder: shared files linked, the listen file written."""
         for sub in ("logs", "temp"):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+            (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         for name in SHARED_FILES:
             link = self.state_dir / name
             if link.is_symlink() or link.exists():
@@ -164,7 +165,7 @@ class Nginx:
     def master_pid(self) -> int | None:
         """The running master's pid, or None (a stale pid file counts as not running)."""
         try:
-            pid = int((self.state_dir / "nginx.pid").read_text().strip())
+            pid = int((self.prefix / "nginx.pid").read_text().strip())
             os.kill(pid, 0)
         except (OSError, ValueError):
             return None
@@ -179,7 +180,7 @@ class Nginx:
         Returns "reloaded" or "started", or None when the list was not applied.
         """
         write_atomically(self.state_dir / f"{UPSTREAM_FILE}.rendered", text)
-        env = dict(os.environ, NGINX_CONF_DIR=str(self.state_dir), NGINX_PREFIX=str(self.state_dir),
+        env = dict(os.environ, NGINX_CONF_DIR=str(self.state_dir), NGINX_PREFIX=str(self.prefix),
                    NGINX_BIN=self.binary)
         result = subprocess.run(["sh", str(APPLY_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
         output = (result.stdout + result.stderr).strip()
@@ -209,7 +210,7 @@ class Watcher:
         self.consul = args.consul if "://" in args.consul else f"http://{args.consul}"
         self.service = args.service
         self.state_dir = Path(args.state_dir).resolve()
-        self.nginx = Nginx(self.state_dir, args.nginx)
+        self.nginx = Nginx(self.state_dir, args.nginx, Path(args.prefix).resolve() if args.prefix else None)
         self.listen = f"{args.bind}:{args.port}" if args.bind else str(args.port)
         self.block_wait = args.block_wait
         self.wait_min = args.wait_min
@@ -363,7 +364,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     default_consul = f"{os.environ.get('CONSUL_HOST', 'consul-client')}:{os.environ.get('CONSUL_PORT', '8500')}"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state-dir", required=True,
-                        help="folder for NGINX's configuration, pid, logs and temp files")
+                        help="folder for NGINX's configuration (and, without --prefix, its pid, logs and temp files)")
     parser.add_argument("--consul", default=default_consul,
                         help="the Consul agent: host:port or its URL (default: CONSUL_HOST:CONSUL_PORT)")
     parser.add_argument("--service", default="messenger", help="Consul service to balance (default: messenger)")
@@ -371,6 +372,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="port NGINX listens on (default: LB_PORT or 8085)")
     parser.add_argument("--bind", default=os.environ.get("LB_BIND", ""),
                         help="address NGINX listens on (default: all)")
+    parser.add_argument("--prefix", help="folder for NGINX's pid, logs and temp files (default: the state folder)")
     parser.add_argument("--nginx", default="nginx", help="the nginx binary")
     parser.add_argument("--block-wait", type=float, default=55.0,
                         help="seconds Consul may hold a blocking query")

@@ -1,8 +1,6 @@
-"""The Docker path, checked as far as a machine without a Docker engine can.
-
-No engine runs here, so images are not built: the compose file is parsed by
-docker-compose itself, every Dockerfile goes through hadolint, and the
-container entry point (consul_env.py) runs for real against a Consul agent.
+"""The Docker path's files, checked without an engine: the compose file parsed by docker-compose itself, every
+Dockerfile (the stand-ins' too) through hadolint, the Docker scripts through shellcheck, and the container entry point
+(consul_env.py) run for real against a Consul agent. tests/docker/ builds the images and runs them on a real engine.
 """
 
 import os
@@ -16,22 +14,50 @@ import pytest
 
 from tests.support.processes import REPO_ROOT
 
-DOCKERFILES = sorted([*REPO_ROOT.glob("docker/**/Dockerfile"), *REPO_ROOT.glob("load-balancer/**/Dockerfile")])
+DOCKERFILES = sorted([*REPO_ROOT.glob("docker/**/Dockerfile"), *REPO_ROOT.glob("load-balancer/**/Dockerfile"),
+                      *REPO_ROOT.glob("tests/docker/stand-ins/*/Dockerfile")])
 COMPOSE = REPO_ROOT / "docker" / "compose.yaml"
+DOCKER_ENV = REPO_ROOT / "docker" / ".env"
 HADOLINT = Path(sys.executable).with_name("hadolint")
+SHELLCHECK = Path(sys.executable).with_name("shellcheck")
+DOCKER_SCRIPTS = ["scripts/ensure-docker.sh", "scripts/build-docker-images.sh", "tests/docker/stand-ins/build.sh",
+                  *(str(p.relative_to(REPO_ROOT)) for p in REPO_ROOT.glob("tests/docker/stand-ins/*/*.sh"))]
 
 
-def test_compose_file_is_valid_and_pins_the_platform():
+def docker_env() -> dict[str, str]:
+    lines = (line for line in DOCKER_ENV.read_text().splitlines() if line and not line.startswith("#"))
+    return dict(line.split("=", 1) for line in lines)
+
+
+def test_compose_file_is_valid_and_takes_versions_and_host_ports_from_docker_env():
     assert shutil.which("docker-compose"), "docker-compose is installed by scripts/install-system-deps.sh"
     result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
-                            timeout=60)
+                            timeout=60, env={"PATH": os.environ["PATH"]})
     assert result.returncode == 0, result.stderr
     rendered = result.stdout
-    assert "image: hashicorp/consul:1.14.4" in rendered
-    assert "image: rabbitmq:3.11.4-management-alpine" in rendered
-    assert "image: postgres:15.1" in rendered
+    versions = docker_env()
+    # The seed's platform versions, declared once (docker/.env) for compose and the deploy scripts alike.
+    assert versions["CONSUL_IMAGE"] == "hashicorp/consul:1.14.4"
+    assert versions["RABBITMQ_IMAGE"] == "rabbitmq:3.11.4-management-alpine"
+    assert versions["POSTGRES_IMAGE"] == "postgres:15.1"
+    for name in ("CONSUL_IMAGE", "RABBITMQ_IMAGE", "POSTGRES_IMAGE"):
+        assert f"image: {versions[name]}" in rendered
+        assert f"${{{name}}}" in COMPOSE.read_text()
     assert re.search(r"replicas: 3", rendered)
-    assert "8085:8085" in rendered or "published: 8085" in rendered
+    for port in ("5672", "15672", "8500", "8085"):
+        assert f"published: {port}" in rendered
+    assert not re.search(r"apt-get|apk add|pip install", COMPOSE.read_text()), "no container installs at run time"
+
+
+def test_deploy_scripts_name_no_image_version_of_their_own():
+    for script in (REPO_ROOT / "infrastructure").glob("*.sh"):
+        assert not re.search(r"(hashicorp/consul|rabbitmq|postgres):\d", script.read_text()), script.name
+
+
+def test_docker_scripts_pass_shellcheck():
+    result = subprocess.run([str(SHELLCHECK), "-x", *DOCKER_SCRIPTS], cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=[str(p.relative_to(REPO_ROOT)) for p in DOCKERFILES])

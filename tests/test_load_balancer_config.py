@@ -102,7 +102,7 @@ def test_consul_template_retries_forever_and_renders_where_nginx_apply_reads():
 
     template = config["template"]
     assert template["source"] == copies["nginx.ctmpl"]
-    conf_dir = Path(copies["nginx.conf"]).parent
+    conf_dir = Path(copies["messenger-upstream.conf"]).parent
     assert Path(template["destination"]) == conf_dir / "messenger-upstream.conf.rendered"
     assert template["command"] == f"{copies['nginx-apply.sh']} --exit-zero"
     assert copies["consul-template-config.hcl"] in (LB_DIR / "docker-entrypoint.sh").read_text()
@@ -137,9 +137,10 @@ def test_docker_runtime_runs_the_seeds_container(fake_docker, tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert [call["argv"] for call in fake_docker("run")] == [[
-        "run", "--rm", "-d", "--name", "messenger-lb", "-e", "CONSUL_URL=consul-client:8500",
-        "-p", "8085:8085", "--network", "mm_2023", "messenger-lb"]]
-    assert "messenger-lb: container started, answering on port 8085" in result.stderr
+        "run", "-d", "--restart", "unless-stopped", "--name", "messenger-lb", "--network", "mm_2023",
+        "-e", "CONSUL_URL=consul-client:8500", "-p", "8085:8085", "messenger-lb"]]
+    assert "messenger-lb: container started" in result.stderr
+    assert "messenger-lb: answering on port 8085" in result.stderr
 
 
 # --- nginx-apply.sh against a real NGINX --------------------------------------------------

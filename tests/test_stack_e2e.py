@@ -1,7 +1,7 @@
 """The whole system as `make up` runs it, end to end: the tutorial's final transcript through port 8085's
 stand-in, spread over three instances, events on chat_queue, scaling under load, and `make down`.
 
-Runs the real Makefile targets in the local-process runtime (no Docker engine here): a Consul agent,
+Runs the real Makefile targets in the local-process runtime (tests/docker/ runs the Docker one): a Consul agent,
 this machine's PostgreSQL and RabbitMQ, the migrator job, three gunicorn instances, the Celery worker
 and NGINX. Ports and the state folder are the test's own, so nothing collides with a stack a
 developer keeps running.
@@ -9,7 +9,6 @@ developer keeps running.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -17,52 +16,29 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support.load_balancer import ClientLoop, Topology
-from tests.support.processes import REPO_ROOT, free_port, port_open, wait_until
-from tests.support.rabbitmq import QueueReader, RabbitVhost
+from tests.support.processes import REPO_ROOT, free_port, port_open
+from tests.support.stack import SEED, Stack, run_tutorial_transcript, scale_to_five_and_back_under_load
 
 pytestmark = pytest.mark.slow
 
-SEED = ["James Blanderphone", "Normalavian Ropetoter", "Flambaravo Chortleblatt"]
 
-
-class Stack:
-    """`make up|down|ps|scale|reset-db` with this test's ports, state folder and database."""
-
-    def request(self, *args, **kwargs) -> tuple[int, bytes, dict]:
-        """One request through the load balancer on a new connection (Topology's, on this stack's port)."""
-        return Topology.request(self, *args, **kwargs)  # type: ignore[arg-type]
+class LocalStack(Stack):
+    """The local-process runtime with this test's ports, state folder and database."""
 
     def __init__(self, state_dir: Path, database: str):
         self.state_dir = state_dir
         self.database = database
-        self.lb_port = free_port()
         self.consul_port = free_port()
-        self.env = {
-            **os.environ,
+        lb_port = free_port()
+        super().__init__({
             "MESSENGER_RUNTIME": "local",
             "MESSENGER_STATE_DIR": str(state_dir),
             "MESSENGER_DB_NAME": database,
             "CONSUL_HOST": "127.0.0.1",
             "CONSUL_PORT": str(self.consul_port),
-            "LB_PORT": str(self.lb_port),
+            "LB_PORT": str(lb_port),
             "SHUTDOWN_DRAIN_SECONDS": "2",
-        }
-
-    def make(self, *targets: str, timeout: float = 300) -> str:
-        result = subprocess.run(["make", "--no-print-directory", *targets], cwd=REPO_ROOT, env=self.env,
-                                capture_output=True, text=True, timeout=timeout)
-        assert result.returncode == 0, f"make {' '.join(targets)} failed:\n{result.stdout}\n{result.stderr}"
-        return result.stdout + result.stderr
-
-    def post(self, path: str, body: dict, user: int | None = None) -> tuple[int, dict]:
-        headers = {"User-Id": str(user)} if user else {}
-        status, raw, _ = self.request("POST", path, body=body, headers=headers)
-        return status, json.loads(raw) if raw else {}
-
-    def get(self, path: str) -> tuple[int, dict | str, dict]:
-        status, raw, headers = self.request("GET", path)
-        return status, json.loads(raw) if raw.startswith(b"{") else raw.decode(), headers
+        }, lb_port)
 
     def processes(self) -> list[str]:
         """Command lines of live processes that belong to this stack."""
@@ -85,7 +61,7 @@ def stack(tmp_path):
     database = f"{os.environ.get('PGDATABASE', 'messenger')}_stack"
     with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-    stack = Stack(tmp_path / "state", database)
+    stack = LocalStack(tmp_path / "state", database)
     try:
         yield stack
     finally:
@@ -97,61 +73,10 @@ def test_make_up_runs_the_tutorial_end_to_end_and_make_down_leaves_nothing(stack
     assert "the stack is up" in up
     assert up.count(" passing ") == 3, up
 
-    # The notifier's queue, read as the notifier declares it; emptied first so only this run's events count.
-    reader = QueueReader(RabbitVhost("/"), "chat_queue")
-    reader.declare()
-    reader.purge()
-    try:
-        # The seed's final transcript, through the load balancer.
-        assert stack.get("/health")[:2] == (200, "OK")
-        status, body = stack.post("/conversations", {"participant_ids": [1, 2]})
-        assert status == 201 and body["conversation"]["id"] == 1
-        status, first = stack.post("/conversations/1/messages", {"content": "This is the first message"}, user=1)
-        assert status == 201
-        assert {k: first["message"][k] for k in ("id", "content", "index", "user_id", "username", "conversation_id")} == {
-            "id": 1, "content": "This is the first message", "index": 1, "user_id": 1,
-            "username": SEED[0], "conversation_id": 1}
-        status, second = stack.post("/conversations/1/messages", {"content": "This is the second message"}, user=2)
-        assert status == 201
-        assert (second["message"]["index"], second["message"]["username"]) == (2, SEED[1])
-        status, listing, _ = stack.get("/conversations/1/messages")
-        assert status == 200
-        assert [(m["id"], m["content"], m["user_id"], m["channel_id"], m["index"], m["username"])
-                for m in listing["messages"]] == [
-            (1, "This is the first message", 1, 1, 1, SEED[0]),
-            (2, "This is the second message", 2, 1, 2, SEED[1]),
-        ]
-        status, _, _ = stack.request("POST", "/conversations/1/view_horizon", body={"index": 2},
-                                     headers={"User-Id": "1"})
-        assert status == 204
-
-        # Responses come from all three instances.
-        upstreams = {stack.get("/health")[2]["Upstream-Host"] for _ in range(30)}
-        assert len(upstreams) == 3
-
-        # The worker relayed both new_message events to chat_queue.
-        events = reader.wait_for(2, timeout=30)
-        assert [json.loads(e.body) for e in events] == [
-            {"type": "new_message", "channel_id": 1, "user_id": 1, "index": 1, "participant_ids": [1, 2]},
-            {"type": "new_message", "channel_id": 1, "user_id": 2, "index": 2, "participant_ids": [1, 2]},
-        ]
-        assert [e.properties.type for e in events] == ["new_message", "new_message"]
-    finally:
-        reader.close()
+    run_tutorial_transcript(stack)
 
     # Scale to five and back to three under a steady bounded load: no request fails.
-    with ClientLoop(stack, conversation_id=1, user_id=1, threads=4, max_seconds=120) as load:
-        wait_until(lambda: load.count() >= 20, 30, what="load running")
-        scaled_up = stack.make("scale", "N=5")
-        assert scaled_up.count(" passing ") == 5, scaled_up
-        wait_until(lambda: len({o.upstream for o in load.outcomes[-60:] if o.upstream}) == 5, 30,
-                   what="traffic on all five instances")
-        scaled_down = stack.make("scale", "N=3")
-        assert scaled_down.count(" passing ") == 3, scaled_down
-        settled = load.count()
-        wait_until(lambda: load.count() >= settled + 20, 30, what="load continuing after scale-down")
-    assert load.count() >= 60
-    assert load.failures() == []
+    scale_to_five_and_back_under_load(stack)
     stored = {row[0] for row in psycopg.connect(host="127.0.0.1", user="postgres", dbname=stack.database)
               .execute("SELECT index FROM messages WHERE channel_id = 1").fetchall()}
     assert stored == set(range(1, len(stored) + 1)), "indexes stay contiguous under scaling"

@@ -238,15 +238,17 @@ def test_docker_runtime_is_chosen_when_an_engine_answers_and_runs_the_seed_conta
     assert sorted(runs) == sorted(["consul-server", "consul-client", "rabbitmq", "messenger-db-primary", instance])
     assert re.fullmatch(r"messenger-[0-9a-f]{8}", instance)
     assert runs["consul-client"]["argv"] == [
-        "run", "-d", "--rm", "--name", "consul-client", "--network", "mm_2023", "-p", "8500:8500",
-        "hashicorp/consul:1.15.4", "agent", "-client=0.0.0.0", "-retry-join=consul-server", "-node=consul-client"]
-    assert runs["messenger-db-primary"]["argv"][-1] == "postgres:15"
+        "run", "-d", "--restart", "unless-stopped", "--name", "consul-client", "--network", "mm_2023",
+        "-p", "8500:8500", "hashicorp/consul:1.14.4", "agent", "-client=0.0.0.0", "-retry-join=consul-server",
+        "-node=consul-client"]
+    assert runs["messenger-db-primary"]["argv"][-1] == "postgres:15.1"
     assert consul_agent.kv_get("amqp-host") == "rabbitmq"
     assert consul_agent.kv_get("messenger-db-host") == "messenger-db-primary"
 
     messenger = runs[instance]
-    assert messenger["argv"][:12] == ["run", "-d", "--rm", "--name", instance, "--label", "messenger.kind=messenger",
-                                      "--network", "mm_2023", "--stop-timeout", "40", "-e"]
+    assert messenger["argv"][:13] == ["run", "-d", "--restart", "unless-stopped", "--name", instance,
+                                      "--network", "mm_2023", "--label", "messenger.kind=messenger",
+                                      "--stop-timeout", "40", "-e"]
     assert messenger["argv"][-1] == "messenger"
     passed = {messenger["argv"][i + 1] for i, arg in enumerate(messenger["argv"]) if arg == "-e"}
     assert passed == INSTANCE_VARIABLES

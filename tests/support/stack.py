@@ -1,0 +1,107 @@
+"""The whole system as `make up` brings it up, driven as a person would: the Makefile's targets, then the tutorial's
+final transcript and a scaling drill through the load balancer. The local-process and the Docker end-to-end tests
+(tests/test_stack_e2e.py, tests/docker/) share these."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+from tests.support.load_balancer import ClientLoop, Topology
+from tests.support.processes import REPO_ROOT, wait_until
+from tests.support.rabbitmq import AMQP_PORT, QueueReader, RabbitVhost
+
+SEED = ["James Blanderphone", "Normalavian Ropetoter", "Flambaravo Chortleblatt"]
+
+
+class Stack:
+    """`make up|down|ps|scale|reset-db` with the caller's environment (runtime, ports, state folder)."""
+
+    request = Topology.request  # one request through the load balancer on a new connection
+
+    def __init__(self, env: dict[str, str], lb_port: int):
+        self.env = {**os.environ, **env}
+        self.lb_port = lb_port
+
+    def make(self, *targets: str, timeout: float = 300) -> str:
+        result = subprocess.run(["make", "--no-print-directory", *targets], cwd=REPO_ROOT, env=self.env,
+                                capture_output=True, text=True, timeout=timeout)
+        assert result.returncode == 0, f"make {' '.join(targets)} failed:\n{result.stdout}\n{result.stderr}"
+        return result.stdout + result.stderr
+
+    def post(self, path: str, body: dict, user: int | None = None) -> tuple[int, dict]:
+        headers = {"User-Id": str(user)} if user else {}
+        status, raw, _ = self.request("POST", path, body=body, headers=headers)
+        return status, json.loads(raw) if raw else {}
+
+    def get(self, path: str) -> tuple[int, dict, dict]:
+        status, raw, headers = self.request("GET", path)
+        return status, json.loads(raw) if raw.startswith(b"{") else raw.decode(), headers
+
+
+def run_tutorial_transcript(stack: Stack, amqp_port: int = AMQP_PORT, instances: int = 3) -> None:
+    """The seed's final transcript through the load balancer, answered by every instance, both events on chat_queue.
+
+    chat_queue is read on the stack's RabbitMQ at `amqp_port` as the notifier declares it, and emptied first, so
+    only this transcript's events count.
+    """
+    reader = QueueReader(RabbitVhost("/"), "chat_queue", port=amqp_port)
+    try:
+        reader.declare()
+        reader.purge()
+        _transcript(stack, reader, instances)
+    finally:
+        reader.close()
+
+
+def _transcript(stack: Stack, reader: QueueReader, instances: int) -> None:
+    assert stack.get("/health")[:2] == (200, "OK")
+    status, body = stack.post("/conversations", {"participant_ids": [1, 2]})
+    assert status == 201 and body["conversation"]["id"] == 1
+    status, first = stack.post("/conversations/1/messages", {"content": "This is the first message"}, user=1)
+    assert status == 201
+    assert {k: first["message"][k] for k in ("id", "content", "index", "user_id", "username", "conversation_id")} == {
+        "id": 1, "content": "This is the first message", "index": 1, "user_id": 1,
+        "username": SEED[0], "conversation_id": 1}
+    status, second = stack.post("/conversations/1/messages", {"content": "This is the second message"}, user=2)
+    assert status == 201
+    assert (second["message"]["index"], second["message"]["username"]) == (2, SEED[1])
+    status, listing, _ = stack.get("/conversations/1/messages")
+    assert status == 200
+    assert [(m["id"], m["content"], m["user_id"], m["channel_id"], m["index"], m["username"])
+            for m in listing["messages"]] == [
+        (1, "This is the first message", 1, 1, 1, SEED[0]),
+        (2, "This is the second message", 2, 1, 2, SEED[1]),
+    ]
+    status, _, _ = stack.request("POST", "/conversations/1/view_horizon", body={"index": 2}, headers={"User-Id": "1"})
+    assert status == 204
+
+    # Responses come from every instance.
+    upstreams = {stack.get("/health")[2]["Upstream-Host"] for _ in range(10 * instances)}
+    assert len(upstreams) == instances, upstreams
+
+    # The worker relayed both new_message events to chat_queue.
+    events = reader.wait_for(2, timeout=30)
+    assert [json.loads(e.body) for e in events] == [
+        {"type": "new_message", "channel_id": 1, "user_id": 1, "index": 1, "participant_ids": [1, 2]},
+        {"type": "new_message", "channel_id": 1, "user_id": 2, "index": 2, "participant_ids": [1, 2]},
+    ]
+    assert [e.properties.type for e in events] == ["new_message", "new_message"]
+
+
+def scale_to_five_and_back_under_load(stack: Stack) -> ClientLoop:
+    """`make scale N=5`, then `N=3`, under a steady bounded client loop on conversation 1; the finished loop."""
+    with ClientLoop(stack, conversation_id=1, user_id=1, threads=4, max_seconds=120) as load:
+        wait_until(lambda: load.count() >= 20, 30, what="load running")
+        scaled_up = stack.make("scale", "N=5")
+        assert scaled_up.count(" passing ") == 5, scaled_up
+        wait_until(lambda: len({o.upstream for o in load.outcomes[-60:] if o.upstream}) == 5, 30,
+                   what="traffic on all five instances")
+        scaled_down = stack.make("scale", "N=3")
+        assert scaled_down.count(" passing ") == 3, scaled_down
+        settled = load.count()
+        wait_until(lambda: load.count() >= settled + 20, 30, what="load continuing after scale-down")
+    assert load.count() >= 60
+    assert load.failures() == []
+    return load
