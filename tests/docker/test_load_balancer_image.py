@@ -34,7 +34,7 @@ class LoadBalancerSetting:
     def run(self, name: str, *args: str) -> None:
         docker("run", "-d", "--name", name, "--label", TEST_LABEL, "--network", NETWORK, *args)
 
-    def start(self) -> "LoadBalancerSetting":
+    def start(self) -> LoadBalancerSetting:
         docker("network", "create", "--label", TEST_LABEL, NETWORK)
         self.run("lb-test-consul", "-p", f"127.0.0.1:{self.consul_port}:8500", "hashicorp/consul:1.14.4")
         wait_until(self._leader, 30, interval=0.2, what="the test's Consul agent electing itself")

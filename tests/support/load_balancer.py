@@ -157,7 +157,25 @@ def _matching(tokens, start: int) -> int:
 
 # --- the whole topology, local runtime -----------------------------------------------
 
-class Topology:
+class ThroughLoadBalancer:
+    """Whatever answers on 127.0.0.1:`lb_port` behind the load balancer: a test topology or a whole stack."""
+
+    lb_port: int
+
+    def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None,
+                timeout: float = 15) -> tuple[int, bytes, dict]:
+        """One request through the load balancer on a new connection: (status, body, headers)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.lb_port, timeout=timeout)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers={"Content-Type": "application/json", **(headers or {})})
+            response = conn.getresponse()
+            return response.status, response.read(), dict(response.headers)
+        finally:
+            conn.close()
+
+
+class Topology(ThroughLoadBalancer):
     """Consul, instances from messenger-deploy.sh, and the load balancer from its deploy script."""
 
     # Short discovery timings so drills take seconds, not minutes. The drain is
@@ -273,18 +291,6 @@ class Topology:
     def get(self, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
         return http_get(f"{self.lb_url}{path}", headers=headers)
 
-    def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None,
-                timeout: float = 15) -> tuple[int, bytes, dict]:
-        """One request through the load balancer on a new connection: (status, body, headers)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.lb_port, timeout=timeout)
-        try:
-            conn.request(method, path, body=None if body is None else json.dumps(body),
-                         headers={"Content-Type": "application/json", **(headers or {})})
-            response = conn.getresponse()
-            return response.status, response.read(), dict(response.headers)
-        finally:
-            conn.close()
-
     def query(self, sql: str, params: tuple = ()) -> list[tuple]:
         """Rows from the instances' own database (not pytest's)."""
         with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname=self.database) as conn:
@@ -325,7 +331,7 @@ class ClientLoop:
     conversation's messages. Each request opens its own connection.
     """
 
-    def __init__(self, topology: Topology, conversation_id: int, user_id: int, threads: int = 6,
+    def __init__(self, topology: ThroughLoadBalancer, conversation_id: int, user_id: int, threads: int = 6,
                  max_requests: int = 6000, max_seconds: float = 60, post_every: int = 3):
         self.topology = topology
         self.path = f"/conversations/{conversation_id}/messages"

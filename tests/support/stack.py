@@ -7,18 +7,17 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from typing import Any
 
-from tests.support.load_balancer import ClientLoop, Topology
+from tests.support.load_balancer import ClientLoop, ThroughLoadBalancer
 from tests.support.processes import REPO_ROOT, wait_until
 from tests.support.rabbitmq import AMQP_PORT, QueueReader, RabbitVhost
 
 SEED = ["James Blanderphone", "Normalavian Ropetoter", "Flambaravo Chortleblatt"]
 
 
-class Stack:
+class Stack(ThroughLoadBalancer):
     """`make up|down|ps|scale|reset-db` with the caller's environment (runtime, ports, state folder)."""
-
-    request = Topology.request  # one request through the load balancer on a new connection
 
     def __init__(self, env: dict[str, str], lb_port: int):
         self.env = {**os.environ, **env}
@@ -35,7 +34,8 @@ class Stack:
         status, raw, _ = self.request("POST", path, body=body, headers=headers)
         return status, json.loads(raw) if raw else {}
 
-    def get(self, path: str) -> tuple[int, dict, dict]:
+    def get(self, path: str) -> tuple[int, Any, dict]:
+        """(status, the body as JSON, or as text when it is not JSON, headers)."""
         status, raw, headers = self.request("GET", path)
         return status, json.loads(raw) if raw.startswith(b"{") else raw.decode(), headers
 
