@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Stops what platform-deploy.sh started: the Consul and RabbitMQ containers
-# (Docker runtime), or the local Consul agent (local runtime; this machine's
-# RabbitMQ is left running, as platform-deploy.sh found it).
+# (Docker runtime), or its local programs: the Consul agents and, on several
+# hosts, the platform's RabbitMQ node (local runtime; a single host's RabbitMQ
+# is this machine's, left running as platform-deploy.sh found it). What Consul
+# and RabbitMQ hold stays on disk under the state folder for the next start.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -15,5 +17,17 @@ if [ "${MESSENGER_RUNTIME}" = docker ]; then
     fi
   done
 else
-  stop_local_process platform consul
+  # RabbitMQ first, then the servers together (a server stopped this way
+  # stays a member of the cluster, so its raft data is valid when it starts
+  # again), then this machine's agent.
+  stop_instance platform rabbitmq
+  mapfile -t SERVERS < <(local_instances platform | grep '^consul-' || true)
+  PIDS=()
+  for id in ${SERVERS[@]+"${SERVERS[@]}"}; do
+    stop_instance platform "${id}" &
+    PIDS+=("$!")
+  done
+  for pid in ${PIDS[@]+"${PIDS[@]}"}; do wait "${pid}"; done
+  stop_instance platform consul
+  stop_idle_supervisors
 fi

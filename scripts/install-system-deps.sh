@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system pieces the test suite and the local topology need, from
-# Debian's packages: NGINX, a Consul agent, Chromium for browser tests, the
+# Debian's packages: NGINX, a Consul agent, supervisord (which runs the local
+# runtime's instances and starts one again when it dies), Chromium for browser tests, the
 # benchmark tools, and docker-compose (only to validate docker/compose.yaml:
 # installed without recommends, so no Docker engine comes with it).
 # Idempotent: a machine that has everything installs nothing.
@@ -11,18 +12,18 @@
 # only ever supplies packages that bookworm lacks.
 set -euo pipefail
 
-PACKAGES=(nginx chromium chromium-driver wrk hyperfine curl jq docker-compose)
+PACKAGES=(nginx supervisor chromium chromium-driver wrk hyperfine curl jq docker-compose)
 BULLSEYE_LIST=/etc/apt/sources.list.d/messenger-bullseye.list
 BULLSEYE_PIN=/etc/apt/preferences.d/messenger-bullseye
 
 log() { printf '[install-system-deps] %s\n' "$*"; }
 
 missing=()
-for cmd in nginx chromium chromedriver wrk hyperfine curl jq docker-compose consul; do
+for cmd in nginx supervisord chromium chromedriver wrk hyperfine curl jq docker-compose consul; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-  log "all present: nginx consul chromium chromedriver wrk hyperfine curl jq docker-compose"
+  log "all present: nginx supervisord consul chromium chromedriver wrk hyperfine curl jq docker-compose"
   exit 0
 fi
 log "missing: ${missing[*]}"
@@ -65,7 +66,7 @@ $SUDO apt-get install -y -qq --no-install-recommends -t bullseye consul >/dev/nu
 # The packages' own services are never used: the project runs NGINX and Consul
 # as its own processes with its own config files.
 if command -v systemctl >/dev/null 2>&1; then
-  $SUDO systemctl disable --now nginx consul >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now nginx consul supervisor >/dev/null 2>&1 || true
 fi
 # Debian's package starts its own NGINX on port 80 where there is no systemd;
 # stop that one (by its package pid file) and no other.

@@ -138,7 +138,7 @@ def test_make_up_runs_the_tutorial_end_to_end_and_make_down_leaves_nothing(stack
         reader.close()
 
     # Scale to five and back to three under a steady bounded load: no request fails.
-    with ClientLoop(stack, conversation_id=1, user_id=1, threads=4, max_seconds=120) as load:
+    with ClientLoop(stack, conversation_id=1, user_id=1, threads=4, max_requests=30000, max_seconds=120) as load:
         wait_until(lambda: load.count() >= 20, 30, what="load running")
         scaled_up = stack.make("scale", "N=5")
         assert scaled_up.count(" passing ") == 5, scaled_up
