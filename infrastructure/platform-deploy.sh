@@ -34,15 +34,20 @@ RABBITMQ_NODE=messenger@localhost
 # from other hosts. RabbitMQ's own default allows guest on loopback only.
 RABBITMQ_CONFIG="loopback_users = none"
 
-# Several hosts: the hosts whose Consul servers form the cluster (from the caller).
+# Several hosts: the hosts whose Consul servers form the cluster (from the
+# caller), joined at Consul's standard gossip port, which every host's agent
+# uses inside its namespace; a failed join is tried again this often.
 read -r -a CONSUL_SERVER_HOSTS <<<"${CONSUL_SERVER_HOSTS:-${DEPLOY_HOST}}"
+CONSUL_SERF_LAN_PORT=8301
+CONSUL_RETRY_JOIN_INTERVAL=2s
 
 select_runtime
 require_consul_location
 
 consul_leader_elected() {
   local leader
-  leader="$(curl --silent --max-time 2 "${CONSUL_URL}/v1/status/leader" 2>/dev/null)" || return 1
+  # --fail: an agent that knows no server answers 500 with a message, not a leader.
+  leader="$(curl --silent --fail --max-time 2 "${CONSUL_URL}/v1/status/leader" 2>/dev/null)" || return 1
   [ -n "${leader}" ] && [ "${leader}" != '""' ]
 }
 
@@ -87,7 +92,8 @@ supervise_consul() {
 # One Consul server per host, a client agent here, RabbitMQ on DEPLOY_HOST.
 several_hosts() {
   local host address edge_address joins=()
-  for host in "${CONSUL_SERVER_HOSTS[@]}"; do joins+=("-retry-join=$(host_address "${host}")"); done
+  for host in "${CONSUL_SERVER_HOSTS[@]}"; do joins+=("-retry-join=$(host_address "${host}"):${CONSUL_SERF_LAN_PORT}"); done
+  joins+=("-retry-interval=${CONSUL_RETRY_JOIN_INTERVAL}")
   for host in "${CONSUL_SERVER_HOSTS[@]}"; do
     address="$(host_address "${host}")"
     supervise_consul "${host}" "consul-${host}" "$(consul_ports_file "consul-${host}")" \

@@ -30,6 +30,8 @@ DB_NAME="${MESSENGER_DB_NAME:-messenger}"
 MIGRATOR=messenger-migrator
 HOSTS="${HOSTS:-}"
 
+# Several hosts are namespaces of this machine: the local runtime's.
+[ -z "${HOSTS}" ] || MESSENGER_RUNTIME="${MESSENGER_RUNTIME:-local}"
 select_runtime
 # Where each piece runs: empty is this machine (one host).
 PLATFORM_HOST=""
