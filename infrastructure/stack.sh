@@ -42,9 +42,13 @@ if [ -n "${HOSTS}" ]; then
   [[ "${HOSTS}" =~ ^[1-9]$ ]] || die "HOSTS must be a number of hosts, 1 to 9 (not '${HOSTS}')"
   [ "${1:-}" != up ] || "${INFRA_DIR}/hosts.sh" up "${HOSTS}"
   mapfile -t ALL_HOSTS < <("${INFRA_DIR}/hosts.sh" list | head -n "${HOSTS}")
-  [ "${#ALL_HOSTS[@]}" -gt 0 ] || die "no hosts: run 'make up HOSTS=${HOSTS}' first"
-  PLATFORM_HOST="${ALL_HOSTS[0]}"
-  if [ "${#ALL_HOSTS[@]}" -gt 1 ]; then APP_HOSTS=("${ALL_HOSTS[@]:1}"); else APP_HOSTS=("${PLATFORM_HOST}"); fi
+  if [ "${#ALL_HOSTS[@]}" -gt 0 ]; then
+    PLATFORM_HOST="${ALL_HOSTS[0]}"
+    if [ "${#ALL_HOSTS[@]}" -gt 1 ]; then APP_HOSTS=("${ALL_HOSTS[@]:1}"); else APP_HOSTS=("${PLATFORM_HOST}"); fi
+  else
+    # Nothing to stop or show but what may run on this machine.
+    case "${1:-}" in down | ps) ;; *) die "no hosts: run 'make up HOSTS=${HOSTS}' first" ;; esac
+  fi
 fi
 WORKER_HOST="${APP_HOSTS[${#APP_HOSTS[@]} - 1]}"
 if [ "${MESSENGER_RUNTIME}" = docker ]; then
