@@ -54,9 +54,12 @@ bench: $(STAMP) ## Run every benchmark scenario against the running stack (make 
 	$(PY) bench/run.py
 
 # --- the whole topology (infrastructure/stack.sh) ---------------------------------
+# HOSTS=3 (up, down, ps, scale, reset-db): the same system over three hosts of
+# this machine (network namespaces; docs/hosts.md). stack.sh reads it from the
+# environment, where make puts a variable given on its command line.
 STACK := infrastructure/stack.sh
 
-up: $(STAMP) system-deps ## Bring up the whole system: Consul, RabbitMQ, PostgreSQL, migrator job, 3 instances, worker, NGINX on 8085
+up: $(STAMP) system-deps ## Bring up the whole system: Consul, RabbitMQ, PostgreSQL, migrator job, 3 instances, worker, NGINX on 8085 (HOSTS=3: over three hosts)
 	@bash $(STACK) up
 
 down: ## Stop everything `make up` started, gracefully

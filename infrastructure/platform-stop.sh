@@ -17,10 +17,12 @@ if [ "${MESSENGER_RUNTIME}" = docker ]; then
     fi
   done
 else
-  # RabbitMQ first, then the servers together (a server stopped this way
-  # stays a member of the cluster, so its raft data is valid when it starts
-  # again), then this machine's agent.
+  # RabbitMQ first; then this machine's agent, which leaves the cluster while
+  # its servers still answer; then the servers together (a server stopped this
+  # way stays a member of the cluster, so its raft data is valid when it starts
+  # again).
   stop_instance platform rabbitmq
+  stop_instance platform consul
   mapfile -t SERVERS < <(local_instances platform | grep '^consul-' || true)
   PIDS=()
   for id in ${SERVERS[@]+"${SERVERS[@]}"}; do
@@ -28,6 +30,5 @@ else
     PIDS+=("$!")
   done
   for pid in ${PIDS[@]+"${PIDS[@]}"}; do wait "${pid}"; done
-  stop_instance platform consul
   stop_idle_supervisors
 fi
