@@ -382,6 +382,11 @@ supervise() {
     *) if port_answers "${address}" "${ready}"; then die "port ${ready} on ${address} is already in use: cannot start ${id} there"; fi ;;
   esac
   ensure_supervisor "${host}"
+  # A supervisord started again (a host that was lost) starts the programs it
+  # had by itself: one of them is already this one.
+  case "$(program_state "${id}")" in
+    RUNNING | STARTING | BACKOFF) log "${id} is already running${host:+ on ${host}} (started again by its supervisord)"; return 0 ;;
+  esac
   for word in bash "${INFRA_DIR}/supervised.sh" "${pidfile}" "${envfile}" "$@"; do
     command+="${command:+ }$(supervisor_quote "${word}")"
   done

@@ -272,6 +272,19 @@ def test_a_lost_consul_server_stops_no_deploy_and_a_whole_cluster_restart_keeps_
     hosts.wait_routed_hosts({APP_HOST, LOST_HOST})
 
 
+def test_make_scale_counts_live_instances_only_and_replaces_a_dead_one(hosts):
+    """An instance its supervisor no longer runs is dead: scale removes it and deploys another."""
+    live = sorted(hosts.instance_pids())
+    dead = next(i for i in live if i.startswith(f"messenger-{APP_HOST.removeprefix('messenger-')}-"))
+    hosts.supervisorctl(APP_HOST, "stop", dead)  # stopped, as one supervisord gave up on would be
+    scaled = hosts.make("scale", "N=3")
+    assert f"replacing 1 dead instance(s): {dead}" in scaled
+    assert scaled.count(" passing ") == 3, scaled
+    now = sorted(hosts.instance_pids())
+    assert dead not in now and len(now) == 3 and set(live) - {dead} < set(now)
+    hosts.wait_routed_hosts({APP_HOST, LOST_HOST})
+
+
 def test_a_host_whose_link_is_cut_leaves_the_upstreams_and_serves_again_once_restored(hosts):
     hosts.wait_routed_hosts({APP_HOST, LOST_HOST})
     pids = hosts.instance_pids()
