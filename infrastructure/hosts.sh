@@ -76,9 +76,12 @@ down() {
       [ -z "$(ip netns pids "${host}")" ] && break
       sleep 0.1
     done
+    # The link first: deleting it removes both of its ends at once, where the
+    # kernel would remove them some time after the namespace.
+    if ip link show "$(host_link "${host}")" >/dev/null 2>&1; then ip link delete "$(host_link "${host}")"; fi
     ip netns delete "${host}"
-    # A host whose supervisord was killed leaves its pid file behind.
-    rm -f "$(supervisor_dir "${host}")/supervisord.pid"
+    # A host whose supervisord was killed leaves its pid file and socket behind.
+    rm -f "$(supervisor_dir "${host}")/supervisord.pid" "$(supervisor_socket "${host}")"
     log "${host}: removed"
   done
   if ip link show "${BRIDGE}" >/dev/null 2>&1; then

@@ -302,6 +302,13 @@ supervisorctl_on() {
   supervisorctl -c "$(supervisor_dir "${host}")/supervisord.conf" "$@"
 }
 
+# A unix socket's path is limited to 107 bytes, which a state folder deep in a
+# temporary folder may exceed: the socket sits in the temporary folder, named
+# after its supervisor folder.
+supervisor_socket() {  # [host]
+  printf '%s/messenger-supervisor-%s.sock' "${TMPDIR:-/tmp}" "$(printf '%s' "$(supervisor_dir "${1:-}")" | md5sum | cut -c1-16)"
+}
+
 supervisor_running() {  # host
   [ -f "$(supervisor_dir "$1")/supervisord.conf" ] && supervisorctl_on "$1" pid >/dev/null 2>&1
 }
@@ -312,10 +319,7 @@ ensure_supervisor() {  # host
   command -v supervisord >/dev/null 2>&1 || die "supervisord not found: run 'make system-deps'"
   dir="$(supervisor_dir "${host}")"
   mkdir -p "${dir}/programs"
-  # A unix socket's path is limited to 107 bytes, which a state folder deep in
-  # a temporary folder may exceed: the socket sits in the temporary folder,
-  # named after its supervisor folder.
-  socket="${TMPDIR:-/tmp}/messenger-supervisor-$(printf '%s' "${dir}" | md5sum | cut -c1-16).sock"
+  socket="$(supervisor_socket "${host}")"
   printf '%s\n' \
     "; Written by infrastructure/lib.sh: the supervisord of host ${host:-local}." \
     "[unix_http_server]" "file=${socket}" "chmod=0700" "" \
