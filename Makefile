@@ -61,6 +61,9 @@ bench: $(STAMP) ## Run every benchmark scenario against the running stack (make 
 	$(PY) bench/run.py
 
 # --- the whole topology (infrastructure/stack.sh) ---------------------------------
+# HOSTS=3 (up, down, ps, scale, reset-db): the same system over three hosts of
+# this machine (network namespaces; docs/hosts.md). stack.sh reads it from the
+# environment, where make puts a variable given on its command line.
 STACK := infrastructure/stack.sh
 # With MESSENGER_RUNTIME=docker, an engine must answer: started when none does.
 ENSURE_DOCKER := if [ "$${MESSENGER_RUNTIME:-}" = docker ]; then bash scripts/ensure-docker.sh start; fi
@@ -69,7 +72,7 @@ docker-images: system-deps ## Build every image the Docker topology uses (stand-
 	@bash scripts/ensure-docker.sh start
 	@bash scripts/build-docker-images.sh
 
-up: $(STAMP) system-deps ## Bring up the whole system: Consul, RabbitMQ, PostgreSQL, migrator job, 3 instances, worker, NGINX on 8085
+up: $(STAMP) system-deps ## Bring up the whole system: Consul, RabbitMQ, PostgreSQL, migrator job, 3 instances, worker, NGINX on 8085 (HOSTS=3: over three hosts)
 	@$(ENSURE_DOCKER)
 	@bash $(STACK) up
 

@@ -19,6 +19,11 @@ and port Consul and the load balancer reach it at, and an HTTP check on
 
 `stop()` deregisters, once; nothing registers after it. Registering an id that
 is already registered replaces it, so every step here is safe to repeat.
+
+An instance that died without deregistering (a SIGKILL) and that its
+supervisor starts again on the same address and port would otherwise leave
+its predecessor's entry behind, whose check the new process passes: the first
+registration takes that entry over (only one process can listen there).
 """
 
 from __future__ import annotations
@@ -104,6 +109,8 @@ class Registration:
         with self._lock:
             if self._stopped.is_set():
                 return  # deregistered for shutdown: never come back
+            if not self._registered_once:
+                self._remove_predecessors(address)
             self._client.agent.service.register(
                 self.name, service_id=self.service_id, address=address, port=self.port, check=check
             )
@@ -113,6 +120,15 @@ class Registration:
             self.service_id, *self.consul_address, address, self.port, self._check_interval,
         )
         self._registered_once = True
+
+    def _remove_predecessors(self, address: str) -> None:
+        """Deregister the agent's other entries of this service at this very address and port."""
+        for service_id, service in self._client.agent.services().items():
+            if (service_id != self.service_id and service.get("Service") == self.name
+                    and service.get("Address") == address and service.get("Port") == self.port):
+                self._client.agent.service.deregister(service_id)
+                logger.info("deregistered %s, left at %s:%s by a predecessor that did not deregister",
+                            service_id, address, self.port)
 
     def known_to_agent(self, timeout: float | None = None) -> bool:
         """Whether the agent has this instance now (a restarted agent may have forgotten it)."""

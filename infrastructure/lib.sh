@@ -36,6 +36,15 @@ MESSENGER_STATE_DIR="${MESSENGER_STATE_DIR:-${REPO_ROOT}/.state}"
 # The project's virtualenv (`make venv`), whose gunicorn runs local instances.
 MESSENGER_VENV="${MESSENGER_VENV:-${REPO_ROOT}/.venv}"
 
+# Local runtime, several hosts (infrastructure/hosts.sh): the host this script
+# deploys onto, named by its caller (DEPLOY_HOST=messenger-host-2). Unset: this
+# machine. A host is a network namespace; what runs there is started inside it
+# (`ip netns exec`) and registers the host's own address.
+DEPLOY_HOST="${DEPLOY_HOST:-}"
+# Every host's own Consul agent answers on Consul's standard HTTP port inside
+# its namespace; the instances of that host talk to it there.
+HOST_CONSUL_PORT=8500
+
 # Progress goes to stderr, so a script's stdout carries only its result
 # (messenger-deploy.sh prints the new instance's id).
 log() { printf '[%s] %s\n' "${SCRIPT_NAME}" "$*" >&2; }
@@ -130,6 +139,12 @@ require_consul_location() {
     http://* | https://*) CONSUL_URL="${addr%/}" ;;
     *) CONSUL_URL="http://${addr%/}" ;;
   esac
+  # The script itself reads KV through its caller's agent; what it starts on a
+  # host talks to that host's own agent (as the seed's consul-client).
+  if [ -n "${DEPLOY_HOST}" ]; then
+    CONSUL_HOST=127.0.0.1
+    CONSUL_PORT="${HOST_CONSUL_PORT}"
+  fi
 }
 
 # Which script writes each key, for the message when one is missing.
@@ -178,8 +193,28 @@ kv_put() {
 
 # --- local processes -------------------------------------------------------------
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# in_host HOST COMMAND...: run COMMAND on HOST (inside its namespace), or on
+# this machine when HOST is empty.
+in_host() {
+  local host=$1
+  shift
+  if [ -n "${host}" ]; then ip netns exec "${host}" "$@"; else "$@"; fi
+}
+
+# The address a host's processes listen on and register: its address on the
+# hosts' bridge, or loopback on this machine. Stops the script when the host
+# does not exist (infrastructure/hosts.sh up makes them).
+host_address() {  # [host]
+  local host=${1:-} address
+  [ -n "${host}" ] || { echo 127.0.0.1; return 0; }
+  address="$(ip -n "${host}" -4 -o addr show dev eth0 2>/dev/null | awk '{ sub("/.*", "", $4); print $4; exit }')"
+  [ -n "${address}" ] || die "no host '${host}' (DEPLOY_HOST): bring the hosts up first (infrastructure/hosts.sh up N)"
+  echo "${address}"
+}
+
+free_port() {  # [host]: a port free on that host's address (default: this machine's loopback)
+  in_host "${1:-}" python3 -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' \
+    "$(host_address "${1:-}")"
 }
 
 port_answers() {  # host port
@@ -297,6 +332,189 @@ local_instances() {  # kind
   return 0
 }
 
+# --- supervision (local runtime) -----------------------------------------------------
+#
+# Each host runs one supervisord of its own (this machine's for the single-host
+# runtime; one inside each namespace for several hosts), started on first use.
+# Every service instance, the worker and the platform's servers are its
+# programs: it starts each in a process group of its own, starts again one that
+# dies (a SIGKILL included), and stops one with its stop signal, SIGKILLing the
+# group only after STOP_TIMEOUT_SECONDS. A program's definition is one file in
+# the supervisor folder's programs/, added and removed with `supervisorctl update`.
+
+supervisor_dir() {  # [host]
+  printf '%s/supervisor/%s' "${MESSENGER_STATE_DIR}" "${1:-local}"
+}
+
+# supervisorctl_on HOST ARG...: supervisorctl of that host's supervisord. Its
+# socket is a file, so this machine reaches every host's from here.
+supervisorctl_on() {
+  local host=$1
+  shift
+  supervisorctl -c "$(supervisor_dir "${host}")/supervisord.conf" "$@"
+}
+
+# A unix socket's path is limited to 107 bytes, which a state folder deep in a
+# temporary folder may exceed: the socket sits in the temporary folder, named
+# after its supervisor folder.
+supervisor_socket() {  # [host]
+  printf '%s/messenger-supervisor-%s.sock' "${TMPDIR:-/tmp}" "$(printf '%s' "$(supervisor_dir "${1:-}")" | md5sum | cut -c1-16)"
+}
+
+supervisor_running() {  # host
+  [ -f "$(supervisor_dir "$1")/supervisord.conf" ] && supervisorctl_on "$1" pid >/dev/null 2>&1
+}
+
+ensure_supervisor() {  # host
+  local host=$1 dir socket
+  supervisor_running "${host}" && return 0
+  command -v supervisord >/dev/null 2>&1 || die "supervisord not found: run 'make system-deps'"
+  dir="$(supervisor_dir "${host}")"
+  mkdir -p "${dir}/programs"
+  socket="$(supervisor_socket "${host}")"
+  printf '%s\n' \
+    "; Written by infrastructure/lib.sh: the supervisord of host ${host:-local}." \
+    "[unix_http_server]" "file=${socket}" "chmod=0700" "" \
+    "[supervisord]" "pidfile=${dir}/supervisord.pid" "logfile=${dir}/supervisord.log" \
+    "childlogdir=${dir}" "identifier=messenger-${host:-local}" "" \
+    "[rpcinterface:supervisor]" "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface" "" \
+    "[supervisorctl]" "serverurl=unix://${socket}" "" \
+    "[include]" "files=${dir}/programs/*.conf" >"${dir}/supervisord.conf"
+  in_host "${host}" supervisord -c "${dir}/supervisord.conf"
+  for _ in $(seq 1 100); do
+    supervisor_running "${host}" && { log "supervisord of ${host:-this machine}: running (${dir})"; return 0; }
+    sleep 0.1
+  done
+  die "supervisord of ${host:-this machine} did not answer within 10s (log: ${dir}/supervisord.log)"
+}
+
+# The host whose supervisord has program ID (empty: this machine's); fails
+# when none has it.
+supervised_host() {  # id
+  local conf host
+  for conf in "${MESSENGER_STATE_DIR}"/supervisor/*/programs/"$1".conf; do
+    [ -e "${conf}" ] || continue
+    host="$(basename "$(dirname "$(dirname "${conf}")")")"
+    [ "${host}" = local ] && host=""
+    echo "${host}"
+    return 0
+  done
+  return 1
+}
+
+# The program's state as supervisord reports it (RUNNING, STARTING, BACKOFF,
+# EXITED, FATAL, STOPPED...), or GONE when no supervisord has it.
+program_state() {  # id
+  local host state
+  host="$(supervised_host "$1")" || { echo GONE; return 0; }
+  state="$(supervisorctl_on "${host}" status "$1" 2>/dev/null | awk '{ print $2; exit }')" || true
+  echo "${state:-GONE}"
+}
+
+# A word quoted for supervisord's command line (shlex), with `%` doubled (its
+# configuration files expand %(name)s).
+supervisor_quote() {
+  local word=${1//\'/\'\\\'\'}
+  word=${word//%/%%}
+  printf "'%s'" "${word}"
+}
+
+# supervise HOST KIND ID READY ENVFILE COMMAND...
+# Adds COMMAND as program ID of HOST's supervisord, run inside that host with
+# exactly the environment in ENVFILE (through supervised.sh, which records its
+# pid), and waits until it is ready: READY is a port (it accepts connections on
+# the host's address) or `log:TEXT` (TEXT appears in its log from now on).
+# STOP_SIGNAL (default TERM) is the signal that stops it gracefully.
+supervise() {
+  local host=$1 kind=$2 id=$3 ready=$4 envfile=$5
+  shift 5
+  local pidfile logfile address log_offset word command="" pid="" n
+  pidfile="$(state_path "${kind}" "${id}" pid)"
+  logfile="$(state_path "${kind}" "${id}" log)"
+  address="$(host_address "${host}")"
+  mkdir -p "$(dirname "${pidfile}")"
+  case "${ready}" in
+    log:*) ;;
+    *) if port_answers "${address}" "${ready}"; then die "port ${ready} on ${address} is already in use: cannot start ${id} there"; fi ;;
+  esac
+  ensure_supervisor "${host}"
+  # A supervisord started again (a host that was lost) starts the programs it
+  # had by itself: one of them is already this one.
+  case "$(program_state "${id}")" in
+    RUNNING | STARTING | BACKOFF) log "${id} is already running${host:+ on ${host}} (started again by its supervisord)"; return 0 ;;
+  esac
+  for word in bash "${INFRA_DIR}/supervised.sh" "${pidfile}" "${envfile}" "$@"; do
+    command+="${command:+ }$(supervisor_quote "${word}")"
+  done
+  # The stop signal goes to the program's own process only (gunicorn's master
+  # deregisters and drains before it stops its workers); the SIGKILL after
+  # stopwaitsecs goes to its whole group.
+  printf '%s\n' "; Written by infrastructure/lib.sh (supervise): ${kind} ${id}." \
+    "[program:${id}]" "command=${command}" \
+    "autorestart=true" "startsecs=1" "startretries=3" \
+    "stopsignal=${STOP_SIGNAL:-TERM}" "stopwaitsecs=${STOP_TIMEOUT_SECONDS}" \
+    "stopasgroup=false" "killasgroup=true" \
+    "redirect_stderr=true" "stdout_logfile=${logfile//%/%%}" "stdout_logfile_maxbytes=0" \
+    >"$(supervisor_dir "${host}")/programs/${id}.conf"
+  log_offset="$(stat -c %s "${logfile}" 2>/dev/null || echo 0)"
+  rm -f "${pidfile}"
+  supervisorctl_on "${host}" update "${id}" >/dev/null
+  for n in $(seq 1 600); do
+    [ -n "${pid}" ] || pid="$(cat "${pidfile}" 2>/dev/null || true)"
+    if [ -n "${pid}" ]; then
+      case "${ready}" in
+        log:*) tail -c "+$((log_offset + 1))" "${logfile}" 2>/dev/null | grep -qF -- "${ready#log:}" && break ;;
+        *) port_answers "${address}" "${ready}" && break ;;
+      esac
+      # Exited during start-up (supervisord would start it again, with a new pid).
+      if ! process_alive "${pid}" || [ "$(cat "${pidfile}" 2>/dev/null)" != "${pid}" ]; then
+        unsupervise "${id}"
+        tail -n 40 "${logfile}" >&2 || true
+        die "${id} exited during start-up (log: ${logfile})"
+      fi
+    elif [ $((n % 20)) -eq 0 ] && [ "$(program_state "${id}")" = FATAL ]; then
+      unsupervise "${id}"
+      tail -n 40 "${logfile}" >&2 || true
+      die "${id} could not be started (log: ${logfile})"
+    fi
+    sleep 0.1
+  done
+  if [ "${n}" -eq 600 ]; then
+    unsupervise "${id}"
+    die "${id} was not ready (${ready}) within 60s (log: ${logfile})"
+  fi
+  log "${id}: running${host:+ on ${host}}, pid ${pid}, ready (${ready}), log ${logfile}"
+}
+
+# unsupervise ID: stop the program gracefully (supervisord SIGKILLs its group
+# after STOP_TIMEOUT_SECONDS) and remove it from its supervisord.
+unsupervise() {
+  local id=$1 host
+  host="$(supervised_host "${id}")" || return 0
+  supervisorctl_on "${host}" stop "${id}" >/dev/null 2>&1 || true
+  rm -f "$(supervisor_dir "${host}")/programs/${id}.conf"
+  supervisorctl_on "${host}" update "${id}" >/dev/null 2>&1 || true
+}
+
+# Shut down every supervisord left with no program, so that stopping the last
+# piece leaves no process behind.
+stop_idle_supervisors() {
+  local dir host
+  for dir in "${MESSENGER_STATE_DIR}"/supervisor/*/; do
+    [ -f "${dir}supervisord.conf" ] || continue
+    compgen -G "${dir}programs/*.conf" >/dev/null && continue
+    host="$(basename "${dir}")"
+    [ "${host}" = local ] && host=""
+    supervisor_running "${host}" || continue
+    supervisorctl_on "${host}" shutdown >/dev/null 2>&1 || true
+    for _ in $(seq 1 100); do
+      supervisor_running "${host}" || break
+      sleep 0.1
+    done
+    log "supervisord of ${host:-this machine}: stopped"
+  done
+}
+
 # --- service instances (both runtimes) ---------------------------------------------
 
 # Discovery timings every instance gets (messenger/config.py documents them):
@@ -318,17 +536,18 @@ INSTANCE_VARIABLES=(
 
 # choose_listen_address DOCKER_PORT: set PORT, BIND_HOST and CONSUL_SERVICE_ADDRESS.
 # Every container has an address of its own, so all listen on DOCKER_PORT and
-# the instance detects the address it registers; local instances share this
-# host's loopback, so each takes a free port there.
+# the instance detects the address it registers; local instances share their
+# host's address (this machine's loopback, or DEPLOY_HOST's address on the
+# hosts' bridge), so each takes a free port there.
 choose_listen_address() {
   if [ "${MESSENGER_RUNTIME}" = docker ]; then
     PORT=$1
     BIND_HOST=0.0.0.0
     CONSUL_SERVICE_ADDRESS=""
   else
-    PORT="$(free_port)"
-    BIND_HOST=127.0.0.1
-    CONSUL_SERVICE_ADDRESS=127.0.0.1
+    PORT="$(free_port "${DEPLOY_HOST}")"
+    BIND_HOST="$(host_address "${DEPLOY_HOST}")"
+    CONSUL_SERVICE_ADDRESS="${BIND_HOST}"
   fi
 }
 
@@ -337,7 +556,9 @@ choose_listen_address() {
 # caller has set. In the local runtime PORT must be a free port.
 # A caller that runs something else from the same image (the event worker) sets
 # INSTANCE_COMMAND (the command, relative to the image's PATH or the venv's
-# bin) and INSTANCE_READY (a start_local_process READY, e.g. log:ready.).
+# bin) and INSTANCE_READY (a supervise READY, e.g. log:ready.). Local
+# instances are programs of their host's supervisord (see supervise), which
+# starts one again when it dies; containers have the engine's restart policy.
 # INSTANCE_DOCKER_ARGS: more `docker run` flags for its container.
 INSTANCE_COMMAND=()
 INSTANCE_READY=""
@@ -373,10 +594,10 @@ start_instance() {
     for name in "$@"; do printf '%s=%s\n' "${name}" "${!name}"; done
   ) >"${envfile}"
   if [ "${#INSTANCE_COMMAND[@]}" -gt 0 ]; then
-    start_local_process "${kind}" "${id}" "${INSTANCE_READY:-${PORT}}" "${envfile}" \
+    supervise "${DEPLOY_HOST}" "${kind}" "${id}" "${INSTANCE_READY:-${PORT}}" "${envfile}" \
       "${MESSENGER_VENV}/bin/${INSTANCE_COMMAND[0]}" "${INSTANCE_COMMAND[@]:1}"
   else
-    start_local_process "${kind}" "${id}" "${PORT}" "${envfile}" \
+    supervise "${DEPLOY_HOST}" "${kind}" "${id}" "${PORT}" "${envfile}" \
       "${MESSENGER_VENV}/bin/gunicorn" -c messenger/gunicorn_conf.py messenger.wsgi
   fi
 }
@@ -394,8 +615,29 @@ stop_instance() {
   local kind=$1 id=$2
   if [ "${MESSENGER_RUNTIME}" = docker ]; then
     docker_remove "${id}"
+  elif supervised_host "${id}" >/dev/null; then
+    unsupervise "${id}"
+    rm -f "$(state_path "${kind}" "${id}" pid)" "$(state_path "${kind}" "${id}" env)"
+    log "${id}: stopped"
   else
     stop_local_process "${kind}" "${id}"
+  fi
+}
+
+# A local instance counts as live while its supervisord runs it or is starting
+# it again; one it gave up on (FATAL), or that no supervisord has, is dead. A
+# container is live while it runs or the engine is restarting it.
+instance_live() {  # kind id
+  if [ "${MESSENGER_RUNTIME}" = docker ]; then
+    case "$(docker inspect --format '{{.State.Status}}' "$2" 2>/dev/null)" in
+      running | restarting | created) return 0 ;;
+      *) return 1 ;;
+    esac
+  else
+    case "$(program_state "$2")" in
+      RUNNING | STARTING | BACKOFF) return 0 ;;
+      *) return 1 ;;
+    esac
   fi
 }
 

@@ -14,6 +14,12 @@
 # defaults to this machine's agent on 8500 (local) or the platform's
 # consul-client, published on this host as CONSUL_HOST_PORT (Docker; host ports
 # and image versions are docker/.env's, as for compose).
+#
+# HOSTS=N (local runtime): the same system over N hosts on this machine
+# (infrastructure/hosts.sh): a Consul server on every host, PostgreSQL and
+# RabbitMQ on the first (the platform host), the instances spread over the
+# others, the worker on the last; NGINX and a Consul client agent here, the
+# edge. The same deploy scripts, each told its host (DEPLOY_HOST).
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -22,8 +28,29 @@ source "$(dirname "$0")/lib.sh"
 INSTANCES="${STACK_INSTANCES:-3}"
 DB_NAME="${MESSENGER_DB_NAME:-messenger}"
 MIGRATOR=messenger-migrator
+HOSTS="${HOSTS:-}"
 
+# Several hosts are namespaces of this machine: the local runtime's.
+[ -z "${HOSTS}" ] || MESSENGER_RUNTIME="${MESSENGER_RUNTIME:-local}"
 select_runtime
+# Where each piece runs: empty is this machine (one host).
+PLATFORM_HOST=""
+APP_HOSTS=("")
+ALL_HOSTS=()
+if [ -n "${HOSTS}" ]; then
+  [ "${MESSENGER_RUNTIME}" = local ] || die "HOSTS=${HOSTS}: several hosts run in the local runtime only (MESSENGER_RUNTIME=local)"
+  [[ "${HOSTS}" =~ ^[1-9]$ ]] || die "HOSTS must be a number of hosts, 1 to 9 (not '${HOSTS}')"
+  [ "${1:-}" != up ] || "${INFRA_DIR}/hosts.sh" up "${HOSTS}"
+  mapfile -t ALL_HOSTS < <("${INFRA_DIR}/hosts.sh" list | head -n "${HOSTS}")
+  if [ "${#ALL_HOSTS[@]}" -gt 0 ]; then
+    PLATFORM_HOST="${ALL_HOSTS[0]}"
+    if [ "${#ALL_HOSTS[@]}" -gt 1 ]; then APP_HOSTS=("${ALL_HOSTS[@]:1}"); else APP_HOSTS=("${PLATFORM_HOST}"); fi
+  else
+    # Nothing to stop or show but what may run on this machine.
+    case "${1:-}" in down | ps) ;; *) die "no hosts: run 'make up HOSTS=${HOSTS}' first" ;; esac
+  fi
+fi
+WORKER_HOST="${APP_HOSTS[${#APP_HOSTS[@]} - 1]}"
 if [ "${MESSENGER_RUNTIME}" = docker ]; then
   export CONSUL_HOST="${CONSUL_HOST:-consul-client}" CONSUL_PORT="${CONSUL_PORT:-8500}"
   export CONSUL_HTTP_ADDR="${CONSUL_HTTP_ADDR:-127.0.0.1:${CONSUL_HOST_PORT}}"
@@ -40,7 +67,7 @@ count_instances() { instances messenger | grep -c . || true; }
 
 # The seed's challenge 4: a short-lived migrator instance runs the jobs, then stops.
 run_migrator_job() {  # manage.py commands, each as one quoted string
-  "${INFRA_DIR}/messenger-db-migrator-deploy.sh" >/dev/null
+  DEPLOY_HOST="${APP_HOSTS[0]}" "${INFRA_DIR}/messenger-db-migrator-deploy.sh" >/dev/null
   # shellcheck disable=SC2317  # called by the trap
   stop_migrator() { "${INFRA_DIR}/messenger-stop.sh" --service "${MIGRATOR}" "${MIGRATOR}" || true; }
   trap stop_migrator EXIT
@@ -72,83 +99,141 @@ wait_for_traffic() {  # every serving instance passing in Consul, and 200 throug
   die "after 60s, ${passing} of ${want} instances pass their check or the load balancer does not answer on ${LB_PORT}"
 }
 
+# Live instances per serving host, fewest first: "COUNT HOST" lines (HOST
+# empty for this machine).
+instances_per_host() {
+  local host id
+  declare -A count=()
+  for host in "${APP_HOSTS[@]}"; do count["_${host}"]=0; done
+  while read -r id; do
+    [ -n "${id}" ] || continue
+    host="$(instance_host "${id}")"
+    count["_${host}"]=$((${count["_${host}"]:-0} + 1))
+  done < <(live_instances)
+  for host in "${APP_HOSTS[@]}"; do printf '%s %s\n' "${count["_${host}"]}" "${host}"; done | sort -n -s -k1,1
+}
+
+instance_host() {  # id: its host (empty: this machine or a container)
+  if [ "${MESSENGER_RUNTIME}" = docker ]; then echo ""; else supervised_host "$1" || true; fi
+}
+
+live_instances() {
+  local id
+  while read -r id; do
+    if [ -n "${id}" ] && instance_live messenger "${id}"; then echo "${id}"; fi
+  done < <(instances messenger)
+}
+
+# N live serving instances: dead ones (their supervisor gave up on them) are
+# removed and replaced; new ones go to the host with the fewest, surplus ones
+# leave the host with the most.
 scale_to() {
-  local want=$1 have
-  have="$(count_instances)"
+  local want=$1 have host id
+  mapfile -t dead < <(comm -23 <(instances messenger | sort) <(live_instances | sort))
+  if [ "${#dead[@]}" -gt 0 ]; then
+    log "replacing ${#dead[@]} dead instance(s): ${dead[*]}"
+    "${INFRA_DIR}/messenger-stop.sh" "${dead[@]}"
+  fi
+  have="$(live_instances | grep -c . || true)"
   while [ "${have}" -lt "${want}" ]; do
-    "${INFRA_DIR}/messenger-deploy.sh" >/dev/null
+    host="$(instances_per_host | head -n 1 | cut -d' ' -f2-)"
+    DEPLOY_HOST="${host}" "${INFRA_DIR}/messenger-deploy.sh" >/dev/null
     have=$((have + 1))
   done
+  local extra=()
   if [ "${have}" -gt "${want}" ]; then
-    # The surplus stop together; each deregisters and drains before it exits.
-    mapfile -t extra < <(instances messenger | sort -V | tail -n "$((have - want))")
-    "${INFRA_DIR}/messenger-stop.sh" "${extra[@]}"
+    # One at a time from the host that has the most (its highest id first).
+    mapfile -t extra < <(live_instances | sort -V | while read -r id; do printf '%s %s\n' "${id}" "$(instance_host "${id}")"; done |
+      awk -v n="$((have - want))" '{ count[$2]++; ids[$2, count[$2]] = $1 }
+        END { for (i = 0; i < n; i++) { best = ""; max = 0
+                for (h in count) if (count[h] > max) { max = count[h]; best = h }
+                print ids[best, count[best]]; count[best]-- } }')
   fi
+  # The surplus stop together; each deregisters and drains before it exits.
+  [ "${#extra[@]}" -eq 0 ] || "${INFRA_DIR}/messenger-stop.sh" "${extra[@]}"
 }
 
 ps_report() {
-  printf '%-22s %-10s %s\n' PIECE STATE WHERE
+  printf '%-26s %-10s %s\n' PIECE STATE WHERE
   local leader
   leader="$(curl --silent --max-time 2 "${CONSUL_URL}/v1/status/leader" 2>/dev/null || true)"
   if [ -n "${leader}" ] && [ "${leader}" != '""' ]; then
-    printf '%-22s %-10s %s\n' consul up "${CONSUL_URL}/ui"
+    printf '%-26s %-10s %s\n' consul up "${CONSUL_URL}/ui"
   else
-    printf '%-22s %-10s %s\n' consul down "${CONSUL_URL}"
+    printf '%-26s %-10s %s\n' consul down "${CONSUL_URL}"
+  fi
+  if [ "${MESSENGER_RUNTIME}" = local ]; then
+    # The platform's programs, on the hosts their supervisord runs them on.
+    local kind host
+    for kind in platform messenger-db; do
+      for id in $(local_instances "${kind}"); do
+        host="$(supervised_host "${id}" || true)"
+        printf '%-26s %-10s %s\n' "${id}" "$(program_state "${id}" | tr '[:upper:]' '[:lower:]')" \
+          "${host:-this machine}, log $(state_path "${kind}" "${id}" log)"
+      done
+    done
   fi
   local health
   health="$(curl --silent --max-time 2 "${CONSUL_URL}/v1/health/service/messenger" 2>/dev/null || echo '[]')"
   local id
   while read -r id; do
     [ -n "${id}" ] || continue
-    printf '%-22s %-10s %s\n' "${id}" "$(check_status "${health}" "$(instance_match messenger "${id}")")" \
+    printf '%-26s %-10s %s\n' "${id}" "$(check_status "${health}" "$(instance_match messenger "${id}")")" \
       "$(instance_where messenger "${id}")"
   done < <(instances messenger)
   for id in $(instances messenger-worker); do
-    printf '%-22s %-10s %s\n' "${id}" running "$(instance_where messenger-worker "${id}")"
+    printf '%-26s %-10s %s\n' "${id}" running "$(instance_where messenger-worker "${id}")"
   done
   local lb_status
   lb_status="$(curl --silent --output /dev/null --write-out '%{http_code}' --max-time 2 "http://127.0.0.1:${LB_PORT}/health" || true)"
   if [ "${lb_status}" = 200 ]; then
-    printf '%-22s %-10s %s\n' load-balancer up "http://localhost:${LB_PORT}/"
+    printf '%-26s %-10s %s\n' load-balancer up "http://localhost:${LB_PORT}/"
   else
-    printf '%-22s %-10s %s\n' load-balancer "down" "http://localhost:${LB_PORT}/ (HTTP ${lb_status:-none})"
+    printf '%-26s %-10s %s\n' load-balancer "down" "http://localhost:${LB_PORT}/ (HTTP ${lb_status:-none})"
   fi
 }
 
-# What identifies an instance in Consul's catalog: its port (local: every
-# instance shares 127.0.0.1) or its container's host name (Docker).
+# What identifies an instance in Consul's catalog: its address and port
+# (local) or its container's host name (Docker).
 instance_match() {  # kind id
   if [ "${MESSENGER_RUNTIME}" = docker ]; then
     echo "host:$(docker inspect --format '{{.Config.Hostname}}' "$2" 2>/dev/null || true)"
   else
-    echo "port:$(sed -n 's/^PORT=//p' "$(state_path "$1" "$2" env)" 2>/dev/null || true)"
+    local envfile
+    envfile="$(state_path "$1" "$2" env)"
+    echo "addr:$(sed -n 's/^BIND_HOST=//p' "${envfile}" 2>/dev/null || true):$(sed -n 's/^PORT=//p' "${envfile}" 2>/dev/null || true)"
   fi
 }
 
-# The worst check status of the catalog entry matching `port:N` or `host:H`.
+# The status of the catalog entry matching `addr:ADDRESS:PORT` or `host:H`:
+# the worst of its checks (its node's included: a lost host's instances are
+# critical). An instance its supervisor started again registers anew beside
+# its predecessor's entry, so the best of the matching entries counts.
 check_status() {  # health-json match
   printf '%s' "$1" | python3 -c '
 import json, sys
 kind, _, value = sys.argv[1].partition(":")
 order = {"passing": 0, "warning": 1, "critical": 2}
+statuses = []
 for entry in json.load(sys.stdin):
     service = entry["Service"]
-    if (kind == "port" and str(service["Port"]) == value) or (kind == "host" and value and value in service["ID"]):
-        print(max((c["Status"] for c in entry["Checks"] if c.get("ServiceID")), key=order.get, default="passing"))
-        break
-else:
-    print("unregistered")' "$2" 2>/dev/null || echo unknown
+    address = "{Address}:{Port}".format(**service)
+    if (kind == "addr" and address == value) or (kind == "host" and value and value in service["ID"]):
+        statuses.append(max((c["Status"] for c in entry["Checks"]), key=order.get, default="passing"))
+print(min(statuses, key=order.get) if statuses else "unregistered")' "$2" 2>/dev/null || echo unknown
 }
 
 instance_where() {  # kind id
   if [ "${MESSENGER_RUNTIME}" = docker ]; then
     echo "container $2"
   else
-    local pid envfile port
+    local pid envfile port address host
     pid="$(running_pid "$(state_path "$1" "$2" pid)")"
     envfile="$(state_path "$1" "$2" env)"
     port="$(sed -n 's/^PORT=//p' "${envfile}" 2>/dev/null || true)"
-    echo "pid ${pid:-?}${port:+, http://127.0.0.1:${port}}, log $(state_path "$1" "$2" log)"
+    address="$(sed -n 's/^BIND_HOST=//p' "${envfile}" 2>/dev/null || true)"
+    host="$(supervised_host "$2" || true)"
+    echo "${host:+${host}, }pid ${pid:-?}${port:+, http://${address:-127.0.0.1}:${port}}, log $(state_path "$1" "$2" log)"
   fi
 }
 
@@ -160,15 +245,15 @@ build_images() {
 up() {
   [ "${MESSENGER_RUNTIME}" = docker ] && build_images
   step "platform: Consul and RabbitMQ (amqp-host, amqp-port in Consul KV)"
-  "${INFRA_DIR}/platform-deploy.sh"
+  DEPLOY_HOST="${PLATFORM_HOST}" CONSUL_SERVER_HOSTS="${ALL_HOSTS[*]}" "${INFRA_DIR}/platform-deploy.sh"
   step "database: roles and connection details in Consul KV"
-  "${INFRA_DIR}/messenger-db-deploy.sh"
+  DEPLOY_HOST="${PLATFORM_HOST}" "${INFRA_DIR}/messenger-db-deploy.sh"
   step "migrator job: create_db, migrate, seed (as messenger-migrator), then stop it"
   run_migrator_job create_db migrate seed
   step "serving instances: ${INSTANCES} of messenger"
   scale_to "${INSTANCES}"
   step "event worker"
-  "${INFRA_DIR}/messenger-worker-deploy.sh" >/dev/null
+  DEPLOY_HOST="${WORKER_HOST}" "${INFRA_DIR}/messenger-worker-deploy.sh" >/dev/null
   step "load balancer on port ${LB_PORT}"
   "${INFRA_DIR}/messenger-load-balancer-deploy.sh"
   wait_for_traffic "${INSTANCES}"
@@ -186,9 +271,17 @@ down() {
   step "event worker"
   "${INFRA_DIR}/messenger-stop.sh" --service messenger-worker --all
   step "database"
-  "${INFRA_DIR}/messenger-db-stop.sh" --volume
+  if [ -n "${HOSTS}" ]; then
+    "${INFRA_DIR}/messenger-stop.sh" --service messenger-db --all
+  else
+    "${INFRA_DIR}/messenger-db-stop.sh" --volume
+  fi
   step "platform"
   "${INFRA_DIR}/platform-stop.sh"
+  if [ -n "${HOSTS}" ]; then
+    step "hosts"
+    "${INFRA_DIR}/hosts.sh" down
+  fi
   step "stopped"
 }
 

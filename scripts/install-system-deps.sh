@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system pieces the test suite and the local topology need, from
-# Debian's packages: NGINX, a Consul agent, Chromium for browser tests, the
-# benchmark tools, and Docker: Debian's engine (docker.io; nothing starts it:
-# scripts/ensure-docker.sh does, with the project's network settings),
-# docker-compose 1.29, and debootstrap, which builds stand-ins for official
-# images where no image registry answers (tests/docker/stand-ins/).
+# Debian's packages: NGINX, a Consul agent, supervisord (which runs the local
+# runtime's instances and starts one again when it dies), Chromium for browser
+# tests, the benchmark tools, and Docker: Debian's engine (docker.io; nothing
+# starts it: scripts/ensure-docker.sh does, with the project's network
+# settings), docker-compose 1.29, and debootstrap, which builds stand-ins for
+# official images where no image registry answers (tests/docker/stand-ins/).
 # Idempotent: a machine that has everything installs nothing.
 #
 # Consul is not packaged for bookworm; Debian's older "bullseye" suite carries a
@@ -13,18 +14,18 @@
 # only ever supplies packages that bookworm lacks.
 set -euo pipefail
 
-PACKAGES=(nginx chromium chromium-driver wrk hyperfine curl jq docker.io docker-compose debootstrap)
+PACKAGES=(nginx supervisor chromium chromium-driver wrk hyperfine curl jq docker.io docker-compose debootstrap)
 BULLSEYE_LIST=/etc/apt/sources.list.d/messenger-bullseye.list
 BULLSEYE_PIN=/etc/apt/preferences.d/messenger-bullseye
 
 log() { printf '[install-system-deps] %s\n' "$*"; }
 
 missing=()
-for cmd in nginx chromium chromedriver wrk hyperfine curl jq dockerd docker-compose debootstrap consul; do
+for cmd in nginx supervisord chromium chromedriver wrk hyperfine curl jq dockerd docker-compose debootstrap consul; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 if [ "${#missing[@]}" -eq 0 ]; then
-  log "all present: nginx consul chromium chromedriver wrk hyperfine curl jq dockerd docker-compose debootstrap"
+  log "all present: nginx supervisord consul chromium chromedriver wrk hyperfine curl jq dockerd docker-compose debootstrap"
   exit 0
 fi
 log "missing: ${missing[*]}"
@@ -67,13 +68,17 @@ $SUDO apt-get install -y -qq --no-install-recommends -t bullseye consul >/dev/nu
 # The packages' own services are never used: the project runs NGINX and Consul
 # as its own processes with its own config files.
 if command -v systemctl >/dev/null 2>&1; then
-  $SUDO systemctl disable --now nginx consul docker docker.socket >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now nginx consul supervisor docker docker.socket >/dev/null 2>&1 || true
 fi
-# Where there is no systemd, docker.io's package starts an engine of its own
-# (its own address range, firewall rules): stop that one, by its init script,
-# right after installing it; the project's scripts start their own.
+# Where there is no systemd, docker.io's and supervisor's packages start a
+# daemon of their own (docker.io with its own address range and firewall
+# rules): stop each, by its init script, right after installing it; the
+# project's scripts start their own.
 if [[ " ${missing[*]} " == *" dockerd "* ]] && [ -x /etc/init.d/docker ]; then
   $SUDO /etc/init.d/docker stop >/dev/null 2>&1 || true
+fi
+if [[ " ${missing[*]} " == *" supervisord "* ]] && [ -x /etc/init.d/supervisor ]; then
+  $SUDO /etc/init.d/supervisor stop >/dev/null 2>&1 || true
 fi
 # Debian's package starts its own NGINX on port 80 where there is no systemd;
 # stop that one (by its package pid file) and no other.

@@ -11,49 +11,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.support.processes import REPO_ROOT, free_port, port_open
-from tests.support.stack import SEED, Stack, run_tutorial_transcript, scale_to_five_and_back_under_load
+from tests.support.processes import REPO_ROOT, port_open
+from tests.support.stack import SEED, LocalStack, run_tutorial_transcript, scale_to_five_and_back_under_load
 
 pytestmark = pytest.mark.slow
-
-
-class LocalStack(Stack):
-    """The local-process runtime with this test's ports, state folder and database."""
-
-    def __init__(self, state_dir: Path, database: str):
-        self.state_dir = state_dir
-        self.database = database
-        self.consul_port = free_port()
-        lb_port = free_port()
-        super().__init__({
-            "MESSENGER_RUNTIME": "local",
-            "MESSENGER_STATE_DIR": str(state_dir),
-            "MESSENGER_DB_NAME": database,
-            "CONSUL_HOST": "127.0.0.1",
-            "CONSUL_PORT": str(self.consul_port),
-            "LB_PORT": str(lb_port),
-            "SHUTDOWN_DRAIN_SECONDS": "2",
-        }, lb_port)
-
-    def processes(self) -> list[str]:
-        """Command lines of live processes that belong to this stack."""
-        found = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                environ = (proc / "environ").read_bytes()
-            except OSError:
-                continue
-            if str(self.state_dir) in cmdline or f"CONSUL_PORT={self.consul_port}".encode() in environ:
-                found.append(cmdline)
-        return found
 
 
 @pytest.fixture

@@ -6,7 +6,9 @@ agent; the local runtime's instances are real gunicorn processes on PostgreSQL.
 """
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -18,6 +20,7 @@ import psycopg
 import pytest
 
 from tests.support.infrastructure import INFRA, Infrastructure
+from tests.support.load_balancer import alive
 from tests.support.processes import ConsulAgent, free_port, http_get, port_open, wait_until
 
 pytestmark = pytest.mark.slow
@@ -155,9 +158,57 @@ def test_platform_script_starts_a_local_consul_agent_once_and_stops_it(tmp_path,
         assert int((tmp_path / "state/platform/consul.pid").read_text()) == pid
 
         stopped = infrastructure.run("platform-stop.sh")
-        assert stopped.stderr == "[platform-stop.sh] consul: stopped\n"
+        assert stopped.stderr == ("[platform-stop.sh] consul: stopped\n"
+                                  "[platform-stop.sh] supervisord of this machine: stopped\n")
         assert not (tmp_path / "state/platform/consul.pid").exists()
         assert not port_open(agent.http_port)
+        assert not alive(pid)
+    finally:
+        infrastructure.cleanup()
+        agent.cleanup()
+
+
+def _register_probe_service(agent: ConsulAgent) -> None:
+    """A service registered through the agent's API, as an instance registers itself."""
+    request = urllib.request.Request(f"{agent.url}/v1/agent/service/register", method="PUT",
+                                     data=json.dumps({"Name": "restart-probe", "ID": "restart-probe-1",
+                                                      "Port": 9}).encode())
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+def _agent_services(agent: ConsulAgent) -> set[str]:
+    status, body, _ = http_get(f"{agent.url}/v1/agent/services")
+    return set(json.loads(body)) if status == 200 else set()
+
+
+def test_local_consul_keeps_every_key_and_registration_through_a_kill_and_a_platform_restart(tmp_path, instances_db):
+    """The local runtime's Consul is a server with a data directory: restarted, it forgets nothing."""
+    agent = ConsulAgent()
+    infrastructure = Infrastructure(agent, tmp_path / "state", instances_db)
+    try:
+        infrastructure.platform_and_database()
+        _register_probe_service(agent)
+        pid = int((tmp_path / "state/platform/consul.pid").read_text())
+        assert (tmp_path / "state/platform/consul.data/raft").is_dir()
+
+        # Killed: its supervisor starts it again, with everything it held.
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: int((tmp_path / "state/platform/consul.pid").read_text()) != pid and
+                   agent.kv_get("amqp-host"), timeout=60, what="consul started again by its supervisor")
+        assert {key: agent.kv_get(key) for key in SEED_KEYS} == SEED_KEYS
+        assert "restart-probe-1" in _agent_services(agent)
+
+        # The whole platform stopped and deployed again: the same.
+        infrastructure.run("platform-stop.sh")
+        assert not port_open(agent.http_port)
+        infrastructure.run("platform-deploy.sh")
+        assert {key: agent.kv_get(key) for key in SEED_KEYS} == SEED_KEYS
+        assert "restart-probe-1" in _agent_services(agent)
+        # So an instance still deploys (its script refuses a missing key).
+        instance = infrastructure.deploy()
+        infrastructure.wait_passing(1)
+        assert instance == f"messenger-{infrastructure.port(instance)}"
     finally:
         infrastructure.cleanup()
         agent.cleanup()

@@ -91,20 +91,24 @@ def test_sigterm_leaves_the_catalog_before_the_instance_stops_accepting_connecti
     assert not (infrastructure.state_dir / "messenger" / f"{victim}.pid").exists()
 
 
-def test_sigkill_leaves_the_instance_registered_with_a_critical_check(infrastructure, consul_agent):
-    """No chance to deregister: the check turns critical (and Consul reaps it after the deregister period)."""
+def test_sigkilled_instance_is_started_again_by_its_supervisor_and_registers_anew(infrastructure, consul_agent):
+    """No chance to deregister: its entry turns critical; supervisord starts it again on its port, which replaces it."""
     infrastructure.platform_and_database()
     instance = infrastructure.deploy()
-    service_id = _service_on(infrastructure.wait_passing(1), infrastructure.port(instance))
+    port = infrastructure.port(instance)
+    service_id = _service_on(infrastructure.wait_passing(1), port)
+    pid = infrastructure.pid(instance)
 
-    os.killpg(infrastructure.pid(instance), signal.SIGKILL)  # the whole instance, as a crashed container
+    os.killpg(pid, signal.SIGKILL)  # the whole instance, as a crash would
 
     wait_until(lambda: _check_status(consul_agent, service_id) == "critical", 20, what="a critical check")
-    assert [entry["ServiceID"] for entry in consul_agent.catalog_instances("messenger")] == [service_id]
-    assert infrastructure.passing() == {}
-    # The stop script still cleans up after it.
+    [(new_id, service)] = infrastructure.wait_passing(1, timeout=60).items()
+    assert new_id != service_id and service["Port"] == port
+    assert infrastructure.pid(instance) != pid
+    # The new process took its predecessor's entry over: one entry, not two passing for one instance.
+    assert [entry["ServiceID"] for entry in consul_agent.catalog_instances("messenger")] == [new_id]
     result = infrastructure.run("messenger-stop.sh", "--all")
-    assert result.stderr == f"[messenger-stop.sh] {instance}: was not running (stale pid file removed)\n"
+    assert f"[messenger-stop.sh] {instance}: stopped\n" in result.stderr
     assert list(infrastructure.state_dir.glob("messenger/*.pid")) == []
 
 

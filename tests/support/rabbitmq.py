@@ -53,10 +53,10 @@ class Delivery:
 class QueueReader:
     """Reads a queue with pika, declaring it exactly as the notifier does (durable, no arguments)."""
 
-    def __init__(self, vhost: RabbitVhost, queue: str, port: int = AMQP_PORT):
+    def __init__(self, vhost: RabbitVhost, queue: str, port: int = AMQP_PORT, host: str = "127.0.0.1"):
         self.queue = queue
         self._connection = pika.BlockingConnection(
-            pika.ConnectionParameters("127.0.0.1", port, vhost.name, pika.PlainCredentials("guest", "guest"))
+            pika.ConnectionParameters(host, port, vhost.name, pika.PlainCredentials("guest", "guest"))
         )
         self._channel = self._connection.channel()
 

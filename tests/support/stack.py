@@ -7,13 +7,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from tests.support.load_balancer import ClientLoop, ThroughLoadBalancer
-from tests.support.processes import REPO_ROOT, wait_until
+from tests.support.processes import REPO_ROOT, free_port, wait_until
 from tests.support.rabbitmq import AMQP_PORT, QueueReader, RabbitVhost
 
 SEED = ["James Blanderphone", "Normalavian Ropetoter", "Flambaravo Chortleblatt"]
+# What the worker relays to chat_queue for the transcript's two messages.
+TRANSCRIPT_EVENTS = [
+    {"type": "new_message", "channel_id": 1, "user_id": 1, "index": 1, "participant_ids": [1, 2]},
+    {"type": "new_message", "channel_id": 1, "user_id": 2, "index": 2, "participant_ids": [1, 2]},
+]
 
 
 class Stack(ThroughLoadBalancer):
@@ -40,6 +46,41 @@ class Stack(ThroughLoadBalancer):
         return status, json.loads(raw) if raw.startswith(b"{") else raw.decode(), headers
 
 
+class LocalStack(Stack):
+    """The local-process runtime (one host, or HOSTS=N) with a test's own ports, state folder and database."""
+
+    def __init__(self, state_dir: Path, database: str, **env: str):
+        self.state_dir = state_dir
+        self.database = database
+        self.consul_port = free_port()
+        lb_port = free_port()
+        super().__init__({
+            "MESSENGER_RUNTIME": "local",
+            "MESSENGER_STATE_DIR": str(state_dir),
+            "MESSENGER_DB_NAME": database,
+            "CONSUL_HOST": "127.0.0.1",
+            "CONSUL_PORT": str(self.consul_port),
+            "LB_PORT": str(lb_port),
+            "SHUTDOWN_DRAIN_SECONDS": "2",
+            **env,
+        }, lb_port)
+
+    def processes(self) -> list[str]:
+        """Command lines of live processes that belong to this stack."""
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                environ = (proc / "environ").read_bytes()
+            except OSError:
+                continue
+            if str(self.state_dir) in cmdline or f"CONSUL_PORT={self.consul_port}".encode() in environ:
+                found.append(cmdline)
+        return found
+
+
 def run_tutorial_transcript(stack: Stack, amqp_port: int = AMQP_PORT, instances: int = 3) -> None:
     """The seed's final transcript through the load balancer, answered by every instance, both events on chat_queue.
 
@@ -56,6 +97,20 @@ def run_tutorial_transcript(stack: Stack, amqp_port: int = AMQP_PORT, instances:
 
 
 def _transcript(stack: Stack, reader: QueueReader, instances: int) -> None:
+    run_transcript(stack)
+
+    # Responses come from every instance.
+    upstreams = {stack.get("/health")[2]["Upstream-Host"] for _ in range(10 * instances)}
+    assert len(upstreams) == instances, upstreams
+
+    # The worker relayed both new_message events to chat_queue.
+    events = reader.wait_for(2, timeout=30)
+    assert [json.loads(e.body) for e in events] == TRANSCRIPT_EVENTS
+    assert [e.properties.type for e in events] == ["new_message", "new_message"]
+
+
+def run_transcript(stack: Stack) -> None:
+    """The seed's final transcript through the load balancer, on a fresh database: conversation 1, two messages."""
     assert stack.get("/health")[:2] == (200, "OK")
     status, body = stack.post("/conversations", {"participant_ids": [1, 2]})
     assert status == 201 and body["conversation"]["id"] == 1
@@ -77,22 +132,10 @@ def _transcript(stack: Stack, reader: QueueReader, instances: int) -> None:
     status, _, _ = stack.request("POST", "/conversations/1/view_horizon", body={"index": 2}, headers={"User-Id": "1"})
     assert status == 204
 
-    # Responses come from every instance.
-    upstreams = {stack.get("/health")[2]["Upstream-Host"] for _ in range(10 * instances)}
-    assert len(upstreams) == instances, upstreams
-
-    # The worker relayed both new_message events to chat_queue.
-    events = reader.wait_for(2, timeout=30)
-    assert [json.loads(e.body) for e in events] == [
-        {"type": "new_message", "channel_id": 1, "user_id": 1, "index": 1, "participant_ids": [1, 2]},
-        {"type": "new_message", "channel_id": 1, "user_id": 2, "index": 2, "participant_ids": [1, 2]},
-    ]
-    assert [e.properties.type for e in events] == ["new_message", "new_message"]
-
 
 def scale_to_five_and_back_under_load(stack: Stack) -> ClientLoop:
     """`make scale N=5`, then `N=3`, under a steady bounded client loop on conversation 1; the finished loop."""
-    with ClientLoop(stack, conversation_id=1, user_id=1, threads=4, max_seconds=120) as load:
+    with ClientLoop(stack, conversation_id=1, user_id=1, threads=4, max_requests=30000, max_seconds=120) as load:
         wait_until(lambda: load.count() >= 20, 30, what="load running")
         scaled_up = stack.make("scale", "N=5")
         assert scaled_up.count(" passing ") == 5, scaled_up
