@@ -102,9 +102,7 @@ def _hub(cur, name: str) -> tuple[int, int, int]:
         """,
         {"name": name, "count": SPREAD_CONVERSATIONS, "hub": hub},
     )
-    first, last = cur.execute(
-        "SELECT min(id), max(id) FROM channels WHERE user_low_id = %s", [hub]
-    ).fetchone()
+    first, last = cur.execute("SELECT min(id), max(id) FROM channels WHERE user_low_id = %s", [hub]).fetchone()
     assert last - first + 1 == SPREAD_CONVERSATIONS, "spread conversations must have contiguous ids"
     return hub, first, last
 
@@ -182,12 +180,22 @@ def ensure(conninfo: str) -> Dataset:
         pg_hub, pg_first, pg_last = _hub(cur, "pgbench hub")
         pg_hot_a, pg_hot_b = _user(cur, "pgbench hot a"), _user(cur, "pgbench hot b")
         dataset = Dataset(
-            hub_user=hub, spread_first=first, spread_last=last,
-            hot_conversation=_pair(cur, hot_a, hot_b), hot_user=hot_a,
-            big_conversation=big, small_conversation=small,
-            pg_hub_user=pg_hub, pg_spread_first=pg_first, pg_spread_last=pg_last,
-            pg_hot_conversation=_pair(cur, pg_hot_a, pg_hot_b), pg_hot_user=pg_hot_a,
-            small_member=small_b, big_member=big_b, chat_first=chat_first, chat_first_user=chat_first_user,
+            hub_user=hub,
+            spread_first=first,
+            spread_last=last,
+            hot_conversation=_pair(cur, hot_a, hot_b),
+            hot_user=hot_a,
+            big_conversation=big,
+            small_conversation=small,
+            pg_hub_user=pg_hub,
+            pg_spread_first=pg_first,
+            pg_spread_last=pg_last,
+            pg_hot_conversation=_pair(cur, pg_hot_a, pg_hot_b),
+            pg_hot_user=pg_hot_a,
+            small_member=small_b,
+            big_member=big_b,
+            chat_first=chat_first,
+            chat_first_user=chat_first_user,
         )
         conn.commit()
         cur.execute("ANALYZE users; ANALYZE channels; ANALYZE users_channels; ANALYZE messages; ANALYZE outbox")

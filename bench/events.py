@@ -79,21 +79,28 @@ def main() -> None:
         client = Client()
         url = f"/conversations/{conversation.pk}/messages"
         print(f"post latency, {args.posts} posts each (ms):")
-        for label, cut in (("no broker configured", None), ("broker up", ""), ("broker down (reset)", "reset"),
-                           ("broker partitioned (blackhole)", "blackhole")):
+        for label, cut in (
+            ("no broker configured", None),
+            ("broker up", ""),
+            ("broker down (reset)", "reset"),
+            ("broker partitioned (blackhole)", "blackhole"),
+        ):
             settings.CELERY_BROKER_URL = None if cut is None else broker_url
             if cut:
                 proxy.cut(cut)
             timings = []
             for n in range(args.posts):
                 started = time.monotonic()
-                response = client.post(url, {"content": f"l{n}"}, content_type="application/json",
-                                       HTTP_USER_ID=str(bob.pk))
+                response = client.post(
+                    url, {"content": f"l{n}"}, content_type="application/json", HTTP_USER_ID=str(bob.pk)
+                )
                 timings.append((time.monotonic() - started) * 1000)
                 assert response.status_code == 201, response.content
             proxy.restore()
-            print(f"  {label:<31} p50 {statistics.median(timings):6.2f}  p95 {percentile(timings, 0.95):6.2f}"
-                  f"  max {max(timings):7.2f}")
+            print(
+                f"  {label:<31} p50 {statistics.median(timings):6.2f}  p95 {percentile(timings, 0.95):6.2f}"
+                f"  max {max(timings):7.2f}"
+            )
         settings.CELERY_BROKER_URL = broker_url
         relay.relay_pending()  # leave nothing pending behind (no worker runs here)
     finally:

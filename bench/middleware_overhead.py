@@ -71,8 +71,10 @@ def main() -> None:
         "+ database deadline": DatabaseDeadlineMiddleware(view),
         "+ both": RequestObservabilityMiddleware(DatabaseDeadlineMiddleware(view)),
     }
-    figures = {name: statistics.median(per_request_us(stack, args.requests) for _ in range(5))
-               for name, stack in stacks.items()}
+    figures = {
+        name: statistics.median(per_request_us(stack, args.requests) for _ in range(5))
+        for name, stack in stacks.items()
+    }
     bare = figures["bare view"]
     for name, value in figures.items():
         extra = "" if name == "bare view" else f"  (+{value - bare:.1f} µs)"

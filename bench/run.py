@@ -87,10 +87,24 @@ def conninfo() -> str:
 
 
 def wrk(url: str, script: str, connections: int, duration: int, env: dict[str, str]) -> dict:
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--timeout", "5s", "-s",
-               str(BENCH_DIR / "wrk" / script), url]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60,
-                            env={**os.environ, "BENCH_DIR": str(BENCH_DIR), **env})
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(BENCH_DIR / "wrk" / script),
+        url,
+    ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        env={**os.environ, "BENCH_DIR": str(BENCH_DIR), **env},
+    )
     match = re.search(r"^WRK_JSON (.*)$", result.stdout, re.MULTILINE)
     if not match:
         raise RuntimeError(f"wrk printed no result:\n{result.stdout}\n{result.stderr}")
@@ -101,9 +115,26 @@ def wrk(url: str, script: str, connections: int, duration: int, env: dict[str, s
 
 def pgbench(script: Path, clients: int, duration: int, variables: dict[str, int | str], mode: str = "simple") -> dict:
     env = os.environ
-    command = ["pgbench", "-n", "-M", mode, "-f", str(script), "-c", str(clients), "-j", "2",
-               "-T", str(duration), "-h", env.get("PGHOST", "127.0.0.1"), "-p", env.get("PGPORT", "5432"),
-               "-U", env.get("PGUSER", "postgres")]
+    command = [
+        "pgbench",
+        "-n",
+        "-M",
+        mode,
+        "-f",
+        str(script),
+        "-c",
+        str(clients),
+        "-j",
+        "2",
+        "-T",
+        str(duration),
+        "-h",
+        env.get("PGHOST", "127.0.0.1"),
+        "-p",
+        env.get("PGPORT", "5432"),
+        "-U",
+        env.get("PGUSER", "postgres"),
+    ]
     for name, value in variables.items():
         command += ["-D", f"{name}={value}"]
     command.append(env.get("PGDATABASE", "messenger"))
@@ -114,8 +145,14 @@ def pgbench(script: Path, clients: int, duration: int, variables: dict[str, int 
     latency = float(re.search(r"latency average = ([\d.]+) ms", result.stdout).group(1))
     failed = re.search(r"number of failed transactions: (\d+)", result.stdout)
     processed = re.search(r"number of transactions actually processed: (\d+)", result.stdout)
-    return {"rps": tps, "p50_ms": latency, "p99_ms": float("nan"), "errors": int(failed.group(1)) if failed else 0,
-            "requests": int(processed.group(1)) if processed else 0, "note": "latency is pgbench's average"}
+    return {
+        "rps": tps,
+        "p50_ms": latency,
+        "p99_ms": float("nan"),
+        "errors": int(failed.group(1)) if failed else 0,
+        "requests": int(processed.group(1)) if processed else 0,
+        "note": "latency is pgbench's average",
+    }
 
 
 def service_statements(info: str) -> dict[str, str]:
@@ -156,9 +193,17 @@ class DirectInstance:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         parts = parse_conninfo(info)
-        env = {**os.environ, "APP_ENV": "production", "BIND_HOST": "127.0.0.1", "PORT": str(self.port),
-               "PGHOST": parts.get("host", "127.0.0.1"), "PGPORT": parts.get("port", "5432"),
-               "PGUSER": parts.get("user", "postgres"), "PGDATABASE": parts["dbname"], **extra_env}
+        env = {
+            **os.environ,
+            "APP_ENV": "production",
+            "BIND_HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "PGHOST": parts.get("host", "127.0.0.1"),
+            "PGPORT": parts.get("port", "5432"),
+            "PGUSER": parts.get("user", "postgres"),
+            "PGDATABASE": parts["dbname"],
+            **extra_env,
+        }
         for name_unset in ("CONSUL_SERVICE_NAME", "AMQPHOST", "PROMETHEUS_MULTIPROC_DIR"):
             env.pop(name_unset, None)  # reads only: no registration, no broker, metrics of its own
         if parts.get("password"):
@@ -166,7 +211,11 @@ class DirectInstance:
         self.log = open(log_folder / f"{name}.log", "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "messenger/gunicorn_conf.py", "messenger.wsgi"],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def wait_healthy(self, limit: float = 30.0) -> None:
         deadline = time.monotonic() + limit
@@ -279,7 +328,8 @@ class Stack:
             database = _postgres_database(cmdline)
             return "postgresql" if database in (None, self.database) else None
         if f"{self.state_dir}/load-balancer/nginx" in cmdline and (
-                cmdline.startswith("nginx: master") or "upstream_watcher" in cmdline):
+            cmdline.startswith("nginx: master") or "upstream_watcher" in cmdline
+        ):
             return "load balancer"
         if cmdline.startswith("consul agent") and f"-http-port {self.consul_port}" in cmdline:
             return "consul"
@@ -302,8 +352,11 @@ class Stack:
         instance_of = {}
         for process in processes:
             if process.component == "instances":
-                instance_of[process.pid] = process.parent if any(
-                    p.pid == process.parent and p.component == "instances" for p in processes) else process.pid
+                instance_of[process.pid] = (
+                    process.parent
+                    if any(p.pid == process.parent and p.component == "instances" for p in processes)
+                    else process.pid
+                )
         rss: dict[int, float] = {}
         pss = {component: 0.0 for component in COMPONENTS}
         for process in processes:
@@ -344,17 +397,24 @@ def wait_for_relay(info: str, limit: float) -> tuple[int, float]:
 def chat_base(info: str, data) -> int:
     """The lowest last index among the chat conversations: where the mixed workload's polls start."""
     with psycopg.connect(info) as conn:
-        return conn.execute("SELECT min(last_index) FROM channels WHERE id BETWEEN %s AND %s",
-                            [data.chat_first, data.chat_first + bench_dataset.CHAT_CONVERSATIONS - 1]).fetchone()[0]
+        return conn.execute(
+            "SELECT min(last_index) FROM channels WHERE id BETWEEN %s AND %s",
+            [data.chat_first, data.chat_first + bench_dataset.CHAT_CONVERSATIONS - 1],
+        ).fetchone()[0]
 
 
 def direct_reads(info: str, data, duration: int, rounds: int, log_folder: Path) -> list[tuple[str, str, list]]:
     """Open and members-only page reads on two direct instances, alternated A B A B: [(scenario, instance, rounds)]."""
-    instances = [DirectInstance("open reads", info, {"READS_REQUIRE_MEMBER": "false"}, log_folder),
-                 DirectInstance("members only", info, {"READS_REQUIRE_MEMBER": "true"}, log_folder)]
-    scenarios = [("GET page, 100 messages, User-Id of a participant",
-                  {"BENCH_PATH": f"/conversations/{data.small_conversation}/messages",
-                   "BENCH_USER": str(data.small_member)})]
+    instances = [
+        DirectInstance("open reads", info, {"READS_REQUIRE_MEMBER": "false"}, log_folder),
+        DirectInstance("members only", info, {"READS_REQUIRE_MEMBER": "true"}, log_folder),
+    ]
+    scenarios = [
+        (
+            "GET page, 100 messages, User-Id of a participant",
+            {"BENCH_PATH": f"/conversations/{data.small_conversation}/messages", "BENCH_USER": str(data.small_member)},
+        )
+    ]
     results = []
     try:
         for instance in instances:
@@ -363,8 +423,10 @@ def direct_reads(info: str, data, duration: int, rounds: int, log_folder: Path) 
             figures: dict[str, list] = {instance.name: [] for instance in instances}
             for round_number in range(rounds):
                 for instance in instances:
-                    print(f"bench: direct, {instance.name}: {name}, round {round_number + 1} ({duration}s) ...",
-                          flush=True)
+                    print(
+                        f"bench: direct, {instance.name}: {name}, round {round_number + 1} ({duration}s) ...",
+                        flush=True,
+                    )
                     before = instance.cpu_seconds()
                     result = wrk(instance.url, "get_path.lua", DIRECT_CONNECTIONS, duration, env)
                     result["instance_cpu_ms"] = (instance.cpu_seconds() - before) * 1000 / max(result["requests"], 1)
@@ -382,8 +444,12 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", "15")))
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--direct-rounds", type=int, default=2, help="A B rounds of the direct instances' reads")
-    parser.add_argument("--relay-wait", type=float, default=RELAY_WAIT_LIMIT,
-                        help="seconds the reads wait for the worker to relay the posts' events (0: no worker runs)")
+    parser.add_argument(
+        "--relay-wait",
+        type=float,
+        default=RELAY_WAIT_LIMIT,
+        help="seconds the reads wait for the worker to relay the posts' events (0: no worker runs)",
+    )
     args = parser.parse_args()
 
     for tool in ("wrk", "pgbench"):
@@ -425,43 +491,103 @@ def main() -> int:
         return run(name, wrk, args.url, "get_path.lua", conns, duration, env)
 
     def page_ceiling(name: str, conversation: int, after: int, user: int):
-        return run(name, pgbench, scripts["messages page"], conns, duration,
-                   {"conversation": conversation, "after": after, "limit": 100, "user": user,
-                    "members_only": "false"}, "prepared")
+        return run(
+            name,
+            pgbench,
+            scripts["messages page"],
+            conns,
+            duration,
+            {"conversation": conversation, "after": after, "limit": 100, "user": user, "members_only": "false"},
+            "prepared",
+        )
 
     bare_post = BENCH_DIR / "pgbench" / "post_message.sql"
-    pg_hot = run("pgbench: post, hot conversation, 64 clients", pgbench, bare_post, conns, duration,
-                 {"first_conversation": data.pg_hot_conversation, "last_conversation": data.pg_hot_conversation,
-                  "user": data.pg_hot_user})
-    hot = run("POST message, hot conversation, 64 clients", wrk, args.url, "post_message_hot.lua", conns, duration,
-              {"BENCH_CONVERSATION": str(data.hot_conversation), "BENCH_USER": str(data.hot_user)})
+    pg_hot = run(
+        "pgbench: post, hot conversation, 64 clients",
+        pgbench,
+        bare_post,
+        conns,
+        duration,
+        {
+            "first_conversation": data.pg_hot_conversation,
+            "last_conversation": data.pg_hot_conversation,
+            "user": data.pg_hot_user,
+        },
+    )
+    hot = run(
+        "POST message, hot conversation, 64 clients",
+        wrk,
+        args.url,
+        "post_message_hot.lua",
+        conns,
+        duration,
+        {"BENCH_CONVERSATION": str(data.hot_conversation), "BENCH_USER": str(data.hot_user)},
+    )
     memory_under_load, _ = stack.memory_mib()
-    pg_spread = run("pgbench: post, 1,000 conversations, 64 clients", pgbench, bare_post, conns,
-                    duration, {"first_conversation": data.pg_spread_first, "last_conversation": data.pg_spread_last,
-                               "user": data.pg_hub_user})
-    spread = run("POST message, 1,000 conversations, 64 clients", wrk, args.url, "post_message_spread.lua", conns,
-                 duration, {"BENCH_SPREAD_FIRST": str(data.spread_first), "BENCH_SPREAD_LAST": str(data.spread_last),
-                            "BENCH_USER": str(data.hub_user)})
+    pg_spread = run(
+        "pgbench: post, 1,000 conversations, 64 clients",
+        pgbench,
+        bare_post,
+        conns,
+        duration,
+        {
+            "first_conversation": data.pg_spread_first,
+            "last_conversation": data.pg_spread_last,
+            "user": data.pg_hub_user,
+        },
+    )
+    spread = run(
+        "POST message, 1,000 conversations, 64 clients",
+        wrk,
+        args.url,
+        "post_message_spread.lua",
+        conns,
+        duration,
+        {
+            "BENCH_SPREAD_FIRST": str(data.spread_first),
+            "BENCH_SPREAD_LAST": str(data.spread_last),
+            "BENCH_USER": str(data.hub_user),
+        },
+    )
     print("bench: waiting for the worker to relay the posts' events ...", flush=True)
     relayed, relay_seconds = wait_for_relay(info, args.relay_wait)
 
     small_path = f"/conversations/{data.small_conversation}/messages"
     big_path = f"/conversations/{data.big_conversation}/messages?after_index=50000"
-    pg_small = page_ceiling("pgbench: page statement, 100-message conversation", data.small_conversation, 0,
-                            data.small_member)
+    pg_small = page_ceiling(
+        "pgbench: page statement, 100-message conversation", data.small_conversation, 0, data.small_member
+    )
     small = get("GET page, 100-message conversation, User-Id", small_path, data.small_member)
     anonymous = get("GET page, 100-message conversation, anonymous (the tutorial's)", small_path)
-    pg_big = page_ceiling("pgbench: page statement, 100,000-message conversation", data.big_conversation, 50000,
-                          data.big_member)
+    pg_big = page_ceiling(
+        "pgbench: page statement, 100,000-message conversation", data.big_conversation, 50000, data.big_member
+    )
     big = get("GET page, 100,000-message conversation, User-Id", big_path, data.big_member)
-    pg_list = run("pgbench: conversation list statement, user with 1,000", pgbench, scripts["conversations page"],
-                  conns, duration, {"user": data.hub_user, "after": 0, "limit": 100}, "prepared")
+    pg_list = run(
+        "pgbench: conversation list statement, user with 1,000",
+        pgbench,
+        scripts["conversations page"],
+        conns,
+        duration,
+        {"user": data.hub_user, "after": 0, "limit": 100},
+        "prepared",
+    )
     listing = get("GET /conversations, user with 1,000, User-Id", "/conversations", data.hub_user)
-    chat = run(f"mixed chat: {bench_dataset.CHAT_CONVERSATIONS} pairs poll the tail, 1 in {CHAT_POST_EVERY} posts",
-               wrk, args.url, "chat_mixed.lua", conns, duration,
-               {"BENCH_CHAT_FIRST": str(data.chat_first), "BENCH_CHAT_FIRST_USER": str(data.chat_first_user),
-                "BENCH_CHAT_COUNT": str(bench_dataset.CHAT_CONVERSATIONS), "BENCH_CHAT_BASE": str(chat_base(info, data)),
-                "BENCH_POST_EVERY": str(CHAT_POST_EVERY)})
+    chat = run(
+        f"mixed chat: {bench_dataset.CHAT_CONVERSATIONS} pairs poll the tail, 1 in {CHAT_POST_EVERY} posts",
+        wrk,
+        args.url,
+        "chat_mixed.lua",
+        conns,
+        duration,
+        {
+            "BENCH_CHAT_FIRST": str(data.chat_first),
+            "BENCH_CHAT_FIRST_USER": str(data.chat_first_user),
+            "BENCH_CHAT_COUNT": str(bench_dataset.CHAT_CONVERSATIONS),
+            "BENCH_CHAT_BASE": str(chat_base(info, data)),
+            "BENCH_POST_EVERY": str(CHAT_POST_EVERY),
+        },
+    )
     get("GET /health", "/health")
 
     direct = direct_reads(info, data, duration, args.direct_rounds, scratch)
@@ -472,28 +598,37 @@ def main() -> int:
     print("| scenario | requests/s | p50 ms | p99 ms | errors | instances' CPU ms/request | ratio |")
     print("|---|---:|---:|---:|---:|---:|---|")
     ratios = {
-        hot["name"]: f"{hot['rps'] / pg_hot['rps']:.2f}x pgbench hot, {hot['rps'] / REFERENCE_BEST_HOT_RPS:.1f}x reference",
+        hot[
+            "name"
+        ]: f"{hot['rps'] / pg_hot['rps']:.2f}x pgbench hot, {hot['rps'] / REFERENCE_BEST_HOT_RPS:.1f}x reference",
         spread["name"]: f"{spread['rps'] / pg_spread['rps']:.0%} of pgbench spread",
         small["name"]: f"{small['rps'] / pg_small['rps']:.0%} of its statement in pgbench",
         anonymous["name"]: f"{anonymous['rps'] / small['rps']:.2f}x the page with User-Id",
         big["name"]: f"{small['rps'] / big['rps']:.2f}x slower than the 100-message page; "
-                     f"{big['rps'] / pg_big['rps']:.0%} of its statement in pgbench",
+        f"{big['rps'] / pg_big['rps']:.0%} of its statement in pgbench",
         listing["name"]: f"{listing['rps'] / pg_list['rps']:.0%} of its statement in pgbench",
         chat["name"]: f"{chat['errors']} errors",
     }
     for name, figures, cpu in rows:
         p99 = "" if figures["p99_ms"] != figures["p99_ms"] else f"{figures['p99_ms']:.1f}"
         instance_cpu = "" if name.startswith("pgbench") else f"{cpu['instances']:.2f}"
-        print(f"| {name} | {figures['rps']:.0f} | {figures['p50_ms']:.1f} | {p99} | {figures['errors']} | "
-              f"{instance_cpu} | {ratios.get(name, '')} |")
+        print(
+            f"| {name} | {figures['rps']:.0f} | {figures['p50_ms']:.1f} | {p99} | {figures['errors']} | "
+            f"{instance_cpu} | {ratios.get(name, '')} |"
+        )
     print()
     print(f"Direct instances (no load balancer), {DIRECT_CONNECTIONS} connections, alternated A B A B:")
     print()
     print("| scenario | instance | requests/s, each round | CPU ms/request, each round | errors |")
     print("|---|---|---|---|---:|")
     for name, instance, results in direct:
-        print(f"| {name} | {instance} | " + " / ".join(f"{r['rps']:.0f}" for r in results) + " | "
-              + " / ".join(f"{r['instance_cpu_ms']:.2f}" for r in results) + f" | {sum(r['errors'] for r in results)} |")
+        print(
+            f"| {name} | {instance} | "
+            + " / ".join(f"{r['rps']:.0f}" for r in results)
+            + " | "
+            + " / ".join(f"{r['instance_cpu_ms']:.2f}" for r in results)
+            + f" | {sum(r['errors'] for r in results)} |"
+        )
     by_instance = {instance: sum(r["rps"] for r in results) for _, instance, results in direct}
     print(f"\nmembers-only reads: {by_instance['members only'] / by_instance['open reads']:.2f}x the open reads' rate")
     print()
@@ -506,10 +641,14 @@ def main() -> int:
             print(f"| {name} | " + " | ".join(f"{cpu[c]:.2f}" for c in COMPONENTS) + f" | {sum(cpu.values()):.2f} |")
     print()
     print(f"events relayed between the posts and the reads: {relayed} in {relay_seconds:.1f}s")
-    print("memory (RSS, MiB) per serving instance under load: "
-          + ", ".join(f"{value:.0f}" for value in memory_under_load))
-    print("memory (PSS, MiB) by part of the stack: " + ", ".join(f"{k} {v:.0f}" for k, v in memory.items())
-          + f"; whole stack {sum(memory.values()):.0f}")
+    print(
+        "memory (RSS, MiB) per serving instance under load: " + ", ".join(f"{value:.0f}" for value in memory_under_load)
+    )
+    print(
+        "memory (PSS, MiB) by part of the stack: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in memory.items())
+        + f"; whole stack {sum(memory.values()):.0f}"
+    )
     print()
     print("targets: " + "; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
     print("integrity after the run:")

@@ -78,8 +78,9 @@ class JsonPage:
 def _rendered(items: list[dict], limit: int, cursor: str) -> JsonPage:
     """ORM rows (`limit + 1` asked for) as the JsonPage PostgreSQL would have written."""
     shown = items[:limit]
-    return JsonPage(items=render(shown).decode()[1:-1], more=len(items) > limit,
-                    last=shown[-1][cursor] if shown else None)
+    return JsonPage(
+        items=render(shown).decode()[1:-1], more=len(items) > limit, last=shown[-1][cursor] if shown else None
+    )
 
 
 def _run(sql: str, parameters: dict) -> tuple:
@@ -147,9 +148,16 @@ def messages_page(*, conversation_id: int, after_index: int, limit: int, user_id
     if members_only and user_id is None:
         raise InvalidInput(MISSING_USER_ID)
     if pg.enabled():
-        refusal, items, count, last, found = _run(MESSAGES_PAGE_SQL, {
-            "conversation": conversation_id, "after": after_index, "limit": limit, "user": user_id,
-            "members_only": members_only})
+        refusal, items, count, last, found = _run(
+            MESSAGES_PAGE_SQL,
+            {
+                "conversation": conversation_id,
+                "after": after_index,
+                "limit": limit,
+                "user": user_id,
+                "members_only": members_only,
+            },
+        )
         if refusal == _UNKNOWN_USER:
             raise unknown_user(_sent(user_id))
         if not found:
@@ -226,6 +234,7 @@ def conversations_page(*, user_id: int | None, after_id: int, limit: int) -> Jso
     # An empty page may mean "no such user": only then is it worth a query.
     if not rows and not User.objects.filter(pk=user_id).exists():
         raise unknown_user(user_id)
-    items = [{"id": row["id"], "inserted_at": presenters.timestamp(row["inserted_at"]), "name": row["name"]}
-             for row in rows]
+    items = [
+        {"id": row["id"], "inserted_at": presenters.timestamp(row["inserted_at"]), "name": row["name"]} for row in rows
+    ]
     return _rendered(items, limit, "id")

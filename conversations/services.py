@@ -157,8 +157,7 @@ def idempotency_keys_purge() -> int:
 # stays locked until commit, so concurrent posters queue on it and indexes are
 # gap-free. Works on PostgreSQL and SQLite (3.35+).
 _NEXT_INDEX_SQL = (
-    "UPDATE channels SET last_index = last_index + 1 WHERE id = %s "
-    "RETURNING last_index, user_low_id, user_high_id"
+    "UPDATE channels SET last_index = last_index + 1 WHERE id = %s RETURNING last_index, user_low_id, user_high_id"
 )
 
 

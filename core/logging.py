@@ -77,7 +77,10 @@ def _base(log_format: str) -> dict:
 
 def gunicorn_logging(*, log_format: str, level: str) -> dict:
     """gunicorn's `logconfig_dict`: its own lines (boot, worker exits) in the same format, on stderr."""
-    return {**_base(log_format), "loggers": {"gunicorn.error": {"handlers": ["console"], "level": level, "propagate": False}}}
+    return {
+        **_base(log_format),
+        "loggers": {"gunicorn.error": {"handlers": ["console"], "level": level, "propagate": False}},
+    }
 
 
 def logging_config(*, log_format: str, level: str) -> dict:

@@ -24,6 +24,7 @@ class RegistrationCollector:
         except registration.CONSUL_ERRORS:  # no agent to ask: not known to it
             registered = False
         yield GaugeMetricFamily(
-            "messenger_consul_registered", "1 while this instance is registered in Consul, else 0.",
+            "messenger_consul_registered",
+            "1 while this instance is registered in Consul, else 0.",
             value=1 if registered else 0,
         )

@@ -117,18 +117,30 @@ class Registration:
         logger.info(
             "%s %s in Consul at %s:%s (%s:%s, check every %s)",
             "registered again" if self._registered_once else "registered",
-            self.service_id, *self.consul_address, address, self.port, self._check_interval,
+            self.service_id,
+            *self.consul_address,
+            address,
+            self.port,
+            self._check_interval,
         )
         self._registered_once = True
 
     def _remove_predecessors(self, address: str) -> None:
         """Deregister the agent's other entries of this service at this very address and port."""
         for service_id, service in self._client.agent.services().items():
-            if (service_id != self.service_id and service.get("Service") == self.name
-                    and service.get("Address") == address and service.get("Port") == self.port):
+            if (
+                service_id != self.service_id
+                and service.get("Service") == self.name
+                and service.get("Address") == address
+                and service.get("Port") == self.port
+            ):
                 self._client.agent.service.deregister(service_id)
-                logger.info("deregistered %s, left at %s:%s by a predecessor that did not deregister",
-                            service_id, address, self.port)
+                logger.info(
+                    "deregistered %s, left at %s:%s by a predecessor that did not deregister",
+                    service_id,
+                    address,
+                    self.port,
+                )
 
     def known_to_agent(self, timeout: float | None = None) -> bool:
         """Whether the agent has this instance now (a restarted agent may have forgotten it)."""
@@ -160,7 +172,10 @@ class Registration:
                 # One warning per outage; the retries after it go to debug.
                 (logger.debug if failing else logger.warning)(
                     "Consul at %s:%s not reachable for %s (%s); retrying in %.1fs",
-                    *self.consul_address, self.service_id, exc, backoff,
+                    *self.consul_address,
+                    self.service_id,
+                    exc,
+                    backoff,
                 )
                 failing = True
                 wait, backoff = backoff, min(backoff * 2, self.retry_interval)
@@ -180,7 +195,10 @@ class Registration:
             except CONSUL_ERRORS as exc:
                 logger.warning(
                     "could not deregister %s from Consul (%s); Consul removes it once its check "
-                    "has been critical for %s", self.service_id, exc, self._deregister_after,
+                    "has been critical for %s",
+                    self.service_id,
+                    exc,
+                    self._deregister_after,
                 )
             else:
                 logger.info("deregistered %s from Consul", self.service_id)

@@ -66,6 +66,7 @@ class Stop(Exception):
 
 # --- rendering ---------------------------------------------------------------
 
+
 def render_upstream(service: str, instances: list[tuple[str, int]]) -> str:
     """The upstream list for these (address, port) pairs, as nginx.ctmpl renders it.
 
@@ -115,6 +116,7 @@ def write_atomically(path: Path, text: str) -> None:
 
 # --- Consul --------------------------------------------------------------------
 
+
 def fetch_passing(consul_url: str, service: str, index: int, wait: float) -> tuple[list[tuple[str, int]], int]:
     """Passing instances of `service` and Consul's index, blocking up to `wait` seconds for a change past `index`."""
     query = urllib.parse.urlencode({"passing": "true", "index": index, "wait": f"{max(int(wait * 1000), 1)}ms"})
@@ -135,6 +137,7 @@ def fetch_passing(consul_url: str, service: str, index: int, wait: float) -> tup
 
 
 # --- NGINX ---------------------------------------------------------------------
+
 
 class Nginx:
     """Our own NGINX: configuration in a state folder; pid, logs and temp files under its prefix (by default the same folder)."""
@@ -158,8 +161,7 @@ class Nginx:
             link.symlink_to(HERE / name)
         write_atomically(
             self.state_dir / LISTEN_FILE,
-            "# Written by upstream_watcher.py from LB_PORT; included by messenger-server.conf.\n"
-            f"listen {listen};\n",
+            f"# Written by upstream_watcher.py from LB_PORT; included by messenger-server.conf.\nlisten {listen};\n",
         )
 
     def master_pid(self) -> int | None:
@@ -180,8 +182,7 @@ class Nginx:
         Returns "reloaded" or "started", or None when the list was not applied.
         """
         write_atomically(self.state_dir / f"{UPSTREAM_FILE}.rendered", text)
-        env = dict(os.environ, NGINX_CONF_DIR=str(self.state_dir), NGINX_PREFIX=str(self.prefix),
-                   NGINX_BIN=self.binary)
+        env = dict(os.environ, NGINX_CONF_DIR=str(self.state_dir), NGINX_PREFIX=str(self.prefix), NGINX_BIN=self.binary)
         result = subprocess.run(["sh", str(APPLY_SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
         output = (result.stdout + result.stderr).strip()
         if result.returncode == 0:
@@ -203,6 +204,7 @@ class Nginx:
 
 # --- the watch loop --------------------------------------------------------------
 
+
 class Watcher:
     """The watch loop: Consul's passing instances in, NGINX's upstream list out."""
 
@@ -220,9 +222,20 @@ class Watcher:
         self._interruptible = False
         self._stopping = False
         self._applied_text = ""  # the upstream list NGINX runs with
-        self.status = {"pid": os.getpid(), "consul": self.consul, "service": self.service,
-                       "listen": self.listen, "consul_reachable": None, "index": 0, "instances": [],
-                       "reloaded": 0, "started": 0, "rejected": 0, "consul_errors": 0, "last_applied_at": None}
+        self.status = {
+            "pid": os.getpid(),
+            "consul": self.consul,
+            "service": self.service,
+            "listen": self.listen,
+            "consul_reachable": None,
+            "index": 0,
+            "instances": [],
+            "reloaded": 0,
+            "started": 0,
+            "rejected": 0,
+            "consul_errors": 0,
+            "last_applied_at": None,
+        }
 
     # Signals: stop at once while waiting on Consul; otherwise finish the step first.
     def _on_signal(self, signum, _frame):
@@ -321,8 +334,11 @@ class Watcher:
                 failures += 1
                 self.status["consul_errors"] += 1
                 if self.status["consul_reachable"] is not False:
-                    log.warning("Consul unreachable; NGINX keeps the last list (%d instances): %s",
-                                len(self.status["instances"]), exc)
+                    log.warning(
+                        "Consul unreachable; NGINX keeps the last list (%d instances): %s",
+                        len(self.status["instances"]),
+                        exc,
+                    )
                 self.status["consul_reachable"] = False
                 self._save_status()
                 self._sleep(min(BACKOFF_BASE * 2 ** (failures - 1), BACKOFF_MAX))
@@ -342,8 +358,10 @@ class Watcher:
                 # A Consul agent that just restarted knows no service until the
                 # instances register again and pass a check: not a reason to
                 # turn every request away yet.
-                log.info("Consul lists no passing instance right after an outage; "
-                         "keeping the last list for up to %ss", self.empty_grace)
+                log.info(
+                    "Consul lists no passing instance right after an outage; keeping the last list for up to %ss",
+                    self.empty_grace,
+                )
                 self._save_status()
                 continue
             back_since = None
@@ -354,8 +372,11 @@ class Watcher:
                 # process, the one it found in the state folder).
                 self.status["instances"] = [f"{a}:{p}" for a, p in sorted(set(instances))]
             else:
-                log.info("passing instances of %s: %s", self.service,
-                         ", ".join(f"{a}:{p}" for a, p in sorted(set(instances))) or "none")
+                log.info(
+                    "passing instances of %s: %s",
+                    self.service,
+                    ", ".join(f"{a}:{p}" for a, p in sorted(set(instances))) or "none",
+                )
                 self._apply(instances)
             self._save_status()
 
@@ -363,25 +384,45 @@ class Watcher:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     default_consul = f"{os.environ.get('CONSUL_HOST', 'consul-client')}:{os.environ.get('CONSUL_PORT', '8500')}"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--state-dir", required=True,
-                        help="folder for NGINX's configuration (and, without --prefix, its pid, logs and temp files)")
-    parser.add_argument("--consul", default=default_consul,
-                        help="the Consul agent: host:port or its URL (default: CONSUL_HOST:CONSUL_PORT)")
+    parser.add_argument(
+        "--state-dir",
+        required=True,
+        help="folder for NGINX's configuration (and, without --prefix, its pid, logs and temp files)",
+    )
+    parser.add_argument(
+        "--consul",
+        default=default_consul,
+        help="the Consul agent: host:port or its URL (default: CONSUL_HOST:CONSUL_PORT)",
+    )
     parser.add_argument("--service", default="messenger", help="Consul service to balance (default: messenger)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("LB_PORT", "8085")),
-                        help="port NGINX listens on (default: LB_PORT or 8085)")
-    parser.add_argument("--bind", default=os.environ.get("LB_BIND", ""),
-                        help="address NGINX listens on (default: all)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("LB_PORT", "8085")),
+        help="port NGINX listens on (default: LB_PORT or 8085)",
+    )
+    parser.add_argument("--bind", default=os.environ.get("LB_BIND", ""), help="address NGINX listens on (default: all)")
     parser.add_argument("--prefix", help="folder for NGINX's pid, logs and temp files (default: the state folder)")
     parser.add_argument("--nginx", default="nginx", help="the nginx binary")
-    parser.add_argument("--block-wait", type=float, default=55.0,
-                        help="seconds Consul may hold a blocking query")
-    parser.add_argument("--wait-min", type=float, default=0.25,
-                        help="quiet seconds after a change before rendering (consul-template's wait.min)")
-    parser.add_argument("--wait-max", type=float, default=1.0,
-                        help="longest wait for quiet before rendering anyway (consul-template's wait.max)")
-    parser.add_argument("--empty-grace", type=float, default=30.0,
-                        help="seconds an empty answer right after a Consul outage is not applied")
+    parser.add_argument("--block-wait", type=float, default=55.0, help="seconds Consul may hold a blocking query")
+    parser.add_argument(
+        "--wait-min",
+        type=float,
+        default=0.25,
+        help="quiet seconds after a change before rendering (consul-template's wait.min)",
+    )
+    parser.add_argument(
+        "--wait-max",
+        type=float,
+        default=1.0,
+        help="longest wait for quiet before rendering anyway (consul-template's wait.max)",
+    )
+    parser.add_argument(
+        "--empty-grace",
+        type=float,
+        default=30.0,
+        help="seconds an empty answer right after a Consul outage is not applied",
+    )
     parser.add_argument("--keep-nginx", action="store_true", help="leave NGINX running when this process stops")
     return parser.parse_args(argv)
 

@@ -132,71 +132,173 @@ class Setting:
 # The schema. Group by integration; keep each doc to one line.
 SCHEMA: tuple[Setting, ...] = (
     # --- the service -------------------------------------------------------
-    Setting("APP_ENV", "str", "Environment that selects defaults: development, test or production.",
-            default="development", choices=ENVIRONMENTS, aliases=("NODE_ENV",)),
+    Setting(
+        "APP_ENV",
+        "str",
+        "Environment that selects defaults: development, test or production.",
+        default="development",
+        choices=ENVIRONMENTS,
+        aliases=("NODE_ENV",),
+    ),
     Setting("PORT", "port", "TCP port the HTTP server listens on.", default=4000),
     Setting("BIND_HOST", "str", "Address the HTTP server binds to.", default="0.0.0.0"),
-    Setting("JSON_BODY_LIMIT", "bytes", "Largest request body accepted, with unit (20b, 100kb, 1mb); larger is refused with 413.",
-            default="100kb"),
-    Setting("SECRET_KEY", "str", "Django signing key; the API signs nothing, so a random per-process key is used when unset.",
-            secret=True, from_file=True),
+    Setting(
+        "JSON_BODY_LIMIT",
+        "bytes",
+        "Largest request body accepted, with unit (20b, 100kb, 1mb); larger is refused with 413.",
+        default="100kb",
+    ),
+    Setting(
+        "SECRET_KEY",
+        "str",
+        "Django signing key; the API signs nothing, so a random per-process key is used when unset.",
+        secret=True,
+        from_file=True,
+    ),
     Setting("DEBUG", "bool", "Django debug mode (never in production).", default=False),
     Setting("ALLOWED_HOSTS", "list", "Host headers the service answers to, comma-separated.", default="*"),
-    Setting("LOG_LEVEL", "str", "Log level of the service's own loggers.", default="INFO",
-            env_defaults={"test": "WARNING"}, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
-    Setting("LOG_FORMAT", "str", "Log line format on stdout and stderr: json (one object per line) or text (readable, for make run).",
-            default="json", env_defaults={"development": "text"}, choices=("json", "text")),
+    Setting(
+        "LOG_LEVEL",
+        "str",
+        "Log level of the service's own loggers.",
+        default="INFO",
+        env_defaults={"test": "WARNING"},
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    ),
+    Setting(
+        "LOG_FORMAT",
+        "str",
+        "Log line format on stdout and stderr: json (one object per line) or text (readable, for make run).",
+        default="json",
+        env_defaults={"development": "text"},
+        choices=("json", "text"),
+    ),
     Setting("DATA_DIR", "str", "Folder for the embedded SQLite database used when PGHOST is unset.", default="var"),
-    Setting("WEB_CONCURRENCY", "positive_int", "gunicorn worker processes per instance; one by default: scale out with more instances (each process costs ~70 MiB).",
-            default=1),
-    Setting("WEB_THREADS", "positive_int", "Threads per gunicorn worker, each with its own PostgreSQL connection.", default=4),
+    Setting(
+        "WEB_CONCURRENCY",
+        "positive_int",
+        "gunicorn worker processes per instance; one by default: scale out with more instances (each process costs ~70 MiB).",
+        default=1,
+    ),
+    Setting(
+        "WEB_THREADS",
+        "positive_int",
+        "Threads per gunicorn worker, each with its own PostgreSQL connection.",
+        default=4,
+    ),
     Setting("GRACEFUL_TIMEOUT", "float", "Seconds gunicorn lets in-flight requests finish on shutdown.", default=20),
     # --- PostgreSQL (unset PGHOST: embedded SQLite) -------------------------
     Setting("PGHOST", "str", "PostgreSQL host; unset runs on the embedded SQLite database."),
     Setting("PGPORT", "port", "PostgreSQL port.", default=5432),
     Setting("PGUSER", "str", "PostgreSQL role the service connects as.", default="postgres"),
-    Setting("PGPASSWORD", "str", "Password of PGUSER (or PGPASSWORD_FILE: a file holding it).", secret=True, from_file=True),
+    Setting(
+        "PGPASSWORD", "str", "Password of PGUSER (or PGPASSWORD_FILE: a file holding it).", secret=True, from_file=True
+    ),
     Setting("PGDATABASE", "str", "PostgreSQL database name.", default="messenger"),
     Setting("CREATE_DB_NAME", "str", "Database the create_db job creates (it connects to PGDATABASE to do so)."),
-    Setting("DB_APPLICATION_USER", "str", "Role of the serving instances; `migrate` (run as the migrator) grants it row access to every table (unset: no grants)."),
-    Setting("REQUIRE_MIGRATED_DB", "bool", "A serving instance refuses to start while the database has unapplied migrations (the migrator instance turns this off).",
-            default=True),
-    Setting("PG_CONNECT_TIMEOUT", "duration", "Longest wait for a new PostgreSQL connection (whole seconds, at least 2s as libpq requires).",
-            default="5s"),
-    Setting("PG_STATEMENT_TIMEOUT", "duration", "Longest a single SQL statement may run before PostgreSQL cancels it (0 disables).",
-            default="5s"),
-    Setting("PG_FAST_PATHS", "bool", "On PostgreSQL, answer message posts, message pages and conversation lists with one prepared statement each (off: the portable ORM path; needed behind a transaction-pooling pgbouncer).",
-            default=True),
+    Setting(
+        "DB_APPLICATION_USER",
+        "str",
+        "Role of the serving instances; `migrate` (run as the migrator) grants it row access to every table (unset: no grants).",
+    ),
+    Setting(
+        "REQUIRE_MIGRATED_DB",
+        "bool",
+        "A serving instance refuses to start while the database has unapplied migrations (the migrator instance turns this off).",
+        default=True,
+    ),
+    Setting(
+        "PG_CONNECT_TIMEOUT",
+        "duration",
+        "Longest wait for a new PostgreSQL connection (whole seconds, at least 2s as libpq requires).",
+        default="5s",
+    ),
+    Setting(
+        "PG_STATEMENT_TIMEOUT",
+        "duration",
+        "Longest a single SQL statement may run before PostgreSQL cancels it (0 disables).",
+        default="5s",
+    ),
+    Setting(
+        "PG_FAST_PATHS",
+        "bool",
+        "On PostgreSQL, answer message posts, message pages and conversation lists with one prepared statement each (off: the portable ORM path; needed behind a transaction-pooling pgbouncer).",
+        default=True,
+    ),
     # --- RabbitMQ (unset AMQPHOST: no broker, events wait in the outbox) ---
     Setting("AMQPHOST", "str", "RabbitMQ host; unset means no broker (events stay in the outbox)."),
     Setting("AMQPPORT", "port", "RabbitMQ port.", default=5672),
     Setting("AMQPUSER", "str", "RabbitMQ user.", default="guest"),
-    Setting("AMQPPASSWORD", "str", "RabbitMQ password (or AMQPPASSWORD_FILE).", default="guest", secret=True, from_file=True),
+    Setting(
+        "AMQPPASSWORD", "str", "RabbitMQ password (or AMQPPASSWORD_FILE).", default="guest", secret=True, from_file=True
+    ),
     Setting("AMQPVHOST", "str", "RabbitMQ virtual host.", default="/"),
-    Setting("EVENTS_SWEEP_INTERVAL", "duration", "How often the worker's beat relays outbox events still pending (broker or worker was down).",
-            default="10s"),
-    Setting("EVENTS_RELAY_BATCH", "positive_int", "Outbox events published per relay transaction; a relay killed mid-batch resends at most this many.",
-            default=100),
+    Setting(
+        "EVENTS_SWEEP_INTERVAL",
+        "duration",
+        "How often the worker's beat relays outbox events still pending (broker or worker was down).",
+        default="10s",
+    ),
+    Setting(
+        "EVENTS_RELAY_BATCH",
+        "positive_int",
+        "Outbox events published per relay transaction; a relay killed mid-batch resends at most this many.",
+        default=100,
+    ),
     # --- Consul --------------------------------------------------------------
     Setting("CONSUL_SERVICE_NAME", "str", "Name this instance registers under in Consul; unset means do not register."),
     Setting("CONSUL_HOST", "str", "Host of the Consul agent.", default="consul-client"),
     Setting("CONSUL_PORT", "port", "HTTP port of the Consul agent.", default=8500),
-    Setting("CONSUL_SERVICE_ADDRESS", "str", "Address registered for this instance; unset: the address this host uses to reach the Consul agent."),
+    Setting(
+        "CONSUL_SERVICE_ADDRESS",
+        "str",
+        "Address registered for this instance; unset: the address this host uses to reach the Consul agent.",
+    ),
     Setting("CONSUL_CHECK_INTERVAL", "duration", "How often Consul calls this instance's /health.", default="15s"),
-    Setting("CONSUL_DEREGISTER_CRITICAL_AFTER", "duration", "Consul removes an instance whose check stays critical this long (Consul enforces at least 1m).",
-            default="1m"),
-    Setting("CONSUL_RETRY_INTERVAL", "duration", "Longest wait between registration attempts while Consul is unreachable; also how often the registration is verified.",
-            default="10s"),
-    Setting("SHUTDOWN_DRAIN_SECONDS", "float", "Seconds a registered instance keeps serving after deregistering on SIGTERM/SIGINT, so the load balancer drops it first.",
-            default=5, env_defaults={"test": 0.5}),
+    Setting(
+        "CONSUL_DEREGISTER_CRITICAL_AFTER",
+        "duration",
+        "Consul removes an instance whose check stays critical this long (Consul enforces at least 1m).",
+        default="1m",
+    ),
+    Setting(
+        "CONSUL_RETRY_INTERVAL",
+        "duration",
+        "Longest wait between registration attempts while Consul is unreachable; also how often the registration is verified.",
+        default="10s",
+    ),
+    Setting(
+        "SHUTDOWN_DRAIN_SECONDS",
+        "float",
+        "Seconds a registered instance keeps serving after deregistering on SIGTERM/SIGINT, so the load balancer drops it first.",
+        default=5,
+        env_defaults={"test": 0.5},
+    ),
     # --- API behaviour and observability -------------------------------------
-    Setting("READS_REQUIRE_MEMBER", "bool", "Only participants may read a conversation's messages (User-Id required); off keeps the tutorial's open reads.",
-            default=False),
-    Setting("IDEMPOTENCY_KEY_TTL", "duration", "How long an Idempotency-Key on a message post is remembered; a replay after that posts again.",
-            default="24h"),
-    Setting("METRICS_TOKEN", "str", "Bearer token that GET /metrics requires; unset leaves /metrics open (keep it off the public load balancer).",
-            secret=True, from_file=True),
-    Setting("PROMETHEUS_MULTIPROC_DIR", "str", "Folder where gunicorn's workers share metric files; unset: gunicorn makes a fresh temporary one."),
+    Setting(
+        "READS_REQUIRE_MEMBER",
+        "bool",
+        "Only participants may read a conversation's messages (User-Id required); off keeps the tutorial's open reads.",
+        default=False,
+    ),
+    Setting(
+        "IDEMPOTENCY_KEY_TTL",
+        "duration",
+        "How long an Idempotency-Key on a message post is remembered; a replay after that posts again.",
+        default="24h",
+    ),
+    Setting(
+        "METRICS_TOKEN",
+        "str",
+        "Bearer token that GET /metrics requires; unset leaves /metrics open (keep it off the public load balancer).",
+        secret=True,
+        from_file=True,
+    ),
+    Setting(
+        "PROMETHEUS_MULTIPROC_DIR",
+        "str",
+        "Folder where gunicorn's workers share metric files; unset: gunicorn makes a fresh temporary one.",
+    ),
 )
 
 SCHEMA_BY_NAME = {s.name: s for s in SCHEMA}
@@ -308,6 +410,7 @@ def load(env: Mapping[str, str] | None = None) -> Config:
 
 
 # --- documentation rendered from the schema (docs/configuration.md, .env.example) -----
+
 
 def markdown_table() -> str:
     """The schema as the configuration table of docs/configuration.md."""

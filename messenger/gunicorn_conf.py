@@ -105,8 +105,9 @@ def _deregister_then(stop, server):
 
     def handle():
         if discovery.stop():
-            server.log.info("Deregistered from Consul; serving %ss more before stopping",
-                            _config.SHUTDOWN_DRAIN_SECONDS)
+            server.log.info(
+                "Deregistered from Consul; serving %ss more before stopping", _config.SHUTDOWN_DRAIN_SECONDS
+            )
             # The workers keep serving while the master waits here.
             time.sleep(_config.SHUTDOWN_DRAIN_SECONDS)
         stop()

@@ -115,8 +115,11 @@ DATABASE_REQUEST_DEADLINE = (
 # One broker for Celery's own tasks and for the `chat_queue` events it relays.
 CELERY_BROKER_URL = (
     "amqp://{user}:{password}@{host}:{port}/{vhost}".format(
-        user=quote(CONFIG.AMQPUSER, safe=""), password=quote(CONFIG.AMQPPASSWORD or "", safe=""),
-        host=CONFIG.AMQPHOST, port=CONFIG.AMQPPORT, vhost=quote(CONFIG.AMQPVHOST, safe=""),
+        user=quote(CONFIG.AMQPUSER, safe=""),
+        password=quote(CONFIG.AMQPPASSWORD or "", safe=""),
+        host=CONFIG.AMQPHOST,
+        port=CONFIG.AMQPPORT,
+        vhost=quote(CONFIG.AMQPVHOST, safe=""),
     )
     if CONFIG.AMQPHOST
     else None
@@ -177,7 +180,7 @@ METRICS_INSTANCE_COLLECTORS = [
 # OpenAPI description at /schema, Swagger UI at /schema/docs.
 SPECTACULAR_SETTINGS = {
     "TITLE": "messenger",
-    "DESCRIPTION": "The chat API of the Microservices March messenger. Every error is `{\"error\": \"...\"}`.",
+    "DESCRIPTION": 'The chat API of the Microservices March messenger. Every error is `{"error": "..."}`.',
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "AUTHENTICATION_WHITELIST": [],  # identity is the User-Id header, documented per operation

@@ -55,8 +55,10 @@ def refuse_unmigrated_database(using: str = "default") -> None:
     connection = connections[using]
     name = connection.settings_dict["NAME"]
     if connection.vendor == "postgresql":
-        where = (f"database {name!r} at {connection.settings_dict['HOST']}:{connection.settings_dict['PORT']} "
-                 f"as {connection.settings_dict['USER']!r}")
+        where = (
+            f"database {name!r} at {connection.settings_dict['HOST']}:{connection.settings_dict['PORT']} "
+            f"as {connection.settings_dict['USER']!r}"
+        )
     else:
         where = f"database {str(name)!r}"
     try:

@@ -36,8 +36,13 @@ def post(service, body: bytes, chunked: bool = False) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
     headers = {"Content-Type": "application/json"}
     if chunked:
-        conn.request("POST", "/conversations", body=iter([body[: len(body) // 2], body[len(body) // 2:]]),
-                     headers=headers, encode_chunked=True)
+        conn.request(
+            "POST",
+            "/conversations",
+            body=iter([body[: len(body) // 2], body[len(body) // 2 :]]),
+            headers=headers,
+            encode_chunked=True,
+        )
     else:
         conn.request("POST", "/conversations", body=body, headers=headers)
     response = conn.getresponse()

@@ -15,8 +15,9 @@ from tests.support.processes import REPO_ROOT
 
 def manage(*args, **env):
     full_env = {**os.environ, "APP_ENV": "test", **env}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=full_env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=120
+    )
 
 
 def database_exists(name: str) -> bool:
@@ -76,8 +77,9 @@ def test_create_db_without_a_name_fails_with_a_clear_message():
 
 def _manage(*args, env_extra):
     env = {"PATH": "/usr/bin:/bin", "DATA_DIR": "var/test-config", **env_extra}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_startup_with_invalid_config_exits_non_zero_naming_each_problem():

@@ -74,8 +74,13 @@ class Poster(threading.Thread):
             if self.stopped.is_set():
                 return
             self.last_started = time.monotonic()
-            answer = call(self.service.url, "POST", f"/conversations/{self.conversation.pk}/messages",
-                          {"content": f"poster {n}"}, {"User-Id": str(self.user.pk)})
+            answer = call(
+                self.service.url,
+                "POST",
+                f"/conversations/{self.conversation.pk}/messages",
+                {"content": f"poster {n}"},
+                {"User-Id": str(self.user.pk)},
+            )
             self.answers.append((f"poster {n}", answer))
             self.stopped.wait(0.02)  # a steady trickle of posts, not a burst
 
@@ -91,10 +96,20 @@ def requests_of_every_kind(users, conversation):
         ("GET", "/conversations", "/conversations", None, user),
         ("POST", "/conversations", "/conversations", {"participant_ids": [users[1].pk, users[2].pk]}, {}),
         ("GET", "/conversations/{conversation_id}/messages", messages, None, {}),
-        ("POST", "/conversations/{conversation_id}/messages", messages, {"content": "during"},
-         {**user, "Idempotency-Key": "during-outage"}),
-        ("POST", "/conversations/{conversation_id}/view_horizon", f"/conversations/{conversation.pk}/view_horizon",
-         {"index": 1}, user),
+        (
+            "POST",
+            "/conversations/{conversation_id}/messages",
+            messages,
+            {"content": "during"},
+            {**user, "Idempotency-Key": "during-outage"},
+        ),
+        (
+            "POST",
+            "/conversations/{conversation_id}/view_horizon",
+            f"/conversations/{conversation.pk}/view_horizon",
+            {"index": 1},
+            user,
+        ),
     ]
 
 
@@ -113,8 +128,13 @@ def test_outage_answers_503_in_bounded_time_and_recovers_without_restart(service
     checker = ResponseChecker(served_schema())
     accepted = []
     for n in range(4):  # both workers now hold persistent connections through the proxy
-        answer = call(service.url, "POST", f"/conversations/{conversation.pk}/messages", {"content": f"before {n}"},
-                      {"User-Id": str(users[0].pk)})
+        answer = call(
+            service.url,
+            "POST",
+            f"/conversations/{conversation.pk}/messages",
+            {"content": f"before {n}"},
+            {"User-Id": str(users[0].pk)},
+        )
         assert answer.status == 201
         accepted.append((f"before {n}", answer.json()))
     poster = Poster(service, conversation, users[1])
@@ -136,13 +156,21 @@ def test_outage_answers_503_in_bounded_time_and_recovers_without_restart(service
 
     proxy.restore()
     wait_until(lambda: call(service.url, "GET", "/health").status == 200, timeout=30, what="health after restore")
-    after = call(service.url, "POST", f"/conversations/{conversation.pk}/messages", {"content": "after"},
-                 {"User-Id": str(users[0].pk)})
+    after = call(
+        service.url,
+        "POST",
+        f"/conversations/{conversation.pk}/messages",
+        {"content": "after"},
+        {"User-Id": str(users[0].pk)},
+    )
     assert after.status == 201
     accepted.append(("after", after.json()))
     answered_before = len(poster.answers)
-    wait_until(lambda: any(answer.status == 201 for _, answer in poster.answers[answered_before:]), 30,
-               what="the poster to post after the outage")
+    wait_until(
+        lambda: any(answer.status == 201 for _, answer in poster.answers[answered_before:]),
+        30,
+        what="the poster to post after the outage",
+    )
     poster.stopped.set()
     poster.join(timeout=60)
 
@@ -161,17 +189,28 @@ def test_a_statement_past_the_statement_timeout_is_a_503_and_stores_nothing(serv
     """Another session holds the conversation's counter row: the post waits, PostgreSQL cancels it at 2 s."""
     users, conversation = chat
     settings = connection.settings_dict
-    with psycopg.connect(host=settings["HOST"], port=settings["PORT"], user=settings["USER"],
-                         dbname=settings["NAME"]) as blocker:
+    with psycopg.connect(
+        host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"]
+    ) as blocker:
         blocker.execute("SELECT 1 FROM channels WHERE id = %s FOR UPDATE", [conversation.pk])
-        answer = call(service.url, "POST", f"/conversations/{conversation.pk}/messages", {"content": "blocked"},
-                      {"User-Id": str(users[0].pk)})
+        answer = call(
+            service.url,
+            "POST",
+            f"/conversations/{conversation.pk}/messages",
+            {"content": "blocked"},
+            {"User-Id": str(users[0].pk)},
+        )
         blocker.rollback()
     assert (answer.status, answer.json()) == (503, {"error": DATABASE_UNAVAILABLE})
     assert 1.5 < answer.seconds < BOUND
     assert Message.objects.count() == 0 and OutboxEvent.objects.count() == 0
 
-    again = call(service.url, "POST", f"/conversations/{conversation.pk}/messages", {"content": "free"},
-                 {"User-Id": str(users[0].pk)})
+    again = call(
+        service.url,
+        "POST",
+        f"/conversations/{conversation.pk}/messages",
+        {"content": "free"},
+        {"User-Id": str(users[0].pk)},
+    )
     assert again.status == 201
     assert again.json()["message"]["index"] == 1

@@ -14,14 +14,23 @@ import pytest
 
 from tests.support.processes import REPO_ROOT
 
-DOCKERFILES = sorted([*REPO_ROOT.glob("docker/**/Dockerfile"), *REPO_ROOT.glob("load-balancer/**/Dockerfile"),
-                      *REPO_ROOT.glob("tests/docker/stand-ins/*/Dockerfile")])
+DOCKERFILES = sorted(
+    [
+        *REPO_ROOT.glob("docker/**/Dockerfile"),
+        *REPO_ROOT.glob("load-balancer/**/Dockerfile"),
+        *REPO_ROOT.glob("tests/docker/stand-ins/*/Dockerfile"),
+    ]
+)
 COMPOSE = REPO_ROOT / "docker" / "compose.yaml"
 DOCKER_ENV = REPO_ROOT / "docker" / ".env"
 HADOLINT = Path(sys.executable).with_name("hadolint")
 SHELLCHECK = Path(sys.executable).with_name("shellcheck")
-DOCKER_SCRIPTS = ["scripts/ensure-docker.sh", "scripts/build-docker-images.sh", "tests/docker/stand-ins/build.sh",
-                  *(str(p.relative_to(REPO_ROOT)) for p in REPO_ROOT.glob("tests/docker/stand-ins/*/*.sh"))]
+DOCKER_SCRIPTS = [
+    "scripts/ensure-docker.sh",
+    "scripts/build-docker-images.sh",
+    "tests/docker/stand-ins/build.sh",
+    *(str(p.relative_to(REPO_ROOT)) for p in REPO_ROOT.glob("tests/docker/stand-ins/*/*.sh")),
+]
 
 
 def docker_env() -> dict[str, str]:
@@ -31,8 +40,13 @@ def docker_env() -> dict[str, str]:
 
 def test_compose_file_is_valid_and_takes_versions_and_host_ports_from_docker_env():
     assert shutil.which("docker-compose"), "docker-compose is installed by scripts/install-system-deps.sh"
-    result = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
-                            timeout=60, env={"PATH": os.environ["PATH"]})
+    result = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": os.environ["PATH"]},
+    )
     assert result.returncode == 0, result.stderr
     rendered = result.stdout
     versions = docker_env()
@@ -55,8 +69,9 @@ def test_deploy_scripts_name_no_image_version_of_their_own():
 
 
 def test_docker_scripts_pass_shellcheck():
-    result = subprocess.run([str(SHELLCHECK), "-x", *DOCKER_SCRIPTS], cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [str(SHELLCHECK), "-x", *DOCKER_SCRIPTS], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -74,10 +89,20 @@ def test_service_image_runs_as_a_non_root_user_and_bakes_in_no_secret():
 
 
 def run_entrypoint(agent, mapping: str, *command: str):
-    env = {"PATH": os.environ["PATH"], "CONSUL_HOST": "127.0.0.1", "CONSUL_PORT": str(agent.http_port),
-           "CONSUL_KV_ENV": mapping, "CONSUL_KV_WAIT": "2"}
-    return subprocess.run([sys.executable, str(REPO_ROOT / "docker" / "consul_env.py"), *command], env=env,
-                          capture_output=True, text=True, timeout=30)
+    env = {
+        "PATH": os.environ["PATH"],
+        "CONSUL_HOST": "127.0.0.1",
+        "CONSUL_PORT": str(agent.http_port),
+        "CONSUL_KV_ENV": mapping,
+        "CONSUL_KV_WAIT": "2",
+    }
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "docker" / "consul_env.py"), *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_entrypoint_injects_consul_kv_values_as_environment(consul_agent):

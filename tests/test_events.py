@@ -76,9 +76,16 @@ def start_worker(tmp_path, vhost):
 
     def start(*, port: int = AMQP_PORT, beat: bool = False, **env: str) -> CeleryWorker:
         worker_env = {
-            "PGHOST": db["HOST"], "PGPORT": str(db["PORT"]), "PGUSER": db["USER"], "PGDATABASE": db["NAME"],
-            "AMQPHOST": "127.0.0.1", "AMQPPORT": str(port), "AMQPVHOST": vhost.name,
-            "EVENTS_SWEEP_INTERVAL": "1s", "LOG_LEVEL": "INFO", **env,
+            "PGHOST": db["HOST"],
+            "PGPORT": str(db["PORT"]),
+            "PGUSER": db["USER"],
+            "PGDATABASE": db["NAME"],
+            "AMQPHOST": "127.0.0.1",
+            "AMQPPORT": str(port),
+            "AMQPVHOST": vhost.name,
+            "EVENTS_SWEEP_INTERVAL": "1s",
+            "LOG_LEVEL": "INFO",
+            **env,
         }
         worker = CeleryWorker(worker_env, tmp_path, beat=beat, name=f"worker{len(started) + 1}")
         started.append(worker)
@@ -120,12 +127,18 @@ def test_posted_message_reaches_chat_queue_with_the_contract_properties_and_body
     [delivery] = chat_queue.wait_for(1, timeout=20)
     props = delivery.properties
     assert (props.type, props.content_type, props.delivery_mode, props.message_id) == (
-        "new_message", "application/json", 2, f"{conversation.pk}:1"
+        "new_message",
+        "application/json",
+        2,
+        f"{conversation.pk}:1",
     )
-    assert delivery.body == (
-        f'{{"type":"new_message","channel_id":{conversation.pk},"user_id":{alice.pk},'
-        f'"index":1,"participant_ids":[{alice.pk},{bob.pk}]}}'
-    ).encode()
+    assert (
+        delivery.body
+        == (
+            f'{{"type":"new_message","channel_id":{conversation.pk},"user_id":{alice.pk},'
+            f'"index":1,"participant_ids":[{alice.pk},{bob.pk}]}}'
+        ).encode()
+    )
     wait_until(lambda: pending() == 0, 10, what="the outbox row marked sent")
     row = OutboxEvent.objects.get()
     assert (row.event_id, row.attempts, row.sent_at is not None) == (f"{conversation.pk}:1", 1, True)
@@ -173,8 +186,11 @@ def test_posts_answer_fast_while_the_broker_is_down_and_every_event_arrives_once
         statuses.append(post(api, conversation, bob if n % 2 else alice, f"during {n}").status_code)
         latencies.append(time.monotonic() - started)
     # This process's enqueues have failed, and the worker has lost the broker (its beat sweeps with it).
-    wait_until(lambda: "could not enqueue the relay" in caplog.text and "Connection to broker lost" in worker.log(),
-               30, what="a failed enqueue here and the worker's lost broker connection")
+    wait_until(
+        lambda: "could not enqueue the relay" in caplog.text and "Connection to broker lost" in worker.log(),
+        30,
+        what="a failed enqueue here and the worker's lost broker connection",
+    )
     assert statuses == [201] * 30
     assert max(latencies) < POST_BOUND, latencies
     assert pending() == 30
@@ -246,9 +262,7 @@ def test_concurrent_posts_publish_events_whose_indexes_are_the_messages_indexes(
         try:
             barrier.wait(timeout=30)
             user = users[n % 2]
-            return [
-                post(client, conversation, user, f"p{n}-{k}").status_code for k in range(per_poster)
-            ]
+            return [post(client, conversation, user, f"p{n}-{k}").status_code for k in range(per_poster)]
         finally:
             connections.close_all()
 
@@ -263,8 +277,11 @@ def test_concurrent_posts_publish_events_whose_indexes_are_the_messages_indexes(
         payload = json.loads(delivery.body)
         message = messages[payload["index"]]
         assert payload == {
-            "type": "new_message", "channel_id": conversation.pk, "user_id": message.user_id,
-            "index": message.index, "participant_ids": [users[0].pk, users[1].pk],
+            "type": "new_message",
+            "channel_id": conversation.pk,
+            "user_id": message.user_id,
+            "index": message.index,
+            "participant_ids": [users[0].pk, users[1].pk],
         }
 
 
@@ -321,9 +338,7 @@ def test_deleted_chat_queue_is_declared_again_and_the_refused_event_is_sent_on_t
     assert (second.sent_at is not None, second.attempts) == (True, 2)
 
 
-def test_outbox_command_relays_now_and_fails_clearly_while_the_broker_is_down(
-    users, conversation, broker, chat_queue
-):
+def test_outbox_command_relays_now_and_fails_clearly_while_the_broker_is_down(users, conversation, broker, chat_queue):
     alice = users[0]
     broker.cut("reset")
     services.message_create(conversation_id=conversation.pk, user_id=alice.pk, content="while down")
@@ -342,8 +357,13 @@ def test_outbox_command_relays_now_and_fails_clearly_while_the_broker_is_down(
 
 
 def keyed_post(client, conversation, user, key, content="hello"):
-    return client.post(f"/conversations/{conversation.pk}/messages", {"content": content}, format="json",
-                       HTTP_USER_ID=str(user.pk), HTTP_IDEMPOTENCY_KEY=key)
+    return client.post(
+        f"/conversations/{conversation.pk}/messages",
+        {"content": content},
+        format="json",
+        HTTP_USER_ID=str(user.pk),
+        HTTP_IDEMPOTENCY_KEY=key,
+    )
 
 
 def test_replays_and_a_race_on_one_key_publish_one_event_per_message(

@@ -46,9 +46,22 @@ def target(request, service, tmp_path):
 def test_fuzzing_finds_no_server_error_and_no_response_outside_the_description(service, target, tmp_path):
     st = Path(sys.executable).with_name("st")
     result = subprocess.run(
-        [str(st), "--config-file", str(CONFIG), "--no-color", "run", f"{target}/schema",
-         "--report", "junit", "--report-dir", str(tmp_path / "report")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=240,
+        [
+            str(st),
+            "--config-file",
+            str(CONFIG),
+            "--no-color",
+            "run",
+            f"{target}/schema",
+            "--report",
+            "junit",
+            "--report-dir",
+            str(tmp_path / "report"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     summary = result.stdout[-8000:]
     assert result.returncode == 0, summary
@@ -63,4 +76,5 @@ def test_overlong_request_line_is_the_documented_414(service):
     status, body, headers = http_get(url)
     assert status == 414
     ResponseChecker(served_schema()).check_live(
-        "GET", url, "/conversations/{conversation_id}/messages", status, body, headers)
+        "GET", url, "/conversations/{conversation_id}/messages", status, body, headers
+    )

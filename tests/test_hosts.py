@@ -59,7 +59,9 @@ def run(*command: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 def namespaces() -> list[str]:
-    return [line.split()[0] for line in run("ip", "netns", "list").stdout.splitlines() if line.startswith("messenger-host-")]
+    return [
+        line.split()[0] for line in run("ip", "netns", "list").stdout.splitlines() if line.startswith("messenger-host-")
+    ]
 
 
 def links() -> list[str]:
@@ -104,8 +106,9 @@ class Hosts(LocalStack):
         self.consul = ConsulAgent(self.consul_port)  # the edge's agent (started by the stack, not by this)
 
     def script(self, name: str, *args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-        result = subprocess.run([str(INFRA / name), *args], env={**self.env, **env}, capture_output=True,
-                                text=True, timeout=timeout)
+        result = subprocess.run(
+            [str(INFRA / name), *args], env={**self.env, **env}, capture_output=True, text=True, timeout=timeout
+        )
         assert result.returncode == 0, f"{name} {' '.join(args)} failed:\n{result.stderr}"
         return result
 
@@ -119,8 +122,12 @@ class Hosts(LocalStack):
 
     def wait_routed_hosts(self, hosts: set[str], timeout: float = 60) -> set[str]:
         """Until the load balancer routes to instances on exactly these hosts' addresses."""
-        return wait_until(lambda: {a.rsplit(":", 1)[0] for a in self.routed()} == {self.address(h) for h in hosts}
-                          and self.routed(), timeout, interval=0.05, what=f"routes to exactly {sorted(hosts)}")
+        return wait_until(
+            lambda: {a.rsplit(":", 1)[0] for a in self.routed()} == {self.address(h) for h in hosts} and self.routed(),
+            timeout,
+            interval=0.05,
+            what=f"routes to exactly {sorted(hosts)}",
+        )
 
     @staticmethod
     def address(host: str) -> str:
@@ -133,14 +140,21 @@ class Hosts(LocalStack):
         def written_and_read():
             self.consul.kv_put(key, value)
             return self.consul.kv_get(key) == value
+
         wait_until(written_and_read, 30, interval=0.2, what=f"KV write and read of {key}")
 
     def instance_pids(self) -> dict[str, int]:
         return {p.stem: int(p.read_text()) for p in (self.state_dir / "messenger").glob("*.pid")}
 
     def connect_database(self) -> psycopg.Connection:
-        return psycopg.connect(host=self.consul.kv_get("messenger-db-host"), port=self.consul.kv_get("messenger-db-port"),
-                               user="postgres", password=POSTGRES_PASSWORD, dbname="messenger", connect_timeout=5)
+        return psycopg.connect(
+            host=self.consul.kv_get("messenger-db-host"),
+            port=self.consul.kv_get("messenger-db-port"),
+            user="postgres",
+            password=POSTGRES_PASSWORD,
+            dbname="messenger",
+            connect_timeout=5,
+        )
 
     def kill_host(self, host: str) -> float:
         """SIGKILL every process of the host at once, as a host that loses power; returns when."""
@@ -156,10 +170,16 @@ def assert_every_201_stored_once(hosts: Hosts, loop: ClientLoop, conversation_id
     posts = [o for o in loop.outcomes if o.method == "POST"]
     assert len(posts) >= 20, "the drill posted messages while it ran"
     with hosts.connect_database() as conn:
-        stored: dict[str, int] = dict(conn.execute("SELECT content, count(*) FROM messages WHERE content = ANY(%s) GROUP BY content",
-                                   [[o.content for o in posts]]).fetchall())
-        indexes = [i for (i,) in conn.execute('SELECT "index" FROM messages WHERE channel_id = %s ORDER BY 1',
-                                              [conversation_id])]
+        stored: dict[str, int] = dict(
+            conn.execute(
+                "SELECT content, count(*) FROM messages WHERE content = ANY(%s) GROUP BY content",
+                [[o.content for o in posts]],
+            ).fetchall()
+        )
+        indexes = [
+            i
+            for (i,) in conn.execute('SELECT "index" FROM messages WHERE channel_id = %s ORDER BY 1', [conversation_id])
+        ]
     assert [c for c, n in stored.items() if n != 1] == []
     assert [o.content for o in posts if o.status == 201 and o.content not in stored] == []
     assert indexes == list(range(1, len(indexes) + 1))
@@ -226,9 +246,12 @@ def test_an_app_host_that_dies_leaves_the_upstreams_and_loses_nothing_accepted(h
         wait_until(lambda: loop.count() >= back + 50, 30, what="50 requests with the host back")
 
     failures = loop.failures()
-    report("app host lost -> out of the upstreams", f"{out_at - killed_at:.2f}s "
-           f"(check interval {TIMINGS['CONSUL_CHECK_INTERVAL']}, watcher wait 0.25-1s; {loop.count()} requests, "
-           f"{len(failures)} failed)")
+    report(
+        "app host lost -> out of the upstreams",
+        f"{out_at - killed_at:.2f}s "
+        f"(check interval {TIMINGS['CONSUL_CHECK_INTERVAL']}, watcher wait 0.25-1s; {loop.count()} requests, "
+        f"{len(failures)} failed)",
+    )
     # Only posts in flight to the dying host: NGINX had sent them (some over a kept-alive connection
     # the dead instance had closed) before the host left the upstreams, and may not pass a POST on,
     # so it answers 502; or a response was cut short. Nothing fails after the host left.
@@ -246,18 +269,33 @@ def test_a_lost_consul_server_stops_no_deploy_and_a_whole_cluster_restart_keeps_
     hosts.kv_round_trip("drill-server-lost")
     # A deploy goes on: onto the host whose agent runs (its instance registers with it).
     port = int(hosts.script("messenger-deploy.sh", DEPLOY_HOST=APP_HOST).stdout.strip().rsplit("-", 1)[1])
-    wait_until(lambda: (hosts.address(APP_HOST), port) in {
-        (e["Service"]["Address"], e["Service"]["Port"]) for e in hosts.consul.healthy_instances("messenger")},
-        60, interval=0.1, what="the new instance passing")
+    wait_until(
+        lambda: (
+            (hosts.address(APP_HOST), port)
+            in {(e["Service"]["Address"], e["Service"]["Port"]) for e in hosts.consul.healthy_instances("messenger")}
+        ),
+        60,
+        interval=0.1,
+        what="the new instance passing",
+    )
     deployed_at = time.monotonic()
     report("a Consul server lost -> the next successful deploy", f"{deployed_at - lost_at:.2f}s")
     hosts.supervisorctl(LOST_HOST, "start", lost)
     hosts.make("scale", "N=3")
 
-    keys = {key: hosts.consul.kv_get(key) for key in (
-        "messenger-db-host", "messenger-db-port", "messenger-db-application-user",
-        "messenger-db-password-never-do-this", "messenger-db-migrator-user",
-        "messenger-db-migrator-password-never-do-this", "amqp-host", "amqp-port")}
+    keys = {
+        key: hosts.consul.kv_get(key)
+        for key in (
+            "messenger-db-host",
+            "messenger-db-port",
+            "messenger-db-application-user",
+            "messenger-db-password-never-do-this",
+            "messenger-db-migrator-user",
+            "messenger-db-migrator-password-never-do-this",
+            "amqp-host",
+            "amqp-port",
+        )
+    }
     assert all(keys.values()), keys
     registrations = {e["ServiceID"] for e in hosts.consul.catalog_instances("messenger")}
 
@@ -268,8 +306,11 @@ def test_a_lost_consul_server_stops_no_deploy_and_a_whole_cluster_restart_keeps_
         hosts.supervisorctl(host, "start", f"consul-{host}")
     wait_until(lambda: hosts.consul.kv_get("amqp-host"), 60, interval=0.2, what="KV answering after the restart")
     assert {key: hosts.consul.kv_get(key) for key in keys} == keys
-    wait_until(lambda: {e["Service"]["ID"] for e in hosts.consul.healthy_instances("messenger")} == registrations,
-               60, what="the same registrations passing again")
+    wait_until(
+        lambda: {e["Service"]["ID"] for e in hosts.consul.healthy_instances("messenger")} == registrations,
+        60,
+        what="the same registrations passing again",
+    )
     hosts.wait_routed_hosts({APP_HOST, LOST_HOST})
 
 
@@ -307,8 +348,11 @@ def test_a_host_whose_link_is_cut_leaves_the_upstreams_and_serves_again_once_res
         wait_until(lambda: loop.count() >= back + 50, 30, what="50 requests with the host back")
 
     failures = loop.failures()
-    report("link cut -> out of the upstreams", f"{out_at - cut_at:.2f}s; restored -> routed again "
-           f"{back_at - restored_at:.2f}s ({loop.count()} requests, {len(failures)} failed)")
+    report(
+        "link cut -> out of the upstreams",
+        f"{out_at - cut_at:.2f}s; restored -> routed again "
+        f"{back_at - restored_at:.2f}s ({loop.count()} requests, {len(failures)} failed)",
+    )
     # What failed was on its way to the cut host before it left the upstreams (nothing answers from a
     # cut link: the client gives up); nothing after.
     for failure in failures:
@@ -324,20 +368,25 @@ def test_the_database_host_restarting_gives_bounded_503s_and_recovers_with_no_in
     with ClientLoop(hosts, conversation_id=1, user_id=1, threads=4, max_requests=20000, max_seconds=150) as loop:
         wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the restart")
         killed_at = hosts.kill_host(PLATFORM_HOST)
-        first_503_at = wait_until(lambda: any(o.status == 503 for o in loop.outcomes[-20:]) and time.monotonic(), 30,
-                                  what="503s while it is away")
+        first_503_at = wait_until(
+            lambda: any(o.status == 503 for o in loop.outcomes[-20:]) and time.monotonic(),
+            30,
+            what="503s while it is away",
+        )
         hosts.script("hosts.sh", "boot", PLATFORM_HOST)  # its supervisord starts Consul, PostgreSQL, RabbitMQ
         booted_at = time.monotonic()
-        wait_until(lambda: [o.status for o in loop.outcomes[-30:]].count(201) >= 5, 90,
-                   what="posts stored again")
+        wait_until(lambda: [o.status for o in loop.outcomes[-30:]].count(201) >= 5, 90, what="posts stored again")
         recovered_at = time.monotonic()
         after = loop.count()
         wait_until(lambda: loop.count() >= after + 100, 30, what="100 requests after recovery")
 
-    report("database host restart", f"503s {first_503_at - killed_at:.2f}s after the kill; booted "
-           f"{booted_at - killed_at:.2f}s after it; posts stored again {recovered_at - booted_at:.2f}s after the boot "
-           f"({loop.count()} requests, {len(loop.failures())} not 2xx, longest "
-           f"{max(o.ended - o.started for o in loop.outcomes):.2f}s)")
+    report(
+        "database host restart",
+        f"503s {first_503_at - killed_at:.2f}s after the kill; booted "
+        f"{booted_at - killed_at:.2f}s after it; posts stored again {recovered_at - booted_at:.2f}s after the boot "
+        f"({loop.count()} requests, {len(loop.failures())} not 2xx, longest "
+        f"{max(o.ended - o.started for o in loop.outcomes):.2f}s)",
+    )
     outcomes = loop.outcomes
     assert {o.status for o in outcomes} <= {200, 201, 503, None}, {o.status for o in outcomes}
     assert max(o.ended - o.started for o in outcomes) < BOUND

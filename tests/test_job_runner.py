@@ -85,11 +85,16 @@ class LoadBalancerView:
         return http_get(f"http://127.0.0.1:{self.port}{path}", headers=headers)
 
 
-def apply_roles_sql(cluster, *, app=(APP_USER, APP_PASSWORD), migrator=(MIGRATOR_USER, MIGRATOR_PASSWORD),
-                    db_name: str | None = None) -> subprocess.CompletedProcess:
+def apply_roles_sql(
+    cluster, *, app=(APP_USER, APP_PASSWORD), migrator=(MIGRATOR_USER, MIGRATOR_PASSWORD), db_name: str | None = None
+) -> subprocess.CompletedProcess:
     """What messenger-db-deploy.sh does: the roles file through psql, as the cluster's superuser."""
-    variables = {"app_user": app[0], "app_password": app[1], "migrator_user": migrator[0],
-                 "migrator_password": migrator[1]}
+    variables = {
+        "app_user": app[0],
+        "app_password": app[1],
+        "migrator_user": migrator[0],
+        "migrator_password": migrator[1],
+    }
     if db_name:
         variables["db_name"] = db_name
     args = [arg for name, value in variables.items() for arg in ("-v", f"{name}={value}")]
@@ -104,12 +109,16 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def dump(cluster, dbname: str, *options: str) -> str:
     """pg_dump of the whole database (schema, privileges and rows), as the superuser."""
     env = job_env(cluster.env(dbname=dbname))
-    result = subprocess.run([str(PG_BIN / "pg_dump"), "--no-comments", *options], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [str(PG_BIN / "pg_dump"), "--no-comments", *options], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     # \restrict lines carry a random key per run (pg_dump's psql-injection guard).
-    return "".join(line for line in result.stdout.splitlines(keepends=True)
-                   if not line.startswith(("\\restrict ", "\\unrestrict ")))
+    return "".join(
+        line
+        for line in result.stdout.splitlines(keepends=True)
+        if not line.startswith(("\\restrict ", "\\unrestrict "))
+    )
 
 
 def privileges(cluster, dbname: str) -> dict:
@@ -118,10 +127,12 @@ def privileges(cluster, dbname: str) -> dict:
         return {
             "database": conn.execute("SELECT datacl::text FROM pg_database WHERE datname = %s", [dbname]).fetchone(),
             "schema": conn.execute("SELECT nspacl::text FROM pg_namespace WHERE nspname = 'public'").fetchone(),
-            "defaults": conn.execute("SELECT pg_get_userbyid(defaclrole), defaclobjtype, defaclacl::text "
-                                     "FROM pg_default_acl ORDER BY 1, 2").fetchall(),
-            "tables": conn.execute("SELECT relname, relacl::text FROM pg_class WHERE relname LIKE 'legacy%%' "
-                                   "ORDER BY relname").fetchall(),
+            "defaults": conn.execute(
+                "SELECT pg_get_userbyid(defaclrole), defaclobjtype, defaclacl::text FROM pg_default_acl ORDER BY 1, 2"
+            ).fetchall(),
+            "tables": conn.execute(
+                "SELECT relname, relacl::text FROM pg_class WHERE relname LIKE 'legacy%%' ORDER BY relname"
+            ).fetchall(),
         }
 
 
@@ -160,7 +171,8 @@ def test_roles_sql_makes_a_login_only_application_role_and_a_non_superuser_migra
     with throwaway_postgres.connect() as conn:
         rows = conn.execute(
             "SELECT rolname, rolcanlogin, rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls "
-            "FROM pg_roles WHERE rolname IN (%s, %s) ORDER BY rolname", [APP_USER, MIGRATOR_USER]
+            "FROM pg_roles WHERE rolname IN (%s, %s) ORDER BY rolname",
+            [APP_USER, MIGRATOR_USER],
         ).fetchall()
     assert rows == [
         (APP_USER, True, False, False, False, False, False),
@@ -173,8 +185,9 @@ def test_roles_sql_run_again_creates_nothing_and_sets_the_new_passwords(throwawa
     first = ok(apply_roles_sql(throwaway_postgres, app=app, migrator=migrator))
     assert first.stdout.count("CREATE ROLE") == 2
 
-    again = ok(apply_roles_sql(throwaway_postgres, app=(app[0], "second-app"),
-                               migrator=(migrator[0], "second-migrator")))
+    again = ok(
+        apply_roles_sql(throwaway_postgres, app=(app[0], "second-app"), migrator=(migrator[0], "second-migrator"))
+    )
     assert "CREATE ROLE" not in again.stdout
     throwaway_postgres.connect(app[0], "second-app").close()
     throwaway_postgres.connect(migrator[0], "second-migrator").close()
@@ -207,9 +220,15 @@ def test_roles_sql_hands_an_existing_database_to_the_migrator(roles, throwaway_p
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'S')"
         ).fetchone()
-    assert owners == (MIGRATOR_USER, MIGRATOR_USER, [
-        f"legacy_counter:{MIGRATOR_USER}", f"legacy_notes:{MIGRATOR_USER}", f"legacy_notes_id_seq:{MIGRATOR_USER}",
-    ])
+    assert owners == (
+        MIGRATOR_USER,
+        MIGRATOR_USER,
+        [
+            f"legacy_counter:{MIGRATOR_USER}",
+            f"legacy_notes:{MIGRATOR_USER}",
+            f"legacy_notes_id_seq:{MIGRATOR_USER}",
+        ],
+    )
     with roles.as_app(name) as conn:  # usable at once, before any migration
         conn.execute("INSERT INTO legacy_notes (body) VALUES ('kept')")
         assert conn.execute("SELECT body FROM legacy_notes").fetchall() == [("kept",)]
@@ -226,8 +245,9 @@ def test_roles_sql_hands_an_existing_database_to_the_migrator(roles, throwaway_p
 # --- the migrator job ----------------------------------------------------------
 
 
-def test_migrator_job_creates_migrates_and_seeds_a_fresh_database_and_a_rerun_changes_nothing(roles,
-                                                                                            throwaway_postgres):
+def test_migrator_job_creates_migrates_and_seeds_a_fresh_database_and_a_rerun_changes_nothing(
+    roles, throwaway_postgres
+):
     name = new_db_name("job")
     created = ok(roles.create_db(name))
     assert f"Created database '{name}'." in created.stdout
@@ -296,19 +316,30 @@ def test_application_role_reads_and_writes_rows_through_the_api(roles, migrated_
         status, conversation = service.request("POST", "/conversations", {"participant_ids": [1, 3]})
         assert status == 201, conversation
         conversation_id = conversation["conversation"]["id"]
-        status, posted = service.request("POST", f"/conversations/{conversation_id}/messages",
-                                         {"content": "written by the application role"}, user_id=3)
+        status, posted = service.request(
+            "POST",
+            f"/conversations/{conversation_id}/messages",
+            {"content": "written by the application role"},
+            user_id=3,
+        )
         assert status == 201, posted
         assert posted["message"] | {"id": None, "inserted_at": None} == {
-            "id": None, "inserted_at": None, "content": "written by the application role", "index": 1,
-            "user_id": 3, "username": "Flambaravo Chortleblatt", "conversation_id": conversation_id,
+            "id": None,
+            "inserted_at": None,
+            "content": "written by the application role",
+            "index": 1,
+            "user_id": 3,
+            "username": "Flambaravo Chortleblatt",
+            "conversation_id": conversation_id,
         }
         status, listed = service.request("GET", f"/conversations/{conversation_id}/messages")
         assert status == 200
         assert [(m["content"], m["index"], m["user_id"]) for m in listed["messages"]] == [
-            ("written by the application role", 1, 3)]
-        assert service.request("POST", f"/conversations/{conversation_id}/view_horizon", {"index": 1},
-                               user_id=1)[0] == 204
+            ("written by the application role", 1, 3)
+        ]
+        assert (
+            service.request("POST", f"/conversations/{conversation_id}/view_horizon", {"index": 1}, user_id=1)[0] == 204
+        )
     finally:
         service.stop()
     with throwaway_postgres.connect(dbname=migrated_db) as conn:
@@ -345,7 +376,8 @@ def test_a_new_model_migration_needs_no_manual_grant(roles, created_db, tmp_path
     (package / "migrations").mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "migrations" / "__init__.py").write_text("")
-    (package / "models.py").write_text(textwrap.dedent("""
+    (package / "models.py").write_text(
+        textwrap.dedent("""
         from django.db import models
 
         class Note(models.Model):
@@ -354,8 +386,10 @@ def test_a_new_model_migration_needs_no_manual_grant(roles, created_db, tmp_path
             class Meta:
                 app_label = "late_feature"
                 db_table = "late_notes"
-    """))
-    (package / "migrations" / "0001_initial.py").write_text(textwrap.dedent("""
+    """)
+    )
+    (package / "migrations" / "0001_initial.py").write_text(
+        textwrap.dedent("""
         from django.db import migrations, models
 
         class Migration(migrations.Migration):
@@ -369,12 +403,20 @@ def test_a_new_model_migration_needs_no_manual_grant(roles, created_db, tmp_path
                     options={"db_table": "late_notes"},
                 ),
             ]
-    """))
+    """)
+    )
     (tmp_path / "late_settings.py").write_text(
         "from messenger.settings import *  # noqa: F403\nINSTALLED_APPS = [*INSTALLED_APPS, 'late_feature']  # noqa\n"
     )
-    ok(roles.job(created_db, "migrate", "--no-input", DJANGO_SETTINGS_MODULE="late_settings",
-                 PYTHONPATH=f"{tmp_path}:{REPO_ROOT}"))
+    ok(
+        roles.job(
+            created_db,
+            "migrate",
+            "--no-input",
+            DJANGO_SETTINGS_MODULE="late_settings",
+            PYTHONPATH=f"{tmp_path}:{REPO_ROOT}",
+        )
+    )
     with roles.as_app(created_db) as conn:
         conn.execute("INSERT INTO late_notes (body) VALUES ('no grant needed')")
         assert conn.execute("SELECT id, body FROM late_notes").fetchall() == [(1, "no grant needed")]
@@ -402,21 +444,30 @@ def hold_job_lock(roles: Roles, dbname: str) -> psycopg.Connection:
     return conn
 
 
-def test_two_concurrent_migrate_runs_both_finish_and_the_schema_is_right(roles, created_db, migrated_db,
-                                                                        throwaway_postgres, tmp_path):
+def test_two_concurrent_migrate_runs_both_finish_and_the_schema_is_right(
+    roles, created_db, migrated_db, throwaway_postgres, tmp_path
+):
     """Both start while the lock is held, both wait; then one migrates and the other finds nothing to do."""
     holder = hold_job_lock(roles, created_db)
     runs = []
     for number in (1, 2):
         out, err = tmp_path / f"migrate-{number}.out", tmp_path / f"migrate-{number}.err"
         with open(out, "w") as stdout, open(err, "w") as stderr:
-            process = subprocess.Popen(manage_command("migrate", "--no-input"), cwd=REPO_ROOT,
-                                       env=job_env(roles.migrator_env(created_db)), stdout=stdout, stderr=stderr)
+            process = subprocess.Popen(
+                manage_command("migrate", "--no-input"),
+                cwd=REPO_ROOT,
+                env=job_env(roles.migrator_env(created_db)),
+                stdout=stdout,
+                stderr=stderr,
+            )
         runs.append((process, out, err))
     try:
         for _, _, err in runs:
-            wait_until(lambda err=err: "Waiting for the schema-jobs lock" in err.read_text(), timeout=60,
-                       what="both migrators to wait for the lock")
+            wait_until(
+                lambda err=err: "Waiting for the schema-jobs lock" in err.read_text(),
+                timeout=60,
+                what="both migrators to wait for the lock",
+            )
         assert "held by server pid" in runs[0][2].read_text() and "(test-holder," in runs[0][2].read_text()
     finally:
         holder.close()
@@ -426,8 +477,9 @@ def test_two_concurrent_migrate_runs_both_finish_and_the_schema_is_right(roles, 
     assert sorted("Applying conversations.0001_initial... OK" in output for output in outputs) == [False, True]
     assert sorted("No migrations to apply." in output for output in outputs) == [False, True]
     # The same schema, privileges included, as a database migrated once, alone.
-    assert dump(throwaway_postgres, created_db, "--schema-only") == dump(throwaway_postgres, migrated_db,
-                                                                         "--schema-only")
+    assert dump(throwaway_postgres, created_db, "--schema-only") == dump(
+        throwaway_postgres, migrated_db, "--schema-only"
+    )
 
 
 @pytest.mark.parametrize("job", ["migrate", "seed"])
@@ -440,8 +492,9 @@ def test_a_job_gives_up_with_a_clear_message_when_another_migrator_keeps_the_loc
     finally:
         holder.close()
     assert result.returncode == 1
-    assert (f"Gave up after 1s: another migrator job holds the schema-jobs lock of database '{migrated_db}' "
-            f"(server pid ") in result.stderr
+    assert (
+        f"Gave up after 1s: another migrator job holds the schema-jobs lock of database '{migrated_db}' (server pid "
+    ) in result.stderr
     assert "(test-holder, connected " in result.stderr
     assert f"Let it finish, or stop it, and run {job} again." in result.stderr
     assert elapsed < 30
@@ -455,8 +508,10 @@ def test_serving_instance_refuses_to_start_on_an_unmigrated_database(roles, crea
     status, log = service.run_until_exit()
     assert status == 1
     port = roles.cluster.port
-    assert (f"Error: database '{created_db}' at 127.0.0.1:{port} as '{APP_USER}' has unapplied migrations "
-            "(contenttypes.0001_initial, ") in log
+    assert (
+        f"Error: database '{created_db}' at 127.0.0.1:{port} as '{APP_USER}' has unapplied migrations "
+        "(contenttypes.0001_initial, "
+    ) in log
     assert "run the migrator job: infrastructure/messenger-db-migrator-deploy.sh" in log
     assert "Listening at" not in log
 
@@ -511,10 +566,18 @@ def seed_cluster():
 
 
 def test_the_seeds_migration_sequence_through_the_scripts_keeps_the_migrator_out_of_the_load_balancer(
-        seed_cluster, consul_agent, tmp_path):
+    seed_cluster, consul_agent, tmp_path
+):
     """db deploy, migrator deploy, create_db / migrate / seed inside it, stop it; then serving instances."""
-    infra = Infrastructure(consul_agent, tmp_path / "state", "messenger", LOCAL_PGPORT=str(seed_cluster.port),
-                           CONSUL_CHECK_INTERVAL="1s", CONSUL_RETRY_INTERVAL="1s", SHUTDOWN_DRAIN_SECONDS="0")
+    infra = Infrastructure(
+        consul_agent,
+        tmp_path / "state",
+        "messenger",
+        LOCAL_PGPORT=str(seed_cluster.port),
+        CONSUL_CHECK_INTERVAL="1s",
+        CONSUL_RETRY_INTERVAL="1s",
+        SHUTDOWN_DRAIN_SECONDS="0",
+    )
     lb = LoadBalancerView(tmp_path / "state", free_port())
     try:
         infra.platform_and_database()
@@ -525,15 +588,29 @@ def test_the_seeds_migration_sequence_through_the_scripts_keeps_the_migrator_out
         # Before the migration a serving instance refuses to start, and says what to do.
         refused = infra.run("messenger-deploy.sh", check=False)
         assert refused.returncode == 1
-        assert (f"Error: database 'messenger' at 127.0.0.1:{seed_cluster.port} as 'messenger' does not exist: "
-                "run the migrator job") in refused.stderr
+        assert (
+            f"Error: database 'messenger' at 127.0.0.1:{seed_cluster.port} as 'messenger' does not exist: "
+            "run the migrator job"
+        ) in refused.stderr
 
         assert infra.run("messenger-db-migrator-deploy.sh").stdout == "messenger-migrator\n"
-        [migrator] = wait_until(lambda: consul_agent.catalog_instances("messenger-migrator"), timeout=30,
-                                what="the migrator in Consul's catalog")
+        [migrator] = wait_until(
+            lambda: consul_agent.catalog_instances("messenger-migrator"),
+            timeout=30,
+            what="the migrator in Consul's catalog",
+        )
 
-        created = infra.run("messenger-exec.sh", "-e", "PGDATABASE=postgres", "-e", "CREATE_DB_NAME=messenger",
-                            "messenger-migrator", "python", "manage.py", "create_db")
+        created = infra.run(
+            "messenger-exec.sh",
+            "-e",
+            "PGDATABASE=postgres",
+            "-e",
+            "CREATE_DB_NAME=messenger",
+            "messenger-migrator",
+            "python",
+            "manage.py",
+            "create_db",
+        )
         assert created.stdout == "Created database 'messenger'.\n"
         migrated = infra.run("messenger-exec.sh", "messenger-migrator", "python", "manage.py", "migrate", "--no-input")
         assert "Application role 'messenger' may read and write rows in" in migrated.stdout
@@ -553,11 +630,14 @@ def test_the_seeds_migration_sequence_through_the_scripts_keeps_the_migrator_out
         wait_until(lambda: lb.routed() == [address], timeout=30, what="the load balancer to route to the instance")
         status, body, headers = lb.get("/conversations", {"User-Id": "1"})
         assert (status, json.loads(body), headers["Upstream-Host"]) == (200, {"conversations": []}, address)
-        assert f"127.0.0.1:{migrator['ServicePort']}" not in (tmp_path / "state").joinpath(
-            "load-balancer", "nginx", "messenger-upstream.conf").read_text()
+        assert (
+            f"127.0.0.1:{migrator['ServicePort']}"
+            not in (tmp_path / "state").joinpath("load-balancer", "nginx", "messenger-upstream.conf").read_text()
+        )
         with seed_cluster.connect(dbname="messenger") as conn:
-            assert conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'messenger'"
-                                ).fetchone() == ("messenger_migrator",)
+            assert conn.execute(
+                "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'messenger'"
+            ).fetchone() == ("messenger_migrator",)
     finally:
         infra.run("messenger-load-balancer-stop.sh", check=False)
         infra.cleanup()

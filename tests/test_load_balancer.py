@@ -67,12 +67,18 @@ def assert_each_post_stored_once(topology: Topology, loop: ClientLoop, conversat
     """Every acknowledged POST is stored once, none twice, and indexes have no gap."""
     posts = [o for o in loop.outcomes if o.method == "POST"]
     assert len(posts) >= 20, "the drill posted messages while it ran"
-    rows = dict(topology.query("SELECT content, count(*) FROM messages WHERE content = ANY(%s) GROUP BY content",
-                               ([o.content for o in posts],)))
+    rows = dict(
+        topology.query(
+            "SELECT content, count(*) FROM messages WHERE content = ANY(%s) GROUP BY content",
+            ([o.content for o in posts],),
+        )
+    )
     assert [c for c, n in rows.items() if n != 1] == []
     assert [o.content for o in posts if o.status == 201 and o.content not in rows] == []
-    indexes = [i for (i,) in topology.query('SELECT "index" FROM messages WHERE channel_id = %s ORDER BY 1',
-                                            (conversation_id,))]
+    indexes = [
+        i
+        for (i,) in topology.query('SELECT "index" FROM messages WHERE channel_id = %s ORDER BY 1', (conversation_id,))
+    ]
     assert indexes == list(range(1, len(indexes) + 1))
 
 
@@ -116,10 +122,18 @@ def test_a_new_instance_serves_within_two_seconds_of_passing_its_first_check(top
     try:
         new = topology.deploy_instance()
         address = topology.address(new)
-        passed_at = wait_until(lambda: address in topology.passing_addresses() and time.monotonic(), 30,
-                               interval=0.02, what=f"{new} to pass its check")
-        served_at = wait_until(lambda: next((t for t, up in seen if up == address), None), 10, interval=0.02,
-                               what=f"a request served by {new}")
+        passed_at = wait_until(
+            lambda: address in topology.passing_addresses() and time.monotonic(),
+            30,
+            interval=0.02,
+            what=f"{new} to pass its check",
+        )
+        served_at = wait_until(
+            lambda: next((t for t, up in seen if up == address), None),
+            10,
+            interval=0.02,
+            what=f"a request served by {new}",
+        )
     finally:
         stop.set()
         prober.join(timeout=10)
@@ -141,8 +155,11 @@ def test_graceful_stop_under_load_fails_no_request(topology, conversation):
         after = loop.count()
         wait_until(lambda: loop.count() >= after + 100, 30, what="100 requests after the stop")
 
-    report("SIGTERM drill", f"{loop.count()} requests, {len(loop.failures())} failed, "
-                            f"{topology.watcher_status()['reloaded'] - reloads_before} reload(s)")
+    report(
+        "SIGTERM drill",
+        f"{loop.count()} requests, {len(loop.failures())} failed, "
+        f"{topology.watcher_status()['reloaded'] - reloads_before} reload(s)",
+    )
     assert loop.failures() == []
     served_by_victim = [o for o in loop.outcomes if o.upstream == topology.address(victim)]
     assert served_by_victim, "the stopped instance served part of the load before it left"
@@ -168,8 +185,12 @@ def test_sigkill_under_load_fails_only_requests_in_flight_and_stores_no_post_twi
         topology.kill_instance(victim)
         # Its entry stops passing (its check turns critical), or the process its
         # supervisor started again already took the entry over.
-        critical_at = wait_until(lambda: not (entries_at_address() & killed_ids) and time.monotonic(), 30,
-                                 interval=0.02, what=f"{victim}'s entry to stop passing")
+        critical_at = wait_until(
+            lambda: not (entries_at_address() & killed_ids) and time.monotonic(),
+            30,
+            interval=0.02,
+            what=f"{victim}'s entry to stop passing",
+        )
         wait_until(lambda: topology.infra.pid(victim) != victim_pid, 30, what=f"{victim} started again")
         topology.wait_routed({topology.address(i) for i in instances}, timeout=60)
         back_at = time.monotonic()
@@ -177,11 +198,14 @@ def test_sigkill_under_load_fails_only_requests_in_flight_and_stores_no_post_twi
         wait_until(lambda: loop.count() >= after + 150, 30, what="150 requests after it came back")
 
     failures = loop.failures()
-    report("SIGKILL drill", f"{loop.count()} requests, {len(failures)} failed "
-                            f"(started {[round(f.started - killed_at, 3) for f in failures]}s after the kill), "
-                            f"entry out after {critical_at - killed_at:.2f}s, "
-                            f"started again and routed after {back_at - killed_at:.2f}s, "
-                            f"{topology.watcher_status()['reloaded'] - reloads_before} reload(s)")
+    report(
+        "SIGKILL drill",
+        f"{loop.count()} requests, {len(failures)} failed "
+        f"(started {[round(f.started - killed_at, 3) for f in failures]}s after the kill), "
+        f"entry out after {critical_at - killed_at:.2f}s, "
+        f"started again and routed after {back_at - killed_at:.2f}s, "
+        f"{topology.watcher_status()['reloaded'] - reloads_before} reload(s)",
+    )
     # After the check turned critical: nothing fails.
     assert [f for f in failures if f.started >= critical_at] == []
     # Before: only what the dead instance had in flight. A killed process takes a
@@ -229,11 +253,14 @@ def test_consul_outage_keeps_traffic_flowing_and_changes_are_picked_up_when_it_r
     with ClientLoop(topology, conversation, user_id=2) as loop:
         wait_until(lambda: loop.count() >= 50, 30, what="50 requests before the outage")
         topology.consul.stop()
-        wait_until(lambda: topology.watcher_status()["consul_reachable"] is False, 30,
-                   what="the watcher to notice Consul is gone")
+        wait_until(
+            lambda: topology.watcher_status()["consul_reachable"] is False,
+            30,
+            what="the watcher to notice Consul is gone",
+        )
         during = loop.count()
         wait_until(lambda: loop.count() >= during + 150, 30, what="150 requests during the outage")
-        served_during_outage = {o.upstream for o in loop.outcomes[during:during + 150]}
+        served_during_outage = {o.upstream for o in loop.outcomes[during : during + 150]}
 
         # Consul comes back empty (a dev agent keeps nothing); the instances
         # register again on their own, and a new one is picked up.
@@ -242,8 +269,11 @@ def test_consul_outage_keeps_traffic_flowing_and_changes_are_picked_up_when_it_r
         wait_until(lambda: topology.passing_addresses() == known, 30, what="the instances to register again")
         new = topology.deploy_instance()
         topology.wait_routed(known | {topology.address(new)}, timeout=30)
-        wait_until(lambda: any(o.upstream == topology.address(new) for o in loop.outcomes[-50:]), 30,
-                   what="the new instance to serve part of the load")
+        wait_until(
+            lambda: any(o.upstream == topology.address(new) for o in loop.outcomes[-50:]),
+            30,
+            what="the new instance to serve part of the load",
+        )
 
     report("Consul outage drill", f"{loop.count()} requests, {len(loop.failures())} failed")
     assert loop.failures() == []
@@ -273,10 +303,24 @@ def test_browsable_api_renders_in_chromium_through_the_load_balancer(topology, t
     page = f"{topology.lb_url}/users"
 
     result = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps",
-         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page],
-        capture_output=True, text=True, timeout=120)
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-default-apps",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            page,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     dom = result.stdout
 
     assert result.returncode == 0, result.stderr[-2000:]
@@ -312,4 +356,3 @@ def test_deploy_is_idempotent_and_nginx_outlives_a_killed_watcher(topology):
     assert topology.nginx_master_pid() == nginx_master  # adopted, not restarted
     topology.deploy_instance()
     topology.wait_routed({topology.address(i) for i in topology.running_instances()})
-

@@ -37,8 +37,12 @@ INSTANCE_SETS = {
 
 
 def nginx_test(conf_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["nginx", "-t", "-q", "-e", "stderr", "-p", f"{conf_dir}/", "-c", str(conf_dir / "nginx.conf")],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["nginx", "-t", "-q", "-e", "stderr", "-p", f"{conf_dir}/", "-c", str(conf_dir / "nginx.conf")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 @pytest.mark.parametrize("instances", INSTANCE_SETS.values(), ids=INSTANCE_SETS.keys())
@@ -94,7 +98,7 @@ def test_consul_template_retries_forever_and_renders_where_nginx_apply_reads():
     assert config["consul"]["retry"]["attempts"] == 0  # 0: forever
     # The address comes from CONSUL_URL at run time (docker-entrypoint.sh), never from this file.
     assert "address" not in config["consul"]
-    assert "-consul-addr=\"$CONSUL_URL\"" in (LB_DIR / "docker-entrypoint.sh").read_text()
+    assert '-consul-addr="$CONSUL_URL"' in (LB_DIR / "docker-entrypoint.sh").read_text()
     # The same quiet window as the local runtime's watcher.
     defaults = watcher.parse_args(["--state-dir", "unused"])
     assert config_schema.parse_duration(config["wait"]["min"]) == defaults.wait_min
@@ -106,7 +110,7 @@ def test_consul_template_retries_forever_and_renders_where_nginx_apply_reads():
     assert Path(template["destination"]) == conf_dir / "messenger-upstream.conf.rendered"
     assert template["command"] == f"{copies['nginx-apply.sh']} --exit-zero"
     assert copies["consul-template-config.hcl"] in (LB_DIR / "docker-entrypoint.sh").read_text()
-    assert f'NGINX_CONF_DIR:-{conf_dir}' in (LB_DIR / "nginx-apply.sh").read_text()
+    assert f"NGINX_CONF_DIR:-{conf_dir}" in (LB_DIR / "nginx-apply.sh").read_text()
 
 
 def test_nginx_body_cap_is_never_below_json_body_limit():
@@ -123,27 +127,54 @@ def test_nginx_body_cap_is_never_below_json_body_limit():
 def test_image_scripts_pass_shellcheck():
     """The deploy and stop scripts are checked with the rest of infrastructure/ (tests/consul)."""
     shellcheck = Path(sys.executable).with_name("shellcheck")
-    result = subprocess.run([str(shellcheck), "nginx-apply.sh", "docker-entrypoint.sh"], cwd=LB_DIR,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(shellcheck), "nginx-apply.sh", "docker-entrypoint.sh"],
+        cwd=LB_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_docker_runtime_runs_the_seeds_container(fake_docker, tmp_path):
     """As the seed's deploy script: the caller's Consul location, port 8085, the platform's network."""
-    env = {**fake_docker.env, "HOME": str(tmp_path), "MESSENGER_RUNTIME": "", "MESSENGER_STATE_DIR": str(tmp_path),
-           "CONSUL_HOST": "consul-client", "CONSUL_PORT": "8500"}
-    result = subprocess.run([str(INFRA / "messenger-load-balancer-deploy.sh")], env=env, capture_output=True,
-                            text=True, timeout=60)
+    env = {
+        **fake_docker.env,
+        "HOME": str(tmp_path),
+        "MESSENGER_RUNTIME": "",
+        "MESSENGER_STATE_DIR": str(tmp_path),
+        "CONSUL_HOST": "consul-client",
+        "CONSUL_PORT": "8500",
+    }
+    result = subprocess.run(
+        [str(INFRA / "messenger-load-balancer-deploy.sh")], env=env, capture_output=True, text=True, timeout=60
+    )
 
     assert result.returncode == 0, result.stderr
-    assert [call["argv"] for call in fake_docker("run")] == [[
-        "run", "-d", "--restart", "unless-stopped", "--name", "messenger-lb", "--network", "mm_2023",
-        "-e", "CONSUL_URL=consul-client:8500", "-p", "8085:8085", "messenger-lb"]]
+    assert [call["argv"] for call in fake_docker("run")] == [
+        [
+            "run",
+            "-d",
+            "--restart",
+            "unless-stopped",
+            "--name",
+            "messenger-lb",
+            "--network",
+            "mm_2023",
+            "-e",
+            "CONSUL_URL=consul-client:8500",
+            "-p",
+            "8085:8085",
+            "messenger-lb",
+        ]
+    ]
     assert "messenger-lb: container started" in result.stderr
     assert "messenger-lb: answering on port 8085" in result.stderr
 
 
 # --- nginx-apply.sh against a real NGINX --------------------------------------------------
+
 
 class _Backend(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (the http.server API)
@@ -181,8 +212,9 @@ def nginx(tmp_path):
 
 def run_apply(conf_dir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "NGINX_CONF_DIR": str(conf_dir), "NGINX_PREFIX": str(conf_dir)}
-    return subprocess.run(["sh", str(LB_DIR / "nginx-apply.sh"), *args], env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        ["sh", str(LB_DIR / "nginx-apply.sh"), *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_nginx_apply_starts_nginx_then_reloads_it(nginx, backend):

@@ -32,8 +32,12 @@ SERVICE_NAME = "messenger-observed"
 def service(consul_agent, tmp_path):
     seed_chat()
     env = database_env(
-        WEB_CONCURRENCY="2", WEB_THREADS="2", LOG_LEVEL="INFO",
-        CONSUL_SERVICE_NAME=SERVICE_NAME, CONSUL_HOST="127.0.0.1", CONSUL_PORT=str(consul_agent.http_port),
+        WEB_CONCURRENCY="2",
+        WEB_THREADS="2",
+        LOG_LEVEL="INFO",
+        CONSUL_SERVICE_NAME=SERVICE_NAME,
+        CONSUL_HOST="127.0.0.1",
+        CONSUL_PORT=str(consul_agent.http_port),
     )
     service = ServiceProcess(env, tmp_path / "service.log").start()
     try:
@@ -79,8 +83,13 @@ def test_request_lines_and_metrics_cover_every_worker(service, consul_agent):
         if n % 20 < 8:
             barrier.wait(timeout=30)
         request_id = f"live-{n}-{uuid.uuid4().hex[:8]}"
-        answer = call(service.url, "POST", "/conversations/1/messages", {"content": f"m{n}"},
-                      {"User-Id": "1", "X-Request-Id": request_id})
+        answer = call(
+            service.url,
+            "POST",
+            "/conversations/1/messages",
+            {"content": f"m{n}"},
+            {"User-Id": "1", "X-Request-Id": request_id},
+        )
         return request_id, answer
 
     sent = []
@@ -92,15 +101,19 @@ def test_request_lines_and_metrics_cover_every_worker(service, consul_agent):
     assert {answer.status for _, answer in sent} == {201}
     assert all(answer.headers["X-Request-Id"] == request_id for request_id, answer in sent)
 
-    lines = wait_until(lambda: (lines := request_lines(service)) and len(lines) >= 40 and lines, timeout=10,
-                       what="40 request lines")
+    lines = wait_until(
+        lambda: (lines := request_lines(service)) and len(lines) >= 40 and lines, timeout=10, what="40 request lines"
+    )
     # One format on the stream: gunicorn's own lines, discovery's and the request log are all JSON.
     assert all(json.loads(raw) for raw in service.log_path.read_text().splitlines() if raw.strip())
     posts = {line["request_id"]: line for line in lines if line["method"] == "POST"}
     for request_id, _ in sent:
         line = posts[request_id]
         assert (line["path"], line["route"], line["status"]) == (
-            "/conversations/1/messages", "/conversations/{conversation_id}/messages", 201)
+            "/conversations/1/messages",
+            "/conversations/{conversation_id}/messages",
+            201,
+        )
         assert line["instance"] == service_id
     first, second = ({posts[request_id]["pid"] for request_id, _ in half} for half in (sent[:20], sent[20:]))
     assert first.isdisjoint(second), "the second batch was served by new worker processes"
@@ -111,13 +124,14 @@ def test_request_lines_and_metrics_cover_every_worker(service, consul_agent):
         text = scrape(service)
         assert sample(text, "messenger_http_requests_total", **labels) == 40
         assert sample(text, "messenger_http_request_duration_seconds_count", **labels) == 40
-        assert sample(text, "messenger_outbox_backlog") == OutboxEvent.objects.filter(sent_at__isnull=True).count() == 40
+        assert (
+            sample(text, "messenger_outbox_backlog") == OutboxEvent.objects.filter(sent_at__isnull=True).count() == 40
+        )
         assert sample(text, "messenger_database_up") == 1
         assert sample(text, "messenger_consul_registered") == 1
 
 
 def test_consul_gauge_drops_to_zero_when_the_agent_forgets_the_instance(service, consul_agent):
-    wait_until(lambda: sample(scrape(service), "messenger_consul_registered") == 1, timeout=30,
-               what="registered gauge")
+    wait_until(lambda: sample(scrape(service), "messenger_consul_registered") == 1, timeout=30, what="registered gauge")
     consul_agent.stop()
     assert sample(scrape(service), "messenger_consul_registered") == 0

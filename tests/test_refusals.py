@@ -33,13 +33,16 @@ USER = "User-Id: 1\r\n"
 def request(method: str, target: str, headers: str = "", body: bytes = b"") -> bytes:
     """A well-framed HTTP/1.1 request with `Connection: close` (a Content-Length when it has a body)."""
     length = f"Content-Length: {len(body)}\r\n" if body else ""
-    return f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}{length}\r\n".encode(
-        "latin-1") + body
+    return (
+        f"{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}{length}\r\n".encode("latin-1")
+        + body
+    )
 
 
 def chunked(target: str, headers: str, chunks: bytes) -> bytes:
-    return (f"POST {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}"
-            "Transfer-Encoding: chunked\r\n\r\n").encode() + chunks
+    return (
+        f"POST {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{headers}Transfer-Encoding: chunked\r\n\r\n"
+    ).encode() + chunks
 
 
 @dataclass(frozen=True)
@@ -70,38 +73,90 @@ CASES = [
     Case("invalid Host", request("GET", "/conversations", "Host: bad host!\r\n"), 400, 400),
     # Numbers far past what any id, index or limit can be.
     Case("User-Id of 5,000 digits", request("GET", "/conversations", "User-Id: " + "9" * 5000 + "\r\n"), 400, 400),
-    Case("User-Id of 5,000 zeros then 1 is not refused for its length",
-         request("GET", "/conversations/1/messages", "User-Id: " + "0" * 5000 + "x\r\n"), 400, 400),
+    Case(
+        "User-Id of 5,000 zeros then 1 is not refused for its length",
+        request("GET", "/conversations/1/messages", "User-Id: " + "0" * 5000 + "x\r\n"),
+        400,
+        400,
+    ),
     Case("path id of 3,000 digits", request("GET", "/conversations/" + "9" * 3000 + "/messages"), 400, 400),
     Case("limit of 3,000 digits", request("GET", "/conversations/1/messages?limit=" + "9" * 3000), 400, 400),
-    Case("after_index of 3,000 digits", request("GET", "/conversations/1/messages?after_index=" + "9" * 3000),
-         400, 400),
-    Case("participant id of 5,000 digits",
-         request("POST", "/conversations", JSON, b'{"participant_ids":[' + b"9" * 5000 + b",2]}"), 400, 400),
-    Case("index of 5,000 digits",
-         request("POST", "/conversations/1/view_horizon", JSON + USER, b'{"index":' + b"9" * 5000 + b"}"), 400, 400),
+    Case(
+        "after_index of 3,000 digits", request("GET", "/conversations/1/messages?after_index=" + "9" * 3000), 400, 400
+    ),
+    Case(
+        "participant id of 5,000 digits",
+        request("POST", "/conversations", JSON, b'{"participant_ids":[' + b"9" * 5000 + b",2]}"),
+        400,
+        400,
+    ),
+    Case(
+        "index of 5,000 digits",
+        request("POST", "/conversations/1/view_horizon", JSON + USER, b'{"index":' + b"9" * 5000 + b"}"),
+        400,
+        400,
+    ),
     Case("index 1e400", request("POST", "/conversations/1/view_horizon", JSON + USER, b'{"index":1e400}'), 400, 400),
     # Bodies: nesting, size, framing.
-    Case("JSON nested 50,000 deep",
-         request("POST", "/conversations/1/messages", JSON + USER, b"[" * 50_000 + b"]" * 50_000), 400, 400),
-    Case("body past JSON_BODY_LIMIT", request("POST", "/conversations/1/messages", JSON + USER,
-                                              b'{"content":"' + b"x" * 200_000 + b'"}'), 413, 413),
-    Case("body past the load balancer's cap", request("POST", "/conversations/1/messages", JSON + USER,
-                                                      b'{"content":"' + b"x" * 1_100_000 + b'"}'), 413, 413),
-    Case("Content-Length of 50 digits",
-         b"POST /conversations HTTP/1.1\r\nHost: localhost\r\nContent-Length: " + b"9" * 50 + b"\r\n\r\n{}", 400, 400),
-    Case("negative Content-Length",
-         b"POST /conversations HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n\r\n{}", 400, 400),
-    Case("chunk without its CRLF", chunked("/conversations/1/messages", JSON + USER, b"5\r\n{\"a\":XX\r\n0\r\n\r\n"),
-         400, 400),
-    Case("unsupported Transfer-Encoding",
-         b"POST /conversations HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n", 400, 400),
-    Case("Idempotency-Key of 7,000 characters", request(
-        "POST", "/conversations/1/messages", JSON + USER + "Idempotency-Key: " + "k" * 7000 + "\r\n",
-        b'{"content":"x"}'), 400, 400),
-    Case("Content-Type with 1,500 parameters",
-         request("POST", "/conversations", "Content-Type: application/json;" + "a=b;" * 1500 + "\r\n", b"{}"),
-         415, 415),
+    Case(
+        "JSON nested 50,000 deep",
+        request("POST", "/conversations/1/messages", JSON + USER, b"[" * 50_000 + b"]" * 50_000),
+        400,
+        400,
+    ),
+    Case(
+        "body past JSON_BODY_LIMIT",
+        request("POST", "/conversations/1/messages", JSON + USER, b'{"content":"' + b"x" * 200_000 + b'"}'),
+        413,
+        413,
+    ),
+    Case(
+        "body past the load balancer's cap",
+        request("POST", "/conversations/1/messages", JSON + USER, b'{"content":"' + b"x" * 1_100_000 + b'"}'),
+        413,
+        413,
+    ),
+    Case(
+        "Content-Length of 50 digits",
+        b"POST /conversations HTTP/1.1\r\nHost: localhost\r\nContent-Length: " + b"9" * 50 + b"\r\n\r\n{}",
+        400,
+        400,
+    ),
+    Case(
+        "negative Content-Length",
+        b"POST /conversations HTTP/1.1\r\nHost: localhost\r\nContent-Length: -5\r\n\r\n{}",
+        400,
+        400,
+    ),
+    Case(
+        "chunk without its CRLF",
+        chunked("/conversations/1/messages", JSON + USER, b'5\r\n{"a":XX\r\n0\r\n\r\n'),
+        400,
+        400,
+    ),
+    Case(
+        "unsupported Transfer-Encoding",
+        b"POST /conversations HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\r\n",
+        400,
+        400,
+    ),
+    Case(
+        "Idempotency-Key of 7,000 characters",
+        request(
+            "POST",
+            "/conversations/1/messages",
+            JSON + USER + "Idempotency-Key: " + "k" * 7000 + "\r\n",
+            b'{"content":"x"}',
+        ),
+        400,
+        400,
+    ),
+    Case(
+        "Content-Type with 1,500 parameters",
+        request("POST", "/conversations", "Content-Type: application/json;" + "a=b;" * 1500 + "\r\n", b"{}"),
+        415,
+        415,
+    ),
     Case("TRACE", request("TRACE", "/conversations"), 405, 405),
 ]
 
@@ -133,7 +188,7 @@ def _dechunk(body: bytes) -> bytes:
         size, _, rest = body.partition(b"\r\n")
         if not (length := int(size, 16)):
             break
-        out, body = out + rest[:length], rest[length + 2:]
+        out, body = out + rest[:length], rest[length + 2 :]
     return out
 
 
@@ -152,8 +207,9 @@ def database():
 @pytest.fixture(scope="module")
 def service(database, tmp_path_factory):
     # LOG_LEVEL=INFO: the request log line of every answer, to read back below.
-    process = ServiceProcess({**database, "WEB_THREADS": "2", "LOG_LEVEL": "INFO"},
-                             tmp_path_factory.mktemp("refusals") / "service.log")
+    process = ServiceProcess(
+        {**database, "WEB_THREADS": "2", "LOG_LEVEL": "INFO"}, tmp_path_factory.mktemp("refusals") / "service.log"
+    )
     process.start()
     try:
         created = call(process.url, "POST", "/conversations", {"participant_ids": [1, 2]})
@@ -187,7 +243,8 @@ def test_gunicorn_quotes_its_own_limit_in_the_refusal(service):
     _, _, body = send(service.port, request("GET", "/conversations?" + "a" * 5000))
 
     assert json.loads(body) == {
-        "error": f"Request line length (5028) exceeds limit ({gunicorn_refusals.LIMIT_REQUEST_LINE})"}
+        "error": f"Request line length (5028) exceeds limit ({gunicorn_refusals.LIMIT_REQUEST_LINE})"
+    }
 
 
 def test_no_refused_request_stored_anything_or_failed_inside_the_service(service, load_balancer, database):
@@ -208,4 +265,5 @@ def test_gunicorn_refusal_body_is_ascii_json_cut_to_a_readable_length():
     assert text.startswith("Invalid header: '") and text.endswith("...")
     assert len(text) == gunicorn_refusals.MAX_DETAIL + 3
     assert json.loads(gunicorn_refusals.error_body(500, "Internal Server Error", "")) == {
-        "error": "Internal server error"}
+        "error": "Internal server error"
+    }

@@ -14,8 +14,7 @@ def test_swagger_ui_shows_every_operation_with_only_loopback_reachable(tmp_path)
     service = ServiceProcess({"DATA_DIR": str(tmp_path / "data")}, tmp_path / "service.log").start()
     try:
         # Virtual time lets the page's scripts fetch /schema and render before the DOM is taken.
-        dom = dump_dom(f"{service.url}/schema/docs", tmp_path / "profile", LOOPBACK_ONLY,
-                       "--virtual-time-budget=10000")
+        dom = dump_dom(f"{service.url}/schema/docs", tmp_path / "profile", LOOPBACK_ONLY, "--virtual-time-budget=10000")
     finally:
         service.stop()
 

@@ -42,8 +42,12 @@ def test_make_up_runs_the_tutorial_end_to_end_and_make_down_leaves_nothing(stack
 
     # Scale to five and back to three under a steady bounded load: no request fails.
     scale_to_five_and_back_under_load(stack)
-    stored = {row[0] for row in psycopg.connect(host="127.0.0.1", user="postgres", dbname=stack.database)
-              .execute("SELECT index FROM messages WHERE channel_id = 1").fetchall()}
+    stored = {
+        row[0]
+        for row in psycopg.connect(host="127.0.0.1", user="postgres", dbname=stack.database)
+        .execute("SELECT index FROM messages WHERE channel_id = 1")
+        .fetchall()
+    }
     assert stored == set(range(1, len(stored) + 1)), "indexes stay contiguous under scaling"
 
     # make up again changes nothing (it is safe to run twice).

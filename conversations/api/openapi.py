@@ -35,8 +35,12 @@ def ref(name: str) -> dict:
 
 
 _ID = {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID, "example": 1}
-_TIMESTAMP = {"type": "string", "format": "date-time", "description": "UTC, with milliseconds.",
-              "example": "2026-11-29T06:41:59.000Z"}
+_TIMESTAMP = {
+    "type": "string",
+    "format": "date-time",
+    "description": "UTC, with milliseconds.",
+    "example": "2026-11-29T06:41:59.000Z",
+}
 _NEXT = {"type": "string", "format": "uri", "description": "The next page; absent on the last page."}
 # Text the service stores: not blank, no NUL characters (PostgreSQL text cannot hold them).
 _TEXT_PATTERN = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
@@ -59,8 +63,15 @@ COMPONENTS: dict[str, dict] = {
     "UserPage": _page("users", "User"),
     "UserCreated": _object({"user": ref("User")}),
     "UserCreate": _object(
-        {"name": {"type": "string", "minLength": 1, "maxLength": USER_NAME_MAX, "pattern": _TEXT_PATTERN,
-                  "example": "James Blanderphone"}},
+        {
+            "name": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": USER_NAME_MAX,
+                "pattern": _TEXT_PATTERN,
+                "example": "James Blanderphone",
+            }
+        },
         closed=False,
     ),
     "Conversation": _object({"id": _ID, "inserted_at": _TIMESTAMP}),
@@ -68,16 +79,23 @@ COMPONENTS: dict[str, dict] = {
     "ConversationCreate": _object(
         {
             "participant_ids": {
-                "type": "array", "items": _ID, "minItems": services.PARTICIPANT_COUNT,
-                "maxItems": services.PARTICIPANT_COUNT, "uniqueItems": True,
-                "description": "The two users of the conversation.", "example": [1, 2],
+                "type": "array",
+                "items": _ID,
+                "minItems": services.PARTICIPANT_COUNT,
+                "maxItems": services.PARTICIPANT_COUNT,
+                "uniqueItems": True,
+                "description": "The two users of the conversation.",
+                "example": [1, 2],
             }
         },
         closed=False,
     ),
     "ConversationListItem": _object(
-        {"id": _ID, "inserted_at": _TIMESTAMP,
-         "name": {"type": "string", "description": "The other participant's name."}}
+        {
+            "id": _ID,
+            "inserted_at": _TIMESTAMP,
+            "name": {"type": "string", "description": "The other participant's name."},
+        }
     ),
     "ConversationPage": _page("conversations", "ConversationListItem"),
     "MessageListItem": _object(
@@ -105,19 +123,34 @@ COMPONENTS: dict[str, dict] = {
     ),
     "MessageCreated": _object({"message": ref("Message")}),
     "MessageCreate": _object(
-        {"content": {"type": "string", "minLength": 1, "pattern": _TEXT_PATTERN,
-                     "example": "This is the first message"}},
+        {
+            "content": {
+                "type": "string",
+                "minLength": 1,
+                "pattern": _TEXT_PATTERN,
+                "example": "This is the first message",
+            }
+        },
         closed=False,
     ),
     "ViewHorizon": _object(
-        {"index": {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_ID, "example": 1,
-                   "description": "The last index the user has seen; a lower value than before changes nothing."}},
+        {
+            "index": {
+                "type": "integer",
+                "format": "int64",
+                "minimum": 0,
+                "maximum": MAX_ID,
+                "example": 1,
+                "description": "The last index the user has seen; a lower value than before changes nothing.",
+            }
+        },
         closed=False,
     ),
 }
 
 
 # --- parameters ----------------------------------------------------------------
+
 
 def _user_id(required: bool, description: str) -> OpenApiParameter:
     return OpenApiParameter("User-Id", _ID, HEADER, required=required, description=description)
@@ -141,16 +174,25 @@ IDEMPOTENCY_KEY = OpenApiParameter(
     ),
 )
 CONVERSATION_ID = OpenApiParameter("conversation_id", _ID, PATH, description="A conversation's id.")
-LIMIT = OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE}, QUERY,
-                         description="Page size.")
+LIMIT = OpenApiParameter(
+    "limit",
+    {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE},
+    QUERY,
+    description="Page size.",
+)
 
 
 def _cursor(name: str, what: str) -> OpenApiParameter:
-    return OpenApiParameter(name, {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_ID}, QUERY,
-                            description=f"Return {what} after this one (0: from the start).")
+    return OpenApiParameter(
+        name,
+        {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_ID},
+        QUERY,
+        description=f"Return {what} after this one (0: from the start).",
+    )
 
 
 # --- responses -------------------------------------------------------------------
+
 
 def _json(name: str, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": ref(name)}}}
@@ -160,8 +202,10 @@ def error(description: str) -> dict:
     return _json("Error", description)
 
 
-BAD_INPUT = ("Bad input: malformed (or too deeply nested) JSON, a wrong type, text with an unpaired surrogate, "
-             "a non-numeric id, a malformed or unknown `User-Id`")
+BAD_INPUT = (
+    "Bad input: malformed (or too deeply nested) JSON, a wrong type, text with an unpaired surrogate, "
+    "a non-numeric id, a malformed or unknown `User-Id`"
+)
 UNAVAILABLE = error(f"The database is unreachable or too slow: `{DATABASE_UNAVAILABLE}` (with `Retry-After`).")
 TOO_LARGE = error("The body is larger than JSON_BODY_LIMIT; refused unread, nothing stored.")
 UNSUPPORTED = error("The body is not `application/json`.")
@@ -173,8 +217,16 @@ NOT_IN_CONVERSATION = f"`{services.NOT_IN_CONVERSATION.format(user_id='N')}`"
 _RESPONSES: dict[str, dict] = {}
 
 
-def _operation(operation_id: str, summary: str, *, tags: list[str], parameters=(), request: str | None = None,
-               responses: dict, description: str = ""):
+def _operation(
+    operation_id: str,
+    summary: str,
+    *,
+    tags: list[str],
+    parameters=(),
+    request: str | None = None,
+    responses: dict,
+    description: str = "",
+):
     """`extend_schema` for one operation, with its responses kept for `postprocess`."""
     _RESPONSES[operation_id] = {str(code): body for code, body in responses.items()}
     return extend_schema(
@@ -189,20 +241,29 @@ def _operation(operation_id: str, summary: str, *, tags: list[str], parameters=(
 
 
 users_list = _operation(
-    "users_list", "List users", tags=["users"],
+    "users_list",
+    "List users",
+    tags=["users"],
     parameters=[_cursor("after_id", "users"), LIMIT],
     responses={200: _json("UserPage", "Users by id."), 400: error(BAD_INPUT + "."), 503: UNAVAILABLE},
 )
 users_create = _operation(
-    "users_create", "Add a user", tags=["users"], request="UserCreate",
+    "users_create",
+    "Add a user",
+    tags=["users"],
+    request="UserCreate",
     responses={
         201: _json("UserCreated", "The new user."),
         400: error(BAD_INPUT + f"; `{validation.NAME_REQUIRED}`."),
-        413: TOO_LARGE, 415: UNSUPPORTED, 503: UNAVAILABLE,
+        413: TOO_LARGE,
+        415: UNSUPPORTED,
+        503: UNAVAILABLE,
     },
 )
 conversations_list = _operation(
-    "conversations_list", "List the caller's conversations", tags=["conversations"],
+    "conversations_list",
+    "List the caller's conversations",
+    tags=["conversations"],
     parameters=[USER_ID, _cursor("after_id", "conversations"), LIMIT],
     responses={
         200: _json("ConversationPage", "The caller's conversations by id, each named after the other participant."),
@@ -211,7 +272,9 @@ conversations_list = _operation(
     },
 )
 conversations_create = _operation(
-    "conversations_create", "Start a conversation between two users", tags=["conversations"],
+    "conversations_create",
+    "Start a conversation between two users",
+    tags=["conversations"],
     request="ConversationCreate",
     responses={
         201: _json("ConversationCreated", "The new conversation."),
@@ -219,24 +282,29 @@ conversations_create = _operation(
             BAD_INPUT + f"; `{services.CONVERSATION_NEEDS_TWO_USERS}`; `{services.UNKNOWN_PARTICIPANTS}`; "
             f"`{services.CONVERSATION_EXISTS.format(conversation_id='N')}`."
         ),
-        413: TOO_LARGE, 415: UNSUPPORTED, 503: UNAVAILABLE,
+        413: TOO_LARGE,
+        415: UNSUPPORTED,
+        503: UNAVAILABLE,
     },
 )
 messages_list = _operation(
-    "messages_list", "Read a conversation's messages", tags=["messages"],
+    "messages_list",
+    "Read a conversation's messages",
+    tags=["messages"],
     parameters=[CONVERSATION_ID, USER_ID_WHEN_MEMBERS_ONLY, _cursor("after_index", "messages"), LIMIT],
     responses={
         200: _json("MessagePage", "Messages in index order."),
-        400: error(
-            BAD_INPUT + f"; with READS_REQUIRE_MEMBER on: `{MISSING_USER_ID}` or {NOT_IN_CONVERSATION}."
-        ),
+        400: error(BAD_INPUT + f"; with READS_REQUIRE_MEMBER on: `{MISSING_USER_ID}` or {NOT_IN_CONVERSATION}."),
         404: NO_SUCH_CONVERSATION,
         503: UNAVAILABLE,
     },
 )
 messages_create = _operation(
-    "messages_create", "Post a message", tags=["messages"],
-    parameters=[CONVERSATION_ID, USER_ID, IDEMPOTENCY_KEY], request="MessageCreate",
+    "messages_create",
+    "Post a message",
+    tags=["messages"],
+    parameters=[CONVERSATION_ID, USER_ID, IDEMPOTENCY_KEY],
+    request="MessageCreate",
     description="Stores the message with the conversation's next index and emits a `new_message` event.",
     responses={
         201: _json("MessageCreated", "The stored message (or, for a repeated Idempotency-Key, the first one)."),
@@ -245,21 +313,25 @@ messages_create = _operation(
             "a malformed Idempotency-Key."
         ),
         404: NO_SUCH_CONVERSATION,
-        413: TOO_LARGE, 415: UNSUPPORTED,
+        413: TOO_LARGE,
+        415: UNSUPPORTED,
         422: error(f"`{services.IDEMPOTENCY_KEY_REUSED}`."),
         503: UNAVAILABLE,
     },
 )
 view_horizon_set = _operation(
-    "view_horizon_set", "Record how far the caller has read", tags=["messages"],
-    parameters=[CONVERSATION_ID, USER_ID], request="ViewHorizon",
+    "view_horizon_set",
+    "Record how far the caller has read",
+    tags=["messages"],
+    parameters=[CONVERSATION_ID, USER_ID],
+    request="ViewHorizon",
     responses={
         204: {"description": "Recorded (a horizon never moves back)."},
-        400: error(
-            BAD_INPUT + f"; `{MISSING_USER_ID}`; {NOT_IN_CONVERSATION}; `{validation.INDEX_INVALID}`."
-        ),
+        400: error(BAD_INPUT + f"; `{MISSING_USER_ID}`; {NOT_IN_CONVERSATION}; `{validation.INDEX_INVALID}`."),
         404: NO_SUCH_CONVERSATION,
-        413: TOO_LARGE, 415: UNSUPPORTED, 503: UNAVAILABLE,
+        413: TOO_LARGE,
+        415: UNSUPPORTED,
+        503: UNAVAILABLE,
     },
 )
 
@@ -271,17 +343,21 @@ _HEALTH = {
         "description": "Used by Consul's health check and the load balancer. 200 while the database answers.",
         "tags": ["health"],
         "responses": {
-            "200": {"description": "Healthy.",
-                    "content": {"text/plain": {"schema": {"type": "string", "enum": ["OK"]}}}},
-            "503": {"description": "The database is unreachable.",
-                    "content": {"text/plain": {"schema": {"type": "string"}}}},
+            "200": {
+                "description": "Healthy.",
+                "content": {"text/plain": {"schema": {"type": "string", "enum": ["OK"]}}},
+            },
+            "503": {
+                "description": "The database is unreachable.",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
         },
     }
 }
 
 _REQUEST_ID_HEADER = {
     "description": "The request's id: the caller's X-Request-Id when it sent a usable one, else a new one. "
-                   "The same id is in the instance's log line for the request.",
+    "The same id is in the instance's log line for the request.",
     "required": True,
     "schema": {"type": "string", "minLength": 1, "maxLength": 128},
 }
@@ -291,10 +367,16 @@ _URI_TOO_LONG = error(
     f"The request line (path and query) is longer than the HTTP server accepts "
     f"({gunicorn_refusals.LIMIT_REQUEST_LINE} bytes); refused unread."
 )
-_RETRY_AFTER_HEADER = {"description": "Seconds to wait before retrying.", "required": True,
-                       "schema": {"type": "string"}}
-_REPLAYED_HEADER = {"description": "`true` when an Idempotency-Key repeat returned the first message.",
-                    "required": False, "schema": {"type": "string", "enum": ["true"]}}
+_RETRY_AFTER_HEADER = {
+    "description": "Seconds to wait before retrying.",
+    "required": True,
+    "schema": {"type": "string"},
+}
+_REPLAYED_HEADER = {
+    "description": "`true` when an Idempotency-Key repeat returned the first message.",
+    "required": False,
+    "schema": {"type": "string", "enum": ["true"]},
+}
 
 
 def postprocess(result: dict, generator, request, public) -> dict:

@@ -156,8 +156,7 @@ class MessagesView(plain_json.PlainJsonMixin, APIView):
             return None
         if user_id is None and settings.READS_REQUIRE_MEMBER:
             return None
-        page = selectors.messages_page(conversation_id=conversation_pk, after_index=after, limit=limit,
-                                       user_id=user_id)
+        page = selectors.messages_page(conversation_id=conversation_pk, after_index=after, limit=limit, user_id=user_id)
         return self.plain_response(_page_body(request, "messages", "after_index", page, limit), status.HTTP_200_OK)
 
     def plain_post(self, request, conversation_id: str):
@@ -182,8 +181,12 @@ class MessagesView(plain_json.PlainJsonMixin, APIView):
         if settings.READS_REQUIRE_MEMBER:
             require_user(request)
         limit = _page_limit(request)
-        page = selectors.messages_page(conversation_id=conversation_pk, after_index=_cursor(request, "after_index"),
-                                       limit=limit, user_id=_caller_id(request))
+        page = selectors.messages_page(
+            conversation_id=conversation_pk,
+            after_index=_cursor(request, "after_index"),
+            limit=limit,
+            user_id=_caller_id(request),
+        )
         return _page_response(request, "messages", "after_index", page, limit)
 
     @openapi.messages_create

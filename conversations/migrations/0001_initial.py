@@ -5,111 +5,137 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Conversation',
+            name="Conversation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('last_index', models.BigIntegerField(default=0)),
-                ('inserted_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("last_index", models.BigIntegerField(default=0)),
+                ("inserted_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'db_table': 'channels',
+                "db_table": "channels",
             },
         ),
         migrations.CreateModel(
-            name='User',
+            name="User",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.TextField()),
-                ('inserted_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.TextField()),
+                ("inserted_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'db_table': 'users',
+                "db_table": "users",
             },
         ),
         migrations.CreateModel(
-            name='OutboxEvent',
+            name="OutboxEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('event_id', models.CharField(max_length=64, unique=True)),
-                ('event_type', models.CharField(max_length=64)),
-                ('payload', models.JSONField()),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('sent_at', models.DateTimeField(blank=True, null=True)),
-                ('attempts', models.IntegerField(default=0)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("event_id", models.CharField(max_length=64, unique=True)),
+                ("event_type", models.CharField(max_length=64)),
+                ("payload", models.JSONField()),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("sent_at", models.DateTimeField(blank=True, null=True)),
+                ("attempts", models.IntegerField(default=0)),
             ],
             options={
-                'db_table': 'outbox',
-                'indexes': [models.Index(condition=models.Q(('sent_at__isnull', True)), fields=['id'], name='outbox_pending_idx')],
+                "db_table": "outbox",
+                "indexes": [
+                    models.Index(
+                        condition=models.Q(("sent_at__isnull", True)), fields=["id"], name="outbox_pending_idx"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Participant',
+            name="Participant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('last_viewed_index', models.BigIntegerField(default=0)),
-                ('inserted_at', models.DateTimeField(auto_now_add=True)),
-                ('conversation', models.ForeignKey(db_column='channel_id', on_delete=django.db.models.deletion.CASCADE, to='conversations.conversation')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='conversations.user')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("last_viewed_index", models.BigIntegerField(default=0)),
+                ("inserted_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "conversation",
+                    models.ForeignKey(
+                        db_column="channel_id",
+                        on_delete=django.db.models.deletion.CASCADE,
+                        to="conversations.conversation",
+                    ),
+                ),
+                ("user", models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to="conversations.user")),
             ],
             options={
-                'db_table': 'users_channels',
+                "db_table": "users_channels",
             },
         ),
         migrations.CreateModel(
-            name='Message',
+            name="Message",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('content', models.TextField()),
-                ('index', models.BigIntegerField()),
-                ('inserted_at', models.DateTimeField(auto_now_add=True)),
-                ('conversation', models.ForeignKey(db_column='channel_id', on_delete=django.db.models.deletion.CASCADE, to='conversations.conversation')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='conversations.user')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("content", models.TextField()),
+                ("index", models.BigIntegerField()),
+                ("inserted_at", models.DateTimeField(auto_now_add=True)),
+                (
+                    "conversation",
+                    models.ForeignKey(
+                        db_column="channel_id",
+                        on_delete=django.db.models.deletion.CASCADE,
+                        to="conversations.conversation",
+                    ),
+                ),
+                ("user", models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to="conversations.user")),
             ],
             options={
-                'db_table': 'messages',
+                "db_table": "messages",
             },
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='participants',
-            field=models.ManyToManyField(related_name='conversations', through='conversations.Participant', to='conversations.user'),
+            model_name="conversation",
+            name="participants",
+            field=models.ManyToManyField(
+                related_name="conversations", through="conversations.Participant", to="conversations.user"
+            ),
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='user_high',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='conversations.user'),
+            model_name="conversation",
+            name="user_high",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="+", to="conversations.user"
+            ),
         ),
         migrations.AddField(
-            model_name='conversation',
-            name='user_low',
-            field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='conversations.user'),
+            model_name="conversation",
+            name="user_low",
+            field=models.ForeignKey(
+                on_delete=django.db.models.deletion.CASCADE, related_name="+", to="conversations.user"
+            ),
         ),
         migrations.AddIndex(
-            model_name='participant',
-            index=models.Index(fields=['user', 'conversation'], name='users_channels_user_idx'),
+            model_name="participant",
+            index=models.Index(fields=["user", "conversation"], name="users_channels_user_idx"),
         ),
         migrations.AddConstraint(
-            model_name='participant',
-            constraint=models.UniqueConstraint(fields=('conversation', 'user'), name='users_channels_user_channel_unique'),
+            model_name="participant",
+            constraint=models.UniqueConstraint(
+                fields=("conversation", "user"), name="users_channels_user_channel_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='message',
-            constraint=models.UniqueConstraint(fields=('conversation', 'index'), name='messages_channel_index_unique'),
+            model_name="message",
+            constraint=models.UniqueConstraint(fields=("conversation", "index"), name="messages_channel_index_unique"),
         ),
         migrations.AddConstraint(
-            model_name='conversation',
-            constraint=models.UniqueConstraint(fields=('user_low', 'user_high'), name='channels_one_per_pair'),
+            model_name="conversation",
+            constraint=models.UniqueConstraint(fields=("user_low", "user_high"), name="channels_one_per_pair"),
         ),
         migrations.AddConstraint(
-            model_name='conversation',
-            constraint=models.CheckConstraint(condition=models.Q(('user_low__lt', models.F('user_high'))), name='channels_pair_ordered'),
+            model_name="conversation",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("user_low__lt", models.F("user_high"))), name="channels_pair_ordered"
+            ),
         ),
     ]

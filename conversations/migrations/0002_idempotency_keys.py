@@ -5,26 +5,27 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('conversations', '0001_initial'),
+        ("conversations", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='IdempotencyKey',
+            name="IdempotencyKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('key', models.CharField(max_length=255)),
-                ('fingerprint', models.CharField(max_length=64)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('message', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='conversations.message')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='conversations.user')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("key", models.CharField(max_length=255)),
+                ("fingerprint", models.CharField(max_length=64)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("message", models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to="conversations.message")),
+                ("user", models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to="conversations.user")),
             ],
             options={
-                'db_table': 'idempotency_keys',
-                'indexes': [models.Index(fields=['created_at'], name='idempotency_keys_created_idx')],
-                'constraints': [models.UniqueConstraint(fields=('user', 'key'), name='idempotency_keys_user_key_unique')],
+                "db_table": "idempotency_keys",
+                "indexes": [models.Index(fields=["created_at"], name="idempotency_keys_created_idx")],
+                "constraints": [
+                    models.UniqueConstraint(fields=("user", "key"), name="idempotency_keys_user_key_unique")
+                ],
             },
         ),
     ]

@@ -14,33 +14,41 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('conversations', '0002_idempotency_keys'),
+        ("conversations", "0002_idempotency_keys"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='conversation',
-            index=models.Index(fields=['user_low', 'id'], name='channels_user_low_id_idx'),
+            model_name="conversation",
+            index=models.Index(fields=["user_low", "id"], name="channels_user_low_id_idx"),
         ),
         migrations.AddIndex(
-            model_name='conversation',
-            index=models.Index(fields=['user_high', 'id'], name='channels_user_high_id_idx'),
+            model_name="conversation",
+            index=models.Index(fields=["user_high", "id"], name="channels_user_high_id_idx"),
         ),
         migrations.AlterField(
-            model_name='conversation',
-            name='user_high',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='conversations.user'),
+            model_name="conversation",
+            name="user_high",
+            field=models.ForeignKey(
+                db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name="+", to="conversations.user"
+            ),
         ),
         migrations.AlterField(
-            model_name='conversation',
-            name='user_low',
-            field=models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='conversations.user'),
+            model_name="conversation",
+            name="user_low",
+            field=models.ForeignKey(
+                db_index=False, on_delete=django.db.models.deletion.CASCADE, related_name="+", to="conversations.user"
+            ),
         ),
         migrations.AlterField(
-            model_name='message',
-            name='conversation',
-            field=models.ForeignKey(db_column='channel_id', db_index=False, on_delete=django.db.models.deletion.CASCADE, to='conversations.conversation'),
+            model_name="message",
+            name="conversation",
+            field=models.ForeignKey(
+                db_column="channel_id",
+                db_index=False,
+                on_delete=django.db.models.deletion.CASCADE,
+                to="conversations.conversation",
+            ),
         ),
     ]

@@ -19,6 +19,7 @@ def post_message(api, conversation_id, user_id, content="hello"):
 
 # --- GET /health -------------------------------------------------------------
 
+
 def test_health_answers_ok_as_plain_text(api):
     response = api.get("/health")
     assert response.status_code == 200
@@ -27,6 +28,7 @@ def test_health_answers_ok_as_plain_text(api):
 
 
 # --- POST /conversations -----------------------------------------------------
+
 
 def test_conversation_create_returns_id_and_timestamp(api, users):
     response = api.post("/conversations", {"participant_ids": [users[0].pk, users[1].pk]})
@@ -106,6 +108,7 @@ def test_one_conversation_per_pair_is_enforced_by_the_database(users):
 
 # --- GET /conversations ------------------------------------------------------
 
+
 def test_conversation_list_requires_user_id(api, conversation):
     response = api.get("/conversations")
     assert response.status_code == 400
@@ -118,8 +121,11 @@ def test_conversation_list_names_each_after_the_other_participant(api, users, co
     assert response.status_code == 200
     assert response.json() == {
         "conversations": [
-            {"id": conversation.pk, "inserted_at": response.json()["conversations"][0]["inserted_at"],
-             "name": users[1].name},
+            {
+                "id": conversation.pk,
+                "inserted_at": response.json()["conversations"][0]["inserted_at"],
+                "name": users[1].name,
+            },
             {"id": other["id"], "inserted_at": other["inserted_at"], "name": users[2].name},
         ]
     }
@@ -143,8 +149,9 @@ def test_conversation_list_pages_with_a_next_link(api, users):
 
 
 @pytest.mark.parametrize("fast_paths, queries", [(True, 1), (False, 2)], ids=["one-statement", "portable"])
-def test_conversation_list_costs_one_query_for_the_page(api, users, settings, django_assert_num_queries,
-                                                         fast_paths, queries):
+def test_conversation_list_costs_one_query_for_the_page(
+    api, users, settings, django_assert_num_queries, fast_paths, queries
+):
     """One statement checks the caller and reads the page with the names; the portable path authenticates first."""
     settings.PG_FAST_PATHS = fast_paths
     for i in range(5):
@@ -156,6 +163,7 @@ def test_conversation_list_costs_one_query_for_the_page(api, users, settings, dj
 
 
 # --- POST /conversations/{id}/messages ----------------------------------------
+
 
 def test_message_create_returns_the_contract_body_and_stores_one_row(api, users, conversation):
     response = post_message(api, conversation.pk, users[0].pk, "This is the first message")
@@ -228,6 +236,7 @@ def test_message_create_writes_its_event_to_the_outbox_in_the_same_transaction(a
 
 # --- GET /conversations/{id}/messages -----------------------------------------
 
+
 def test_message_list_returns_contract_keys_in_index_order(api, users, conversation):
     post_message(api, conversation.pk, users[0].pk, "The first message")
     post_message(api, conversation.pk, users[1].pk, "The second message")
@@ -295,6 +304,7 @@ def test_message_list_refuses_bad_paging_parameters(api, conversation, query):
 
 # --- POST /conversations/{id}/view_horizon ------------------------------------
 
+
 def test_view_horizon_is_stored_and_answers_204(api, users, conversation):
     response = api.post(f"/conversations/{conversation.pk}/view_horizon", {"index": 12}, HTTP_USER_ID=str(users[0].pk))
     assert response.status_code == 204
@@ -326,6 +336,7 @@ def test_view_horizon_refuses_user_outside_conversation(api, users, conversation
 
 # --- users -------------------------------------------------------------------
 
+
 def test_user_create_and_list(api, db):
     response = api.post("/users", {"name": "Ada"})
     assert response.status_code == 201
@@ -342,6 +353,7 @@ def test_user_create_refuses_missing_name(api, db):
 
 
 # --- routes ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", ["/conversations/", "/health/", "/users/"])
 def test_trailing_slash_is_not_redirected(api, db, path):

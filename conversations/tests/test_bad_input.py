@@ -24,8 +24,10 @@ def raw_post(api, path, body: bytes, **headers):
 
 # --- bodies ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["/conversations", "/conversations/{cid}/messages", "/conversations/{cid}/view_horizon",
-                                  "/users"])
+
+@pytest.mark.parametrize(
+    "path", ["/conversations", "/conversations/{cid}/messages", "/conversations/{cid}/view_horizon", "/users"]
+)
 @pytest.mark.parametrize("body", [b"{bad", b"[1, 2]", b'"text"', b"42", b"null", b"\xff\xfe", b'{"a": NaN'])
 def test_malformed_or_non_object_bodies_are_refused(api, users, conversation, path, body):
     response = raw_post(api, path.format(cid=conversation.pk), body, HTTP_USER_ID=str(users[0].pk))
@@ -90,6 +92,7 @@ def test_view_horizon_refuses_index_that_is_not_a_non_negative_integer(api, user
 
 # --- ids in paths and headers -------------------------------------------------------
 
+
 @pytest.mark.parametrize("raw", ["abc", "-1", "0", "1.5", "9223372036854775808", "١٢"])
 def test_non_numeric_or_out_of_range_conversation_ids_are_400(api, users, raw):
     for method, path, body in [
@@ -130,8 +133,9 @@ def test_wrong_method_is_a_json_405(api, db):
 
 def test_body_over_the_limit_is_413_and_stores_nothing(api, users, conversation, settings):
     settings.JSON_BODY_LIMIT = 40
-    response = api.post(f"/conversations/{conversation.pk}/messages", {"content": "x" * 40},
-                        HTTP_USER_ID=str(users[0].pk))
+    response = api.post(
+        f"/conversations/{conversation.pk}/messages", {"content": "x" * 40}, HTTP_USER_ID=str(users[0].pk)
+    )
     assert response.status_code == 413
     assert response.json() == {"error": "Request body is larger than JSON_BODY_LIMIT (40 bytes)"}
     assert_nothing_written()

@@ -44,7 +44,9 @@ def test_64_concurrent_posters_get_indexes_1_to_n_with_no_gap_or_error():
         barrier.wait(timeout=30)
         user = alice if n % 2 else bob
         response = client.post(
-            f"/conversations/{conversation.pk}/messages", {"content": f"m{n}"}, format="json",
+            f"/conversations/{conversation.pk}/messages",
+            {"content": f"m{n}"},
+            format="json",
             HTTP_USER_ID=str(user.pk),
         )
         return response.status_code, response.json()["message"]["index"] if response.status_code == 201 else None

@@ -61,14 +61,20 @@ def both_ways(settings, request, fast_statements: int = 1):
 def awkward_chat(users):
     """A conversation whose messages and usernames hold every awkward text, with awkward timestamps."""
     alice = User.objects.create(name='Alice "the" \\ \u2028 😀')
-    conversation = Conversation.objects.create(user_low_id=min(alice.pk, users[0].pk),
-                                               user_high_id=max(alice.pk, users[0].pk))
+    conversation = Conversation.objects.create(
+        user_low_id=min(alice.pk, users[0].pk), user_high_id=max(alice.pk, users[0].pk)
+    )
     conversation.participants.add(alice, users[0])
     base = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
     microseconds = [0, 999, 1000, 999_999, 500_500, 123_456, 1]
     messages = [
-        Message(content=text, user=alice if i % 2 else users[0], conversation=conversation, index=i + 1,
-                inserted_at=base + timedelta(seconds=i, microseconds=microseconds[i % len(microseconds)]))
+        Message(
+            content=text,
+            user=alice if i % 2 else users[0],
+            conversation=conversation,
+            index=i + 1,
+            inserted_at=base + timedelta(seconds=i, microseconds=microseconds[i % len(microseconds)]),
+        )
         for i, text in enumerate(AWKWARD_TEXTS * 3)
     ]
     Message.objects.bulk_create(messages)
@@ -76,8 +82,19 @@ def awkward_chat(users):
     return conversation, alice
 
 
-@pytest.mark.parametrize("query", ["", "?limit=1", "?limit=5", "?after_index=3&limit=4", "?after_index=19",
-                                   "?after_index=21", "?limit=1000", "?after_index=0&limit=21"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?limit=1",
+        "?limit=5",
+        "?after_index=3&limit=4",
+        "?after_index=19",
+        "?after_index=21",
+        "?limit=1000",
+        "?after_index=0&limit=21",
+    ],
+)
 def test_a_page_of_messages_is_the_same_bytes_both_ways(api, settings, awkward_chat, query):
     conversation, _ = awkward_chat
     fast, portable = both_ways(settings, lambda: api.get(f"/conversations/{conversation.pk}/messages{query}"))
@@ -87,21 +104,37 @@ def test_a_page_of_messages_is_the_same_bytes_both_ways(api, settings, awkward_c
 
 @pytest.mark.parametrize("members_only", [False, True], ids=["reads-open", "reads-members-only"])
 @pytest.mark.parametrize("query", ["", "?limit=5", "?after_index=19"])
-def test_a_page_read_with_a_user_id_is_the_same_bytes_both_ways(api, settings, awkward_chat, users, members_only,
-                                                                 query):
+def test_a_page_read_with_a_user_id_is_the_same_bytes_both_ways(
+    api, settings, awkward_chat, users, members_only, query
+):
     """A chat client sends its User-Id on every read: the statement checks the user (and membership) itself."""
     settings.READS_REQUIRE_MEMBER = members_only
     conversation, alice = awkward_chat
     for reader in (alice, users[0]):
-        fast, portable = both_ways(settings, lambda reader=reader: api.get(
-            f"/conversations/{conversation.pk}/messages{query}", HTTP_USER_ID=str(reader.pk)))
+        fast, portable = both_ways(
+            settings,
+            lambda reader=reader: api.get(
+                f"/conversations/{conversation.pk}/messages{query}", HTTP_USER_ID=str(reader.pk)
+            ),
+        )
         assert answer(fast) == answer(portable)
         assert fast.status_code == 200
 
 
 @pytest.mark.parametrize("members_only", [False, True], ids=["reads-open", "reads-members-only"])
-@pytest.mark.parametrize("case", ["outsider", "unknown user", "no such conversation", "unknown user, no conversation",
-                                  "no User-Id", "malformed User-Id", "empty User-Id", "bad limit"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "outsider",
+        "unknown user",
+        "no such conversation",
+        "unknown user, no conversation",
+        "no User-Id",
+        "malformed User-Id",
+        "empty User-Id",
+        "bad limit",
+    ],
+)
 def test_a_page_read_refused_is_refused_the_same_both_ways(api, settings, awkward_chat, users, members_only, case):
     """Refusals the statement decides cost that one statement; bad input goes to DRF untouched."""
     settings.READS_REQUIRE_MEMBER = members_only
@@ -126,9 +159,15 @@ def test_a_page_read_refused_is_refused_the_same_both_ways(api, settings, awkwar
     assert answer(fast) == answer(portable)
 
 
-@pytest.mark.parametrize("path, statements", [
-    ("/conversations/999999/messages", 1), ("/conversations/0/messages", 0),
-    ("/conversations/1/messages?limit=0", 0), ("/conversations/1/messages?after_index=x", 0)])
+@pytest.mark.parametrize(
+    "path, statements",
+    [
+        ("/conversations/999999/messages", 1),
+        ("/conversations/0/messages", 0),
+        ("/conversations/1/messages?limit=0", 0),
+        ("/conversations/1/messages?after_index=x", 0),
+    ],
+)
 def test_a_page_request_refused_is_refused_the_same_both_ways(api, settings, db, path, statements):
     fast, portable = both_ways(settings, lambda: api.get(path), fast_statements=statements)
     assert answer(fast) == answer(portable)
@@ -142,8 +181,15 @@ def test_a_page_of_conversations_is_the_same_bytes_both_ways(api, settings, user
         friend = User.objects.create(name=name)
         api.post("/conversations", {"participant_ids": [users[1].pk, friend.pk]})
     api.post("/conversations", {"participant_ids": [users[1].pk, users[0].pk]})
-    for user, query in [(users[1], ""), (users[1], "?limit=3"), (users[1], "?after_id=1&limit=2"),
-                        (users[0], ""), (alice, ""), (users[2], ""), (users[1], "?limit=100")]:
+    for user, query in [
+        (users[1], ""),
+        (users[1], "?limit=3"),
+        (users[1], "?after_id=1&limit=2"),
+        (users[0], ""),
+        (alice, ""),
+        (users[2], ""),
+        (users[1], "?limit=100"),
+    ]:
         fast, portable = both_ways(
             settings, lambda user=user, query=query: api.get(f"/conversations{query}", HTTP_USER_ID=str(user.pk))
         )
@@ -161,21 +207,34 @@ def test_a_conversation_list_refused_is_refused_the_same_both_ways(api, settings
 def _post(api, conversation_id, user_id, body=None, **headers):
     if user_id is not None:
         headers["HTTP_USER_ID"] = str(user_id)
-    return api.post(f"/conversations/{conversation_id}/messages",
-                    {"content": "hello"} if body is None else body, **headers)
+    return api.post(
+        f"/conversations/{conversation_id}/messages", {"content": "hello"} if body is None else body, **headers
+    )
 
 
 def _stored(conversation, roles) -> list:
     """The rows the posts left, with the ids that differ between two runs replaced by roles."""
-    messages = [(m.content, roles[m.user_id], m.index)
-                for m in Message.objects.filter(conversation=conversation).order_by("index")]
+    messages = [
+        (m.content, roles[m.user_id], m.index)
+        for m in Message.objects.filter(conversation=conversation).order_by("index")
+    ]
     events = []
     for event in OutboxEvent.objects.filter(event_id__startswith=f"{conversation.pk}:").order_by("id"):
         payload = event.payload
         assert payload["channel_id"] == conversation.pk
         assert payload["participant_ids"] == [conversation.user_low_id, conversation.user_high_id]
-        events.append((event.event_id.split(":")[1], event.event_type, sorted(payload), roles[payload["user_id"]],
-                       payload["index"], payload["type"], event.sent_at, event.attempts))
+        events.append(
+            (
+                event.event_id.split(":")[1],
+                event.event_type,
+                sorted(payload),
+                roles[payload["user_id"]],
+                payload["index"],
+                payload["type"],
+                event.sent_at,
+                event.attempts,
+            )
+        )
     return [messages, events, Conversation.objects.get(pk=conversation.pk).last_index]
 
 
@@ -184,8 +243,17 @@ def _comparable(response, roles) -> tuple:
     if status == 201:
         message = response.json()["message"]
         assert list(message) == ["id", "content", "index", "user_id", "username", "conversation_id", "inserted_at"]
-        return status, headers, {**message, "id": None, "conversation_id": None, "user_id": roles[message["user_id"]],
-                                 "inserted_at": len(message["inserted_at"])}
+        return (
+            status,
+            headers,
+            {
+                **message,
+                "id": None,
+                "conversation_id": None,
+                "user_id": roles[message["user_id"]],
+                "inserted_at": len(message["inserted_at"]),
+            },
+        )
     return status, headers, body
 
 
@@ -222,7 +290,20 @@ def test_message_posts_answer_and_store_the_same_both_ways(api, settings, users,
         assert fast == portable
     assert outcomes[True][1:] == outcomes[False][1:]
     answers, (messages, events, last_index), relay_kicks = outcomes[True]
-    assert [status for status, _, _ in answers] == [201] * 8 + [400, 404, 400, 400, 400, 400, 400, 400, 400, 400, 415, 400]
+    assert [status for status, _, _ in answers] == [201] * 8 + [
+        400,
+        404,
+        400,
+        400,
+        400,
+        400,
+        400,
+        400,
+        400,
+        400,
+        415,
+        400,
+    ]
     assert last_index == len(messages) == len(events) == relay_kicks == 8
 
 
@@ -237,13 +318,16 @@ def test_a_post_is_one_statement_and_a_page_one_more(api, users, conversation, s
 
 
 @pytest.mark.parametrize("case", ["not a participant", "no such conversation", "no such user"])
-def test_a_post_refused_by_its_statement_costs_that_one_statement(api, users, conversation, settings,
-                                                                  django_assert_num_queries, case):
+def test_a_post_refused_by_its_statement_costs_that_one_statement(
+    api, users, conversation, settings, django_assert_num_queries, case
+):
     """The statement that would have written decides the refusal: nothing is tried a second time."""
     settings.PG_FAST_PATHS = True
-    target, author = {"not a participant": (conversation.pk, users[2].pk),
-                      "no such conversation": (999_999_999, users[0].pk),
-                      "no such user": (conversation.pk, 999_999)}[case]
+    target, author = {
+        "not a participant": (conversation.pk, users[2].pk),
+        "no such conversation": (999_999_999, users[0].pk),
+        "no such user": (conversation.pk, 999_999),
+    }[case]
     with django_assert_num_queries(1):
         response = _post(api, target, author)
     assert response.status_code == (404 if case == "no such conversation" else 400)
@@ -254,8 +338,11 @@ def test_the_post_timestamp_follows_the_stored_row(api, users, conversation, set
     settings.PG_FAST_PATHS = True
     body = _post(api, conversation.pk, users[0].pk).json()["message"]
     stored = Message.objects.get(pk=body["id"])
-    assert body["inserted_at"] == stored.inserted_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + \
-        f"{stored.inserted_at.microsecond // 1000:03d}Z"
+    assert (
+        body["inserted_at"]
+        == stored.inserted_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
+        + f"{stored.inserted_at.microsecond // 1000:03d}Z"
+    )
     assert body["username"] == users[0].name
 
 

@@ -27,8 +27,9 @@ def test_health_still_answers_head(client):
 def test_empty_query_values_mean_the_default(api, users, conversation, query):
     """Found with seed 20230301: `?limit=` was served as the default while the description said
     integer; the description now says so (allowEmptyValue) and this keeps the behaviour."""
-    api.post(f"/conversations/{conversation.pk}/messages", {"content": "hi"}, format="json",
-             HTTP_USER_ID=str(users[0].pk))
+    api.post(
+        f"/conversations/{conversation.pk}/messages", {"content": "hi"}, format="json", HTTP_USER_ID=str(users[0].pk)
+    )
     response = api.get(f"/conversations/{conversation.pk}/messages?{query}")
     assert response.status_code == 200
     assert [m["content"] for m in response.json()["messages"]] == ["hi"]
@@ -45,10 +46,14 @@ def test_unpaired_surrogate_in_text_is_a_400_not_a_500(api, users, conversation,
 
 
 def test_a_whole_surrogate_pair_is_stored_as_its_character(api, users, conversation):
-    response = api.post(f"/conversations/{conversation.pk}/messages", '{"content": "\\ud83d\\ude00"}',
-                        content_type="application/json", HTTP_USER_ID=str(users[0].pk))
+    response = api.post(
+        f"/conversations/{conversation.pk}/messages",
+        '{"content": "\\ud83d\\ude00"}',
+        content_type="application/json",
+        HTTP_USER_ID=str(users[0].pk),
+    )
     assert response.status_code == 201
-    assert response.json()["message"]["content"] == "\U0001F600"
+    assert response.json()["message"]["content"] == "\U0001f600"
 
 
 @pytest.mark.parametrize("path", ["/conversations", "/users"])
@@ -60,11 +65,14 @@ def test_json_nested_too_deeply_is_a_400_not_a_500(api, users, path):
     assert response.json() == {"error": "Malformed JSON in request body: JSON parse error - nested too deeply"}
 
 
-@pytest.mark.parametrize("method, path", [
-    ("get", "/conversations/{cid}/messages"),
-    ("get", "/conversations"),
-    ("post", "/conversations/{cid}/messages"),
-])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("get", "/conversations/{cid}/messages"),
+        ("get", "/conversations"),
+        ("post", "/conversations/{cid}/messages"),
+    ],
+)
 def test_an_empty_user_id_header_is_malformed_not_absent(api, users, conversation, method, path):
     """Found with seed 7: `User-Id:` with no value was read as no header, so an open read answered 200
     to a value the description (an integer) refuses."""

@@ -23,7 +23,7 @@ from outbox.models import OutboxEvent
 
 REUSED = {
     "error": "Idempotency-Key was already used for a different request (another conversation or content); "
-             "use a new key for a new message"
+    "use a new key for a new message"
 }
 MALFORMED = {"error": "Idempotency-Key must be 1 to 255 visible ASCII characters (a UUID, say)"}
 
@@ -90,11 +90,19 @@ def test_posts_without_a_key_are_not_deduplicated(api, users, conversation):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("key", ["", "x" * 256, "has space", "naïve", "tab\tinside"],
-                         ids=["empty", "too-long", "space", "non-ascii", "control"])
+@pytest.mark.parametrize(
+    "key",
+    ["", "x" * 256, "has space", "naïve", "tab\tinside"],
+    ids=["empty", "too-long", "space", "non-ascii", "control"],
+)
 def test_malformed_key_is_400_and_stores_nothing(api, users, conversation, key):
-    response = api.post(f"/conversations/{conversation.pk}/messages", {"content": "hi"}, format="json",
-                        HTTP_USER_ID=str(users[0].pk), HTTP_IDEMPOTENCY_KEY=key)
+    response = api.post(
+        f"/conversations/{conversation.pk}/messages",
+        {"content": "hi"},
+        format="json",
+        HTTP_USER_ID=str(users[0].pk),
+        HTTP_IDEMPOTENCY_KEY=key,
+    )
     assert response.status_code == 400
     assert response.json() == MALFORMED
     assert rows() == (0, 0, 0)

@@ -28,8 +28,12 @@ def snapshot():
 
 @pytest.fixture
 def with_a_message(api, users, conversation):
-    response = api.post(f"/conversations/{conversation.pk}/messages", {"content": "between us"}, format="json",
-                        HTTP_USER_ID=str(users[0].pk))
+    response = api.post(
+        f"/conversations/{conversation.pk}/messages",
+        {"content": "between us"},
+        format="json",
+        HTTP_USER_ID=str(users[0].pk),
+    )
     assert response.status_code == 201
     return response.json()["message"]
 
@@ -42,8 +46,12 @@ def switch(request, settings):
 
 def test_outsider_cannot_post_in_either_switch_state(api, users, conversation, with_a_message, switch):
     before = snapshot()
-    response = api.post(f"/conversations/{conversation.pk}/messages", {"content": "let me in"}, format="json",
-                        HTTP_USER_ID=str(users[2].pk))
+    response = api.post(
+        f"/conversations/{conversation.pk}/messages",
+        {"content": "let me in"},
+        format="json",
+        HTTP_USER_ID=str(users[2].pk),
+    )
     assert response.status_code == 400
     assert response.json() == not_in_conversation(users[2])
     assert snapshot() == before
@@ -51,8 +59,9 @@ def test_outsider_cannot_post_in_either_switch_state(api, users, conversation, w
 
 def test_outsider_cannot_set_a_view_horizon_in_either_switch_state(api, users, conversation, with_a_message, switch):
     before = snapshot()
-    response = api.post(f"/conversations/{conversation.pk}/view_horizon", {"index": 1}, format="json",
-                        HTTP_USER_ID=str(users[2].pk))
+    response = api.post(
+        f"/conversations/{conversation.pk}/view_horizon", {"index": 1}, format="json", HTTP_USER_ID=str(users[2].pk)
+    )
     assert response.status_code == 400
     assert response.json() == not_in_conversation(users[2])
     assert snapshot() == before
@@ -88,11 +97,19 @@ def test_members_only_reads_serve_each_participant(api, users, conversation, wit
     settings.READS_REQUIRE_MEMBER = True
     response = api.get(f"/conversations/{conversation.pk}/messages", HTTP_USER_ID=str(users[member].pk))
     assert response.status_code == 200
-    assert response.json() == {"messages": [{
-        "id": with_a_message["id"], "content": "between us", "user_id": users[0].pk,
-        "channel_id": conversation.pk, "index": 1, "inserted_at": with_a_message["inserted_at"],
-        "username": users[0].name,
-    }]}
+    assert response.json() == {
+        "messages": [
+            {
+                "id": with_a_message["id"],
+                "content": "between us",
+                "user_id": users[0].pk,
+                "channel_id": conversation.pk,
+                "index": 1,
+                "inserted_at": with_a_message["inserted_at"],
+                "username": users[0].name,
+            }
+        ]
+    }
 
 
 def test_members_only_read_of_a_missing_conversation_is_404(api, users, settings):

@@ -29,7 +29,11 @@ def test_schema_is_valid_openapi_3_and_names_every_route(checker):
     validate(checker.schema)
     assert checker.schema["openapi"].startswith("3.")
     assert set(checker.schema["paths"]) == {
-        "/health", "/users", "/conversations", MESSAGES, HORIZON,
+        "/health",
+        "/users",
+        "/conversations",
+        MESSAGES,
+        HORIZON,
     }
 
 
@@ -45,8 +49,12 @@ def test_schema_documents_the_headers_and_error_shape(checker):
     post = schema["paths"][MESSAGES]["post"]
     headers = {p["name"]: p for p in post["parameters"] if p["in"] == "header"}
     assert headers["User-Id"]["required"] is True
-    assert headers["Idempotency-Key"]["schema"] == {"type": "string", "minLength": 1, "maxLength": 255,
-                                                    "pattern": "^[!-~]+$"}
+    assert headers["Idempotency-Key"]["schema"] == {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": "^[!-~]+$",
+    }
     assert set(post["responses"]) == {"201", "400", "404", "413", "414", "415", "422", "503"}
     assert schema["components"]["schemas"]["Error"] == {
         "type": "object",
@@ -61,7 +69,8 @@ def test_schema_documents_the_headers_and_error_shape(checker):
                     assert "X-Request-Id" in response["headers"], (path, code)
                 if code.startswith(("4", "5")) and path != "/health":
                     assert response["content"]["application/json"]["schema"] == {
-                        "$ref": "#/components/schemas/Error"}, (path, code)
+                        "$ref": "#/components/schemas/Error"
+                    }, (path, code)
 
 
 def test_schema_page_loads_every_asset_from_this_instance(client):
@@ -79,6 +88,7 @@ def test_schema_page_loads_every_asset_from_this_instance(client):
 
 
 # --- real responses against the description ---------------------------------------
+
 
 def _post(api, path, body, user=None, **headers):
     if user is not None:
@@ -106,35 +116,40 @@ SCENARIOS = {
     ("GET", "/conversations", "200"): lambda api, u, c: api.get("/conversations", HTTP_USER_ID=str(u[0].pk)),
     ("GET", "/conversations", "400"): lambda api, u, c: api.get("/conversations"),
     ("POST", "/conversations", "201"): lambda api, u, c: _post(
-        api, "/conversations", {"participant_ids": [u[0].pk, u[2].pk]}),
+        api, "/conversations", {"participant_ids": [u[0].pk, u[2].pk]}
+    ),
     ("POST", "/conversations", "400"): lambda api, u, c: _post(
-        api, "/conversations", {"participant_ids": [u[0].pk, u[1].pk]}),
+        api, "/conversations", {"participant_ids": [u[0].pk, u[1].pk]}
+    ),
     ("POST", "/conversations", "413"): lambda api, u, c: _post(
-        api, "/conversations", {"participant_ids": list(range(100))}),
-    ("POST", "/conversations", "415"): lambda api, u, c: api.post(
-        "/conversations", "x", content_type="text/plain"),
+        api, "/conversations", {"participant_ids": list(range(100))}
+    ),
+    ("POST", "/conversations", "415"): lambda api, u, c: api.post("/conversations", "x", content_type="text/plain"),
     ("GET", MESSAGES, "200"): lambda api, u, c: api.get(_messages(c), {"limit": 1}),
     ("GET", MESSAGES, "400"): lambda api, u, c: api.get(_messages(c), {"after_index": "-1"}),
     ("GET", MESSAGES, "404"): lambda api, u, c: api.get("/conversations/999999999/messages"),
-    ("POST", MESSAGES, "201"): lambda api, u, c: _post(api, _messages(c), {"content": "hi"}, u[0],
-                                                       HTTP_IDEMPOTENCY_KEY="k-1"),
+    ("POST", MESSAGES, "201"): lambda api, u, c: _post(
+        api, _messages(c), {"content": "hi"}, u[0], HTTP_IDEMPOTENCY_KEY="k-1"
+    ),
     ("POST", MESSAGES, "400"): lambda api, u, c: _post(api, _messages(c), {"content": "hi"}, u[2]),
-    ("POST", MESSAGES, "404"): lambda api, u, c: _post(api, "/conversations/999999999/messages",
-                                                       {"content": "hi"}, u[0]),
+    ("POST", MESSAGES, "404"): lambda api, u, c: _post(
+        api, "/conversations/999999999/messages", {"content": "hi"}, u[0]
+    ),
     ("POST", MESSAGES, "413"): lambda api, u, c: _post(api, _messages(c), {"content": "x" * 300}, u[0]),
-    ("POST", MESSAGES, "415"): lambda api, u, c: api.post(_messages(c), "hi", content_type="text/plain",
-                                                          HTTP_USER_ID=str(u[0].pk)),
+    ("POST", MESSAGES, "415"): lambda api, u, c: api.post(
+        _messages(c), "hi", content_type="text/plain", HTTP_USER_ID=str(u[0].pk)
+    ),
     ("POST", MESSAGES, "422"): lambda api, u, c: (
         _post(api, _messages(c), {"content": "first"}, u[0], HTTP_IDEMPOTENCY_KEY="k-2"),
         _post(api, _messages(c), {"content": "second"}, u[0], HTTP_IDEMPOTENCY_KEY="k-2"),
     )[1],
     ("POST", HORIZON, "204"): lambda api, u, c: _post(api, _horizon(c), {"index": 0}, u[0]),
     ("POST", HORIZON, "400"): lambda api, u, c: _post(api, _horizon(c), {"index": -1}, u[0]),
-    ("POST", HORIZON, "404"): lambda api, u, c: _post(api, "/conversations/999999999/view_horizon",
-                                                      {"index": 1}, u[0]),
+    ("POST", HORIZON, "404"): lambda api, u, c: _post(api, "/conversations/999999999/view_horizon", {"index": 1}, u[0]),
     ("POST", HORIZON, "413"): lambda api, u, c: _post(api, _horizon(c), {"index": 1, "pad": "x" * 300}, u[0]),
-    ("POST", HORIZON, "415"): lambda api, u, c: api.post(_horizon(c), "1", content_type="text/plain",
-                                                         HTTP_USER_ID=str(u[0].pk)),
+    ("POST", HORIZON, "415"): lambda api, u, c: api.post(
+        _horizon(c), "1", content_type="text/plain", HTTP_USER_ID=str(u[0].pk)
+    ),
 }
 
 
@@ -154,10 +169,13 @@ def test_real_response_matches_the_description(checker, api, users, conversation
 
 @pytest.mark.django_db
 @override_settings(READS_REQUIRE_MEMBER=True)
-@pytest.mark.parametrize("header, error", [
-    (None, "Please specify a user id by adding the User-Id header."),
-    ("outsider", "User with id {} is not in conversation"),
-])
+@pytest.mark.parametrize(
+    "header, error",
+    [
+        (None, "Please specify a user id by adding the User-Id header."),
+        ("outsider", "User with id {} is not in conversation"),
+    ],
+)
 def test_members_only_refusals_match_the_description(checker, api, users, conversation, header, error):
     headers = {"HTTP_USER_ID": str(users[2].pk)} if header else {}
     response = api.get(_messages(conversation), **headers)

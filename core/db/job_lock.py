@@ -38,9 +38,12 @@ def lock_key(name: str = LOCK_NAME) -> int:
 def add_lock_arguments(parser) -> None:
     """The flag every locked job offers."""
     parser.add_argument(
-        "--lock-timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        "--lock-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
         help=f"How long to wait for another migrator's job to finish before giving up (default {DEFAULT_TIMEOUT:g}; "
-             "0 gives up at once).",
+        "0 gives up at once).",
     )
 
 
@@ -65,8 +68,9 @@ def _try_lock(conn: psycopg.Connection, key: int) -> bool:
 
 
 @contextmanager
-def job_lock(job: str, *, timeout: float = DEFAULT_TIMEOUT, using: str = "default",
-             progress: Callable[[str], None] | None = None) -> Iterator[None]:
+def job_lock(
+    job: str, *, timeout: float = DEFAULT_TIMEOUT, using: str = "default", progress: Callable[[str], None] | None = None
+) -> Iterator[None]:
     """Hold the schema-jobs lock of database `using` for the duration of the block."""
     connection = connections[using]
     if connection.vendor != "postgresql":
@@ -98,8 +102,10 @@ def job_lock(job: str, *, timeout: float = DEFAULT_TIMEOUT, using: str = "defaul
                     f"{name!r} ({holder}). Let it finish, or stop it, and run {job} again."
                 )
             if time.monotonic() >= next_report:
-                progress(f"Waiting for the schema-jobs lock of database {name!r}, held by {holder} "
-                         f"({waited:.0f}s of {timeout:g}s) ...")
+                progress(
+                    f"Waiting for the schema-jobs lock of database {name!r}, held by {holder} "
+                    f"({waited:.0f}s of {timeout:g}s) ..."
+                )
                 next_report += REPORT_EVERY
             time.sleep(POLL_INTERVAL)
         yield

@@ -56,9 +56,7 @@ def json_string(expression: str) -> str:
     `ensure_ascii=False`; DRF's renderer also escapes U+2028 and U+2029 (so the
     JSON is valid JavaScript), and so does this.
     """
-    return (
-        f"replace(replace(to_json({expression})::text, U&'\\2028', '\\u2028'), U&'\\2029', '\\u2029')"
-    )
+    return f"replace(replace(to_json({expression})::text, U&'\\2028', '\\u2028'), U&'\\2029', '\\u2029')"
 
 
 def json_timestamp(expression: str) -> str:

@@ -44,8 +44,10 @@ class GrantReport:
     sequences: int
 
     def __str__(self) -> str:
-        return (f"Application role {self.role!r} may read and write rows in {self.tables} tables "
-                f"({self.sequences} sequences) of database {self.database!r}, and tables created later.")
+        return (
+            f"Application role {self.role!r} may read and write rows in {self.tables} tables "
+            f"({self.sequences} sequences) of database {self.database!r}, and tables created later."
+        )
 
 
 def grant_application_role(connection, role: str | None) -> GrantReport | None:

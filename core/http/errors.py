@@ -58,14 +58,16 @@ def exception_handler(exc, context):
         exc = NotFound(str(exc) or "Not found.")
     if isinstance(exc, (OperationalError, InterfaceError)):
         logger.warning("database unavailable: %s", exc)
-        return Response({"error": DATABASE_UNAVAILABLE}, status=status.HTTP_503_SERVICE_UNAVAILABLE,
-                        headers={"Retry-After": "1"})
+        return Response(
+            {"error": DATABASE_UNAVAILABLE}, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"}
+        )
     if isinstance(exc, DatabaseError):
         # A statement the database refused (a timeout, say): not the client's fault,
         # and nothing was committed. Logged with its traceback for the operator.
         logger.exception("database error")
-        return Response({"error": DATABASE_UNAVAILABLE}, status=status.HTTP_503_SERVICE_UNAVAILABLE,
-                        headers={"Retry-After": "1"})
+        return Response(
+            {"error": DATABASE_UNAVAILABLE}, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"}
+        )
     if isinstance(exc, exceptions.APIException):
         if isinstance(exc, exceptions.ParseError):
             message = f"Malformed JSON in request body: {exc.detail}"

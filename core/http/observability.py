@@ -39,11 +39,13 @@ _USABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")  # the whole id (
 UNMATCHED_ROUTE = "unmatched"
 
 REQUESTS = Counter(
-    "messenger_http_requests", "HTTP requests answered, by method, route template and status.",
+    "messenger_http_requests",
+    "HTTP requests answered, by method, route template and status.",
     ["method", "route", "status"],
 )
 LATENCY = Histogram(
-    "messenger_http_request_duration_seconds", "Time to answer an HTTP request, by method, route template and status.",
+    "messenger_http_request_duration_seconds",
+    "Time to answer an HTTP request, by method, route template and status.",
     ["method", "route", "status"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
@@ -166,6 +168,9 @@ class RequestObservabilityMiddleware:
             # The record made directly: Logger.info would also walk the stack to
             # find its caller, which no handler here prints. Handlers, filters and
             # levels apply as they would.
-            logger.handle(logging.LogRecord(logger.name, logging.INFO, __file__, 0,
-                                            _log_line(request, route, status, elapsed), None, None))
+            logger.handle(
+                logging.LogRecord(
+                    logger.name, logging.INFO, __file__, 0, _log_line(request, route, status, elapsed), None, None
+                )
+            )
         return response

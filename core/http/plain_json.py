@@ -27,7 +27,9 @@ from core.http import errors
 # Accept headers DRF answers with JSONRenderer; anything else (a browser's
 # text/html, an `indent` parameter, ...) goes through DRF's negotiation.
 _JSON_ACCEPTS = frozenset({"", "*/*", "application/json"})
-_JSON_CONTENT_TYPES = frozenset({"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"})
+_JSON_CONTENT_TYPES = frozenset(
+    {"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"}
+)
 _RENDERER = JSONRenderer()
 
 
@@ -103,4 +105,3 @@ class PlainJsonMixin:
 
 
 _DRF_HEADERS: dict[type, dict[str, str]] = {}
-

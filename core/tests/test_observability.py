@@ -44,24 +44,43 @@ def log_lines():
 
 
 def test_each_request_writes_one_json_line(api, users, conversation, log_lines):
-    response = api.post(f"/conversations/{conversation.pk}/messages", {"content": "hi"}, format="json",
-                        HTTP_USER_ID=str(users[0].pk), HTTP_X_REQUEST_ID="trace-abc.123")
+    response = api.post(
+        f"/conversations/{conversation.pk}/messages",
+        {"content": "hi"},
+        format="json",
+        HTTP_USER_ID=str(users[0].pk),
+        HTTP_X_REQUEST_ID="trace-abc.123",
+    )
     assert response.status_code == 201
     assert response["X-Request-Id"] == "trace-abc.123"
     assert len(log_lines) == 1
     line = log_lines[0]
-    assert set(line) == {"ts", "msg", "method", "path", "route", "status", "duration_ms", "instance",
-                         "request_id", "pid"}
+    assert set(line) == {
+        "ts",
+        "msg",
+        "method",
+        "path",
+        "route",
+        "status",
+        "duration_ms",
+        "instance",
+        "request_id",
+        "pid",
+    }
     assert line["msg"] == "request"
     assert (line["method"], line["path"], line["route"], line["status"]) == (
-        "POST", f"/conversations/{conversation.pk}/messages", MESSAGES_ROUTE, 201)
+        "POST",
+        f"/conversations/{conversation.pk}/messages",
+        MESSAGES_ROUTE,
+        201,
+    )
     assert line["request_id"] == "trace-abc.123"
     assert line["instance"] == observability.instance_id()
     assert isinstance(line["duration_ms"], float) and 0 <= line["duration_ms"] < 10_000
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", line["ts"])
 
 
-@pytest.mark.parametrize("offered", [None, "", "has spaces", "x" * 129, "quote\"d", "trailing-newline\n"])
+@pytest.mark.parametrize("offered", [None, "", "has spaces", "x" * 129, 'quote"d', "trailing-newline\n"])
 def test_missing_or_unusable_request_id_is_replaced_by_a_new_one(api, log_lines, offered):
     headers = {} if offered is None else {"HTTP_X_REQUEST_ID": offered}
     first = api.get("/health", **headers)
@@ -90,15 +109,29 @@ def test_a_log_line_is_exactly_the_json_of_its_fields(api, path):
     [text] = texts
     fields = json.loads(text)
     assert fields["path"] == path
-    assert list(fields) == ["ts", "msg", "method", "path", "route", "status", "duration_ms", "instance",
-                            "request_id", "pid"]
+    assert list(fields) == [
+        "ts",
+        "msg",
+        "method",
+        "path",
+        "route",
+        "status",
+        "duration_ms",
+        "instance",
+        "request_id",
+        "pid",
+    ]
     assert text == json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
 def test_refusals_and_unknown_routes_are_logged_with_their_route(api, users, conversation, log_lines, settings):
     settings.JSON_BODY_LIMIT = 10
-    too_large = api.post(f"/conversations/{conversation.pk}/messages", {"content": "x" * 50}, format="json",
-                         HTTP_USER_ID=str(users[0].pk))
+    too_large = api.post(
+        f"/conversations/{conversation.pk}/messages",
+        {"content": "x" * 50},
+        format="json",
+        HTTP_USER_ID=str(users[0].pk),
+    )
     unknown = api.get("/no/such/thing/42")
     assert (too_large.status_code, unknown.status_code) == (413, 404)
     assert "X-Request-Id" in too_large and "X-Request-Id" in unknown
@@ -113,6 +146,7 @@ def test_no_log_line_is_built_below_info(api, settings):
 
 # --- /metrics -----------------------------------------------------------------------
 
+
 def scrape(api) -> str:
     response = api.get("/metrics")
     assert response.status_code == 200
@@ -125,8 +159,12 @@ def test_metrics_count_requests_by_route_template_and_status(api, users, convers
     before = sample(scrape(api), "messenger_http_requests_total", **labels) or 0
     bucket_before = sample(scrape(api), "messenger_http_request_duration_seconds_count", **labels) or 0
     for n in range(3):
-        api.post(f"/conversations/{conversation.pk}/messages", {"content": f"m{n}"}, format="json",
-                 HTTP_USER_ID=str(users[0].pk))
+        api.post(
+            f"/conversations/{conversation.pk}/messages",
+            {"content": f"m{n}"},
+            format="json",
+            HTTP_USER_ID=str(users[0].pk),
+        )
     text = scrape(api)
     assert sample(text, "messenger_http_requests_total", **labels) == before + 3
     assert sample(text, "messenger_http_request_duration_seconds_count", **labels) == bucket_before + 3
@@ -137,8 +175,12 @@ def test_metrics_count_requests_by_route_template_and_status(api, users, convers
 
 def test_metrics_report_the_outbox_backlog_and_the_database(api, users, conversation):
     for n in range(2):
-        api.post(f"/conversations/{conversation.pk}/messages", {"content": f"m{n}"}, format="json",
-                 HTTP_USER_ID=str(users[0].pk))
+        api.post(
+            f"/conversations/{conversation.pk}/messages",
+            {"content": f"m{n}"},
+            format="json",
+            HTTP_USER_ID=str(users[0].pk),
+        )
     pending = OutboxEvent.objects.filter(sent_at__isnull=True).count()
     assert pending >= 2  # no broker in this test: events wait in the outbox
     text = scrape(api)

@@ -21,9 +21,9 @@ def content_type_follows(apps, schema_editor):
 
 def content_type_goes_back(apps, schema_editor):
     ContentType = apps.get_model("contenttypes", "ContentType")
-    ContentType.objects.using(schema_editor.connection.alias).filter(
-        app_label="outbox", model="outboxevent"
-    ).update(app_label="conversations")
+    ContentType.objects.using(schema_editor.connection.alias).filter(app_label="outbox", model="outboxevent").update(
+        app_label="conversations"
+    )
 
 
 class Migration(migrations.Migration):
@@ -40,8 +40,12 @@ class Migration(migrations.Migration):
                 migrations.CreateModel(
                     name="OutboxEvent",
                     fields=[
-                        ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False,
-                                                   verbose_name="ID")),
+                        (
+                            "id",
+                            models.BigAutoField(
+                                auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                            ),
+                        ),
                         ("event_id", models.CharField(max_length=64, unique=True)),
                         ("event_type", models.CharField(max_length=64)),
                         ("payload", models.JSONField()),
@@ -52,8 +56,9 @@ class Migration(migrations.Migration):
                     options={
                         "db_table": "outbox",
                         "indexes": [
-                            models.Index(condition=models.Q(("sent_at__isnull", True)), fields=["id"],
-                                         name="outbox_pending_idx"),
+                            models.Index(
+                                condition=models.Q(("sent_at__isnull", True)), fields=["id"], name="outbox_pending_idx"
+                            ),
                         ],
                     },
                 ),

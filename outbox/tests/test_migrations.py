@@ -32,7 +32,9 @@ def test_a_database_migrated_before_the_move_migrates_forward_keeping_its_pendin
     assert not MigrationExecutor(connection).migration_plan(executor.loader.graph.leaf_nodes())
 
 
-@pytest.mark.parametrize("app, migration", [("outbox", "0001_initial"), ("conversations", "0004_outbox_moves_to_its_app")])
+@pytest.mark.parametrize(
+    "app, migration", [("outbox", "0001_initial"), ("conversations", "0004_outbox_moves_to_its_app")]
+)
 @pytest.mark.django_db
 def test_the_move_is_no_sql_statement(app, migration):
     """`sqlmigrate` of either half of the move prints comments only."""

@@ -62,8 +62,9 @@ def test_with_a_broker_configured_each_committed_post_kicks_the_relay_once_after
     assert kicks == [1, 1]
 
 
-def test_rolled_back_message_leaves_no_event_and_no_kick(users, conversation, settings, kicks,
-                                                          django_capture_on_commit_callbacks):
+def test_rolled_back_message_leaves_no_event_and_no_kick(
+    users, conversation, settings, kicks, django_capture_on_commit_callbacks
+):
     settings.CELERY_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         with pytest.raises(RuntimeError):

@@ -36,11 +36,25 @@ SEED_KEYS = {
     "amqp-port": "5672",
 }
 INSTANCE_VARIABLES = {
-    "APP_ENV", "PORT", "BIND_HOST", "JSON_BODY_LIMIT",
-    "PGUSER", "PGPORT", "PGHOST", "PGPASSWORD", "PGDATABASE",
-    "AMQPHOST", "AMQPPORT",
-    "CONSUL_HOST", "CONSUL_PORT", "CONSUL_SERVICE_NAME", "CONSUL_SERVICE_ADDRESS",
-    "CONSUL_CHECK_INTERVAL", "CONSUL_DEREGISTER_CRITICAL_AFTER", "CONSUL_RETRY_INTERVAL", "SHUTDOWN_DRAIN_SECONDS",
+    "APP_ENV",
+    "PORT",
+    "BIND_HOST",
+    "JSON_BODY_LIMIT",
+    "PGUSER",
+    "PGPORT",
+    "PGHOST",
+    "PGPASSWORD",
+    "PGDATABASE",
+    "AMQPHOST",
+    "AMQPPORT",
+    "CONSUL_HOST",
+    "CONSUL_PORT",
+    "CONSUL_SERVICE_NAME",
+    "CONSUL_SERVICE_ADDRESS",
+    "CONSUL_CHECK_INTERVAL",
+    "CONSUL_DEREGISTER_CRITICAL_AFTER",
+    "CONSUL_RETRY_INTERVAL",
+    "SHUTDOWN_DRAIN_SECONDS",
 }
 
 
@@ -118,8 +132,13 @@ def test_db_script_keys_reach_the_instance_the_deploy_script_starts(infrastructu
 
     # The same environment, as the service's own config command reads it.
     config = infrastructure.run("messenger-exec.sh", instance, "python", "manage.py", "config").stdout
-    for name, value in (("PGHOST", "127.0.0.1"), ("PGDATABASE", instances_db), ("AMQPPORT", "5672"),
-                        ("JSON_BODY_LIMIT", "100kb"), ("PGPASSWORD", r"\*{8}")):
+    for name, value in (
+        ("PGHOST", "127.0.0.1"),
+        ("PGDATABASE", instances_db),
+        ("AMQPPORT", "5672"),
+        ("JSON_BODY_LIMIT", "100kb"),
+        ("PGPASSWORD", r"\*{8}"),
+    ):
         assert re.search(rf"^{name} +{value} +\[environment\]", config, re.MULTILINE), (name, config)
 
     # And the running instance behaves accordingly: it reads the database the
@@ -134,8 +153,9 @@ def test_db_script_keys_reach_the_instance_the_deploy_script_starts(infrastructu
 
 
 def _post(port: int, path: str, body: bytes) -> tuple[int, bytes, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, response.read(), dict(response.headers)
@@ -151,15 +171,18 @@ def test_platform_script_starts_a_local_consul_agent_once_and_stops_it(tmp_path,
         assert "consul: running" in first.stderr
         pid = int((tmp_path / "state/platform/consul.pid").read_text())
         assert {"amqp-host": agent.kv_get("amqp-host"), "amqp-port": agent.kv_get("amqp-port")} == {
-            "amqp-host": "127.0.0.1", "amqp-port": "5672"}
+            "amqp-host": "127.0.0.1",
+            "amqp-port": "5672",
+        }
 
         again = infrastructure.run("platform-deploy.sh")
         assert f"a Consul agent already answers at {agent.url}" in again.stderr
         assert int((tmp_path / "state/platform/consul.pid").read_text()) == pid
 
         stopped = infrastructure.run("platform-stop.sh")
-        assert stopped.stderr == ("[platform-stop.sh] consul: stopped\n"
-                                  "[platform-stop.sh] supervisord of this machine: stopped\n")
+        assert stopped.stderr == (
+            "[platform-stop.sh] consul: stopped\n[platform-stop.sh] supervisord of this machine: stopped\n"
+        )
         assert not (tmp_path / "state/platform/consul.pid").exists()
         assert not port_open(agent.http_port)
         assert not alive(pid)
@@ -170,9 +193,11 @@ def test_platform_script_starts_a_local_consul_agent_once_and_stops_it(tmp_path,
 
 def _register_probe_service(agent: ConsulAgent) -> None:
     """A service registered through the agent's API, as an instance registers itself."""
-    request = urllib.request.Request(f"{agent.url}/v1/agent/service/register", method="PUT",
-                                     data=json.dumps({"Name": "restart-probe", "ID": "restart-probe-1",
-                                                      "Port": 9}).encode())
+    request = urllib.request.Request(
+        f"{agent.url}/v1/agent/service/register",
+        method="PUT",
+        data=json.dumps({"Name": "restart-probe", "ID": "restart-probe-1", "Port": 9}).encode(),
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         assert response.status == 200
 
@@ -194,8 +219,11 @@ def test_local_consul_keeps_every_key_and_registration_through_a_kill_and_a_plat
 
         # Killed: its supervisor starts it again, with everything it held.
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: int((tmp_path / "state/platform/consul.pid").read_text()) != pid and
-                   agent.kv_get("amqp-host"), timeout=60, what="consul started again by its supervisor")
+        wait_until(
+            lambda: int((tmp_path / "state/platform/consul.pid").read_text()) != pid and agent.kv_get("amqp-host"),
+            timeout=60,
+            what="consul started again by its supervisor",
+        )
         assert {key: agent.kv_get(key) for key in SEED_KEYS} == SEED_KEYS
         assert "restart-probe-1" in _agent_services(agent)
 
@@ -227,8 +255,13 @@ def test_migrator_instance_registers_as_messenger_migrator_and_runs_jobs(infrast
 
     # The local equivalent of the seed's `docker exec -i -e ... messenger-migrator ...`.
     job = infrastructure.run(
-        "messenger-exec.sh", "-e", "CREATE_DB_NAME=messenger", "messenger-migrator",
-        "python", "-c", "import os; print(os.environ['PGUSER'], os.environ['CREATE_DB_NAME'])",
+        "messenger-exec.sh",
+        "-e",
+        "CREATE_DB_NAME=messenger",
+        "messenger-migrator",
+        "python",
+        "-c",
+        "import os; print(os.environ['PGUSER'], os.environ['CREATE_DB_NAME'])",
     )
     assert job.stdout == "messenger_migrator messenger\n"
 
@@ -273,15 +306,21 @@ def docker_platform_and_database(infrastructure, consul_agent, fake_docker) -> d
     """Run the platform and db scripts in the Docker runtime; return the environment for the next scripts."""
     # Inside the Docker network instances reach Consul as consul-client:8500;
     # this host reaches the same agent at CONSUL_HTTP_ADDR.
-    env = {**fake_docker.env, "MESSENGER_RUNTIME": "", "CONSUL_HOST": "consul-client", "CONSUL_PORT": "8500",
-           "CONSUL_HTTP_ADDR": consul_agent.address}
+    env = {
+        **fake_docker.env,
+        "MESSENGER_RUNTIME": "",
+        "CONSUL_HOST": "consul-client",
+        "CONSUL_PORT": "8500",
+        "CONSUL_HTTP_ADDR": consul_agent.address,
+    }
     infrastructure.run("platform-deploy.sh", **env)
     infrastructure.run("messenger-db-deploy.sh", **env)
     return env
 
 
 def test_docker_runtime_is_chosen_when_an_engine_answers_and_runs_the_seed_containers(
-        infrastructure, consul_agent, fake_docker):
+    infrastructure, consul_agent, fake_docker
+):
     env = docker_platform_and_database(infrastructure, consul_agent, fake_docker)
     instance = infrastructure.run("messenger-deploy.sh", **env).stdout.strip()
 
@@ -289,40 +328,91 @@ def test_docker_runtime_is_chosen_when_an_engine_answers_and_runs_the_seed_conta
     assert sorted(runs) == sorted(["consul-server", "consul-client", "rabbitmq", "messenger-db-primary", instance])
     assert re.fullmatch(r"messenger-[0-9a-f]{8}", instance)
     assert runs["consul-client"]["argv"] == [
-        "run", "-d", "--restart", "unless-stopped", "--name", "consul-client", "--network", "mm_2023",
-        "-p", "8500:8500", "hashicorp/consul:1.14.4", "agent", "-client=0.0.0.0", "-retry-join=consul-server",
-        "-node=consul-client"]
+        "run",
+        "-d",
+        "--restart",
+        "unless-stopped",
+        "--name",
+        "consul-client",
+        "--network",
+        "mm_2023",
+        "-p",
+        "8500:8500",
+        "hashicorp/consul:1.14.4",
+        "agent",
+        "-client=0.0.0.0",
+        "-retry-join=consul-server",
+        "-node=consul-client",
+    ]
     assert runs["messenger-db-primary"]["argv"][-1] == "postgres:15.1"
     assert consul_agent.kv_get("amqp-host") == "rabbitmq"
     assert consul_agent.kv_get("messenger-db-host") == "messenger-db-primary"
 
     messenger = runs[instance]
-    assert messenger["argv"][:13] == ["run", "-d", "--restart", "unless-stopped", "--name", instance,
-                                      "--network", "mm_2023", "--label", "messenger.kind=messenger",
-                                      "--stop-timeout", "40", "-e"]
+    assert messenger["argv"][:13] == [
+        "run",
+        "-d",
+        "--restart",
+        "unless-stopped",
+        "--name",
+        instance,
+        "--network",
+        "mm_2023",
+        "--label",
+        "messenger.kind=messenger",
+        "--stop-timeout",
+        "40",
+        "-e",
+    ]
     assert messenger["argv"][-1] == "messenger"
     passed = {messenger["argv"][i + 1] for i, arg in enumerate(messenger["argv"]) if arg == "-e"}
     assert passed == INSTANCE_VARIABLES
     assert "postgres" not in messenger["argv"]  # values (the password among them) travel in the environment
-    assert {name: messenger["env"][name] for name in ("PORT", "BIND_HOST", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD",
-                                                      "AMQPHOST", "AMQPPORT", "CONSUL_HOST", "CONSUL_PORT",
-                                                      "CONSUL_SERVICE_ADDRESS")} == {
-        "PORT": "4000", "BIND_HOST": "0.0.0.0", "PGHOST": "messenger-db-primary", "PGPORT": "5432",
-        "PGUSER": "messenger", "PGPASSWORD": "messenger_password", "AMQPHOST": "rabbitmq", "AMQPPORT": "5672",
-        "CONSUL_HOST": "consul-client", "CONSUL_PORT": "8500", "CONSUL_SERVICE_ADDRESS": "",
+    assert {
+        name: messenger["env"][name]
+        for name in (
+            "PORT",
+            "BIND_HOST",
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGPASSWORD",
+            "AMQPHOST",
+            "AMQPPORT",
+            "CONSUL_HOST",
+            "CONSUL_PORT",
+            "CONSUL_SERVICE_ADDRESS",
+        )
+    } == {
+        "PORT": "4000",
+        "BIND_HOST": "0.0.0.0",
+        "PGHOST": "messenger-db-primary",
+        "PGPORT": "5432",
+        "PGUSER": "messenger",
+        "PGPASSWORD": "messenger_password",
+        "AMQPHOST": "rabbitmq",
+        "AMQPPORT": "5672",
+        "CONSUL_HOST": "consul-client",
+        "CONSUL_PORT": "8500",
+        "CONSUL_SERVICE_ADDRESS": "",
     }
     assert list(infrastructure.state_dir.glob("*/*.pid")) == []  # nothing ran locally
 
 
 def test_docker_runtime_makes_the_roles_and_runs_the_seeds_jobs_in_a_migrator_container(
-        infrastructure, consul_agent, fake_docker):
+    infrastructure, consul_agent, fake_docker
+):
     """The db script pipes roles.sql into the database container; the jobs are the seed's `docker exec` lines."""
     env = docker_platform_and_database(infrastructure, consul_agent, fake_docker)
     [roles] = [call for call in fake_docker("exec") if "psql" in call["argv"]]
     assert roles["argv"][:3] == ["exec", "-i", "messenger-db-primary"]
-    assert {"app_user=messenger", "app_password=messenger_password", "migrator_user=messenger_migrator",
-            "migrator_password=migrator_password", f"db_name={infrastructure.env['MESSENGER_DB_NAME']}"} <= {
-        roles["argv"][i + 1] for i, arg in enumerate(roles["argv"]) if arg == "-v"}
+    assert {
+        "app_user=messenger",
+        "app_password=messenger_password",
+        "migrator_user=messenger_migrator",
+        "migrator_password=migrator_password",
+        f"db_name={infrastructure.env['MESSENGER_DB_NAME']}",
+    } <= {roles["argv"][i + 1] for i, arg in enumerate(roles["argv"]) if arg == "-v"}
     assert roles["stdin"] == (INFRA / "sql" / "roles.sql").read_text()
 
     assert infrastructure.run("messenger-db-migrator-deploy.sh", **env).stdout == "messenger-migrator\n"
@@ -330,25 +420,57 @@ def test_docker_runtime_makes_the_roles_and_runs_the_seeds_jobs_in_a_migrator_co
     assert migrator["argv"][migrator["argv"].index("--name") + 1] == "messenger-migrator"
     passed = {migrator["argv"][i + 1] for i, arg in enumerate(migrator["argv"]) if arg == "-e"}
     assert passed == INSTANCE_VARIABLES | {"REQUIRE_MIGRATED_DB", "DB_APPLICATION_USER", "PG_STATEMENT_TIMEOUT"}
-    assert {name: migrator["env"][name] for name in ("PGUSER", "PGPASSWORD", "CONSUL_SERVICE_NAME",
-                                                     "REQUIRE_MIGRATED_DB", "DB_APPLICATION_USER",
-                                                     "PG_STATEMENT_TIMEOUT")} == {
-        "PGUSER": "messenger_migrator", "PGPASSWORD": "migrator_password", "CONSUL_SERVICE_NAME": "messenger-migrator",
-        "REQUIRE_MIGRATED_DB": "false", "DB_APPLICATION_USER": "messenger", "PG_STATEMENT_TIMEOUT": "0",
+    assert {
+        name: migrator["env"][name]
+        for name in (
+            "PGUSER",
+            "PGPASSWORD",
+            "CONSUL_SERVICE_NAME",
+            "REQUIRE_MIGRATED_DB",
+            "DB_APPLICATION_USER",
+            "PG_STATEMENT_TIMEOUT",
+        )
+    } == {
+        "PGUSER": "messenger_migrator",
+        "PGPASSWORD": "migrator_password",
+        "CONSUL_SERVICE_NAME": "messenger-migrator",
+        "REQUIRE_MIGRATED_DB": "false",
+        "DB_APPLICATION_USER": "messenger",
+        "PG_STATEMENT_TIMEOUT": "0",
     }
 
-    seed_job = ["-e", "PGDATABASE=postgres", "-e", "CREATE_DB_NAME=messenger", "messenger-migrator",
-                "python", "manage.py", "create_db"]
-    job = subprocess.run([str(INFRA / "messenger-exec.sh"), *seed_job], env={**infrastructure.env, **env},
-                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    seed_job = [
+        "-e",
+        "PGDATABASE=postgres",
+        "-e",
+        "CREATE_DB_NAME=messenger",
+        "messenger-migrator",
+        "python",
+        "manage.py",
+        "create_db",
+    ]
+    job = subprocess.run(
+        [str(INFRA / "messenger-exec.sh"), *seed_job],
+        env={**infrastructure.env, **env},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert job.returncode == 0, job.stderr
     assert fake_docker("exec")[-1]["argv"] == ["exec", "-i", *seed_job]
 
 
 def test_consul_client_name_that_does_not_resolve_here_asks_for_consul_http_addr(infrastructure, fake_docker):
     """With Docker, consul-client is a name on the containers' network: this host needs CONSUL_HTTP_ADDR."""
-    result = infrastructure.run("messenger-deploy.sh", check=False, CONSUL_HOST="consul-client", CONSUL_PORT="8500",
-                                MESSENGER_RUNTIME="docker", **fake_docker.env)
+    result = infrastructure.run(
+        "messenger-deploy.sh",
+        check=False,
+        CONSUL_HOST="consul-client",
+        CONSUL_PORT="8500",
+        MESSENGER_RUNTIME="docker",
+        **fake_docker.env,
+    )
     assert result.returncode == 1
     assert result.stderr == (
         "messenger-deploy.sh: cannot reach Consul at http://consul-client:8500 ('consul-client' does not resolve "
@@ -357,8 +479,9 @@ def test_consul_client_name_that_does_not_resolve_here_asks_for_consul_http_addr
 
 
 def test_docker_runtime_requested_without_an_engine_stops(infrastructure, fake_docker):
-    result = infrastructure.run("messenger-deploy.sh", check=False, MESSENGER_RUNTIME="docker",
-                                FAKE_DOCKER_INFO_STATUS="1", **fake_docker.env)
+    result = infrastructure.run(
+        "messenger-deploy.sh", check=False, MESSENGER_RUNTIME="docker", FAKE_DOCKER_INFO_STATUS="1", **fake_docker.env
+    )
     assert result.returncode == 1
     assert result.stderr == "messenger-deploy.sh: MESSENGER_RUNTIME=docker but no Docker engine answers 'docker info'\n"
 
@@ -382,8 +505,10 @@ def test_seed_consul_client_name_means_this_machine_in_the_local_runtime(infrast
     seed_location = {"CONSUL_HOST": "consul-client", "CONSUL_PORT": str(consul_agent.http_port)}
     infrastructure.run("platform-deploy.sh", **seed_location)
     result = infrastructure.run("messenger-db-deploy.sh", **seed_location)
-    assert "CONSUL_HOST=consul-client does not resolve here; the local runtime's Consul agent is on this machine: " \
-           "using 127.0.0.1" in result.stderr
+    assert (
+        "CONSUL_HOST=consul-client does not resolve here; the local runtime's Consul agent is on this machine: "
+        "using 127.0.0.1" in result.stderr
+    )
     assert consul_agent.kv_get("messenger-db-host") == "127.0.0.1"
     instance = infrastructure.run("messenger-deploy.sh", **seed_location).stdout.strip()
     environ = (infrastructure.state_dir / "messenger" / f"{instance}.env").read_text().splitlines()

@@ -87,7 +87,8 @@ def test_sigterm_leaves_the_catalog_before_the_instance_stops_accepting_connecti
     assert served_after_leaving > 0  # drained: still answering while the load balancer drops it
     assert f"[messenger-stop.sh] {victim}: stopped" in stopping.stderr.read()
     assert sorted(service["Port"] for service in infrastructure.passing().values()) == sorted(
-        map(infrastructure.port, others))
+        map(infrastructure.port, others)
+    )
     assert not (infrastructure.state_dir / "messenger" / f"{victim}.pid").exists()
 
 
@@ -132,28 +133,43 @@ def test_database_outage_turns_the_check_critical_until_the_database_returns(inf
 
 def _instance_env(consul_port: int, database: str, **extra: str) -> dict[str, str]:
     return {
-        "PGHOST": "127.0.0.1", "PGUSER": "postgres", "PGDATABASE": database,
-        "CONSUL_HOST": "127.0.0.1", "CONSUL_PORT": str(consul_port),
-        "CONSUL_CHECK_INTERVAL": "1s", **extra,
+        "PGHOST": "127.0.0.1",
+        "PGUSER": "postgres",
+        "PGDATABASE": database,
+        "CONSUL_HOST": "127.0.0.1",
+        "CONSUL_PORT": str(consul_port),
+        "CONSUL_CHECK_INTERVAL": "1s",
+        **extra,
     }
 
 
 def test_instance_started_while_consul_is_down_registers_once_consul_is_up_and_again_after_it_forgets(
-        tmp_path, instances_db):
+    tmp_path, instances_db
+):
     retry = 2.0
     agent = ConsulAgent()  # its port is known; the agent is not running yet
     service = ServiceProcess(
-        _instance_env(agent.http_port, instances_db, CONSUL_SERVICE_NAME="messenger", CONSUL_RETRY_INTERVAL="2s",
-                      LOG_LEVEL="DEBUG"),
+        _instance_env(
+            agent.http_port,
+            instances_db,
+            CONSUL_SERVICE_NAME="messenger",
+            CONSUL_RETRY_INTERVAL="2s",
+            LOG_LEVEL="DEBUG",
+        ),
         tmp_path / "instance.log",
     )
     try:
         service.start()
         assert http_get(f"{service.url}/health")[:2] == (200, b"OK")  # serves while Consul is down
         # The backoff doubles from 0.5s up to the retry interval: wait until it is there.
-        wait_until(lambda: f"retrying in {retry:.1f}s" in service.log_path.read_text(), 30,
-                   what="the registration backoff to reach its cap")
-        assert REGISTERING in service.log_path.read_text()  # what the tests of processes that must not register look for
+        wait_until(
+            lambda: f"retrying in {retry:.1f}s" in service.log_path.read_text(),
+            30,
+            what="the registration backoff to reach its cap",
+        )
+        assert (
+            REGISTERING in service.log_path.read_text()
+        )  # what the tests of processes that must not register look for
 
         agent.start()
         # Within one retry period (plus the agent's own bookkeeping).
@@ -169,8 +185,11 @@ def test_instance_started_while_consul_is_down_registers_once_consul_is_up_and_a
         [entry] = agent.catalog_instances("messenger")
         assert (entry["ServiceID"], entry["ServicePort"]) == (first["ServiceID"], service.port)
         log = tmp_path / "instance.log"
-        wait_until(lambda: f"registered again {entry['ServiceID']} in Consul" in log.read_text(), 5,
-                   what="the instance's own account of registering again")
+        wait_until(
+            lambda: f"registered again {entry['ServiceID']} in Consul" in log.read_text(),
+            5,
+            what="the instance's own account of registering again",
+        )
     finally:
         service.stop()
         agent.cleanup()
@@ -184,22 +203,44 @@ def _registered_services(agent) -> dict:
 
 @pytest.mark.parametrize("command", [["manage.py", "check"], ["manage.py", "config"], ["manage.py", "showmigrations"]])
 def test_management_commands_register_nothing(consul_agent, instances_db, command):
-    env = {"PATH": os.environ["PATH"], "APP_ENV": "production",
-           **_instance_env(consul_agent.http_port, instances_db, CONSUL_SERVICE_NAME="messenger")}
-    result = subprocess.run([sys.executable, *command], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                            timeout=60)
+    env = {
+        "PATH": os.environ["PATH"],
+        "APP_ENV": "production",
+        **_instance_env(consul_agent.http_port, instances_db, CONSUL_SERVICE_NAME="messenger"),
+    }
+    result = subprocess.run(
+        [sys.executable, *command], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert _registered_services(consul_agent) == {}
 
 
 def test_the_test_process_registers_nothing(consul_agent, instances_db):
     """A pytest run sets Django up (AppConfig.ready() runs) with a service name in its environment."""
-    env = {**os.environ, "CONSUL_SERVICE_NAME": "messenger", "CONSUL_HOST": "127.0.0.1",
-           "CONSUL_PORT": str(consul_agent.http_port), "PGDATABASE": f"{instances_db}_pytest"}
+    env = {
+        **os.environ,
+        "CONSUL_SERVICE_NAME": "messenger",
+        "CONSUL_HOST": "127.0.0.1",
+        "CONSUL_PORT": str(consul_agent.http_port),
+        "PGDATABASE": f"{instances_db}_pytest",
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "messenger/tests/test_config.py",
-         "-k", "test_defaults_load_with_an_empty_environment"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "messenger/tests/test_config.py",
+            "-k",
+            "test_defaults_load_with_an_empty_environment",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert _registered_services(consul_agent) == {}
@@ -220,11 +261,24 @@ time.sleep(float(os.environ["SERVE_SECONDS"]))
 def test_ready_registers_the_process_the_serving_entry_point_marked(consul_agent, instances_db):
     """The design card's hook: AppConfig.ready() registers, here with no gunicorn hook ever run."""
     port = free_port()
-    env = {**os.environ, "APP_ENV": "test", "PGDATABASE": instances_db, "PORT": str(port), "BIND_HOST": "127.0.0.1",
-           "CONSUL_SERVICE_NAME": "messenger", "CONSUL_HOST": "127.0.0.1",
-           "CONSUL_PORT": str(consul_agent.http_port), "SERVE_SECONDS": "20"}
-    process = subprocess.Popen([sys.executable, "-c", SERVE_AFTER_READY], cwd=REPO_ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "APP_ENV": "test",
+        "PGDATABASE": instances_db,
+        "PORT": str(port),
+        "BIND_HOST": "127.0.0.1",
+        "CONSUL_SERVICE_NAME": "messenger",
+        "CONSUL_HOST": "127.0.0.1",
+        "CONSUL_PORT": str(consul_agent.http_port),
+        "SERVE_SECONDS": "20",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVE_AFTER_READY],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         passing = wait_until(lambda: consul_agent.healthy_instances("messenger"), 15, what="registered from ready()")
         assert [(entry["Service"]["Address"], entry["Service"]["Port"]) for entry in passing] == [("127.0.0.1", port)]
@@ -235,14 +289,35 @@ def test_ready_registers_the_process_the_serving_entry_point_marked(consul_agent
 
 def test_celery_worker_registers_nothing(consul_agent, instances_db, tmp_path):
     queue = f"consul-registration-test-{uuid.uuid4().hex[:8]}"  # consumes nothing anyone else sends
-    env = {"PATH": os.environ["PATH"], "APP_ENV": "production", "AMQPHOST": "127.0.0.1",
-           **_instance_env(consul_agent.http_port, instances_db, CONSUL_SERVICE_NAME="messenger")}
+    env = {
+        "PATH": os.environ["PATH"],
+        "APP_ENV": "production",
+        "AMQPHOST": "127.0.0.1",
+        **_instance_env(consul_agent.http_port, instances_db, CONSUL_SERVICE_NAME="messenger"),
+    }
     log = tmp_path / "worker.log"
     with open(log, "wb") as output:
         worker = subprocess.Popen(
-            [str(REPO_ROOT / ".venv/bin/celery"), "-A", "messenger", "worker", "--pool", "solo", "-Q", queue,
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "--loglevel", "INFO"],
-            cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                str(REPO_ROOT / ".venv/bin/celery"),
+                "-A",
+                "messenger",
+                "worker",
+                "--pool",
+                "solo",
+                "-Q",
+                queue,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "--loglevel",
+                "INFO",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         wait_until(lambda: b" ready." in log.read_bytes() or worker.poll() is not None, 60, what="celery ready")

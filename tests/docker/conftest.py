@@ -26,8 +26,9 @@ LB_RENDERER = "watcher"
 
 
 def _ensure_docker(action: str) -> None:
-    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "ensure-docker.sh"), action], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "ensure-docker.sh"), action], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, f"ensure-docker.sh {action} failed:\n{result.stderr}"
 
 
@@ -47,9 +48,14 @@ def docker_engine():
 @pytest.fixture(scope="session")
 def docker_images(docker_engine):
     """Every image the topology uses, as `make docker-images` builds them (kept when already current)."""
-    result = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "build-docker-images.sh")], cwd=REPO_ROOT,
-                            env={**os.environ, "LB_RENDERER": LB_RENDERER}, capture_output=True, text=True,
-                            timeout=1200)
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "build-docker-images.sh")],
+        cwd=REPO_ROOT,
+        env={**os.environ, "LB_RENDERER": LB_RENDERER},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert result.returncode == 0, f"make docker-images failed:\n{result.stderr[-4000:]}"
     assert docker("image", "inspect", "--format", "{{.Config.User}}", "messenger-lb") == "101:101"
 

@@ -48,8 +48,12 @@ def test_compose_up_runs_the_tutorial_and_down_leaves_nothing(docker_clean, comm
     try:
         # --no-build: the session's images (the load balancer's renderer is the watcher: see conftest.py).
         compose("up", "--detach", "--no-build", command=command, env=env)
-        wait_until(lambda: passing_instances(consul_port) == 3 and lb_healthy(stack), 120, interval=0.5,
-                   what="three passing instances behind the load balancer")
+        wait_until(
+            lambda: passing_instances(consul_port) == 3 and lb_healthy(stack),
+            120,
+            interval=0.5,
+            what="three passing instances behind the load balancer",
+        )
 
         run_tutorial_transcript(stack, amqp_port=rabbitmq_port)
     finally:

@@ -29,21 +29,24 @@ class DockerStack(Stack):
         self.consul_host_port = free_port()
         self.rabbitmq_host_port = free_port()
         lb_port = free_port()
-        super().__init__({
-            "MESSENGER_RUNTIME": "docker",
-            "MESSENGER_STATE_DIR": str(state_dir),
-            # As the seed says it: instances reach the agent by its name on mm_2023; this host at its published port.
-            "CONSUL_HOST": "consul-client",
-            "CONSUL_PORT": "8500",
-            "CONSUL_HOST_PORT": str(self.consul_host_port),
-            "RABBITMQ_HOST_PORT": str(self.rabbitmq_host_port),
-            "RABBITMQ_MANAGEMENT_HOST_PORT": str(free_port()),
-            "LB_PORT": str(lb_port),
-            "SHUTDOWN_DRAIN_SECONDS": "2",
-            # A crashed instance's registration turns critical (and leaves the load balancer) within seconds.
-            "CONSUL_CHECK_INTERVAL": "2s",
-            "LB_RENDERER": "watcher",  # see tests/docker/conftest.py
-        }, lb_port)
+        super().__init__(
+            {
+                "MESSENGER_RUNTIME": "docker",
+                "MESSENGER_STATE_DIR": str(state_dir),
+                # As the seed says it: instances reach the agent by its name on mm_2023; this host at its published port.
+                "CONSUL_HOST": "consul-client",
+                "CONSUL_PORT": "8500",
+                "CONSUL_HOST_PORT": str(self.consul_host_port),
+                "RABBITMQ_HOST_PORT": str(self.rabbitmq_host_port),
+                "RABBITMQ_MANAGEMENT_HOST_PORT": str(free_port()),
+                "LB_PORT": str(lb_port),
+                "SHUTDOWN_DRAIN_SECONDS": "2",
+                # A crashed instance's registration turns critical (and leaves the load balancer) within seconds.
+                "CONSUL_CHECK_INTERVAL": "2s",
+                "LB_RENDERER": "watcher",  # see tests/docker/conftest.py
+            },
+            lb_port,
+        )
 
     def passing(self) -> set[str]:
         """host:port of every passing messenger instance, as Consul's health API lists them."""
@@ -65,7 +68,8 @@ def serves(stack: DockerStack, upstream: str, attempts: int = 30) -> bool:
     """Some request through the load balancer is answered by `upstream` (a bounded number of tries)."""
     seen = {stack.get("/health")[2].get("Upstream-Host") for _ in range(attempts)}
     assert upstream in seen, (
-        f"{upstream} not among {seen}; load balancer: {docker('logs', '--tail', '8', 'messenger-lb')}")
+        f"{upstream} not among {seen}; load balancer: {docker('logs', '--tail', '8', 'messenger-lb')}"
+    )
     return True
 
 
@@ -74,7 +78,8 @@ def instance_containers() -> list[str]:
 
 
 def test_make_up_in_docker_runs_the_tutorial_scales_survives_crashes_resets_and_make_down_leaves_nothing(
-        docker_clean, tmp_path):
+    docker_clean, tmp_path
+):
     stack = DockerStack(tmp_path / "state")
     try:
         up = stack.make("up", timeout=600)
@@ -106,11 +111,19 @@ def test_make_up_in_docker_runs_the_tutorial_scales_survives_crashes_resets_and_
         wait_until(lambda: upstream in stack.passing(), 60, interval=0.5, what="the restarted instance passing")
         wait_until(lambda: serves(stack, upstream), 30, interval=0.5, what="the restarted instance serving")
         # The crashed process's own registration turns critical once its check times out on the old address.
-        wait_until(lambda: stack.passing() == {f"{address_on(c, NETWORK)}:4000" for c in instance_containers()}, 60,
-                   interval=0.5, what="exactly the three running instances passing")
+        wait_until(
+            lambda: stack.passing() == {f"{address_on(c, NETWORK)}:4000" for c in instance_containers()},
+            60,
+            interval=0.5,
+            what="exactly the three running instances passing",
+        )
         # The engine's own view agrees: the image's health check (GET /health) passes in every instance.
-        wait_until(lambda: {inspect(c)["State"]["Health"]["Status"] for c in instance_containers()} == {"healthy"},
-                   60, interval=1, what="every instance container healthy")
+        wait_until(
+            lambda: {inspect(c)["State"]["Health"]["Status"] for c in instance_containers()} == {"healthy"},
+            60,
+            interval=1,
+            what="every instance container healthy",
+        )
 
         # The same for the worker: back by itself, it relays the next message's event.
         restarts = crash("messenger-worker")

@@ -38,8 +38,9 @@ class LoadBalancerSetting:
         docker("network", "create", "--label", TEST_LABEL, NETWORK)
         self.run("lb-test-consul", "-p", f"127.0.0.1:{self.consul_port}:8500", "hashicorp/consul:1.14.4")
         wait_until(self._leader, 30, interval=0.2, what="the test's Consul agent electing itself")
-        self.run("lb-test-lb", "-e", "CONSUL_URL=lb-test-consul:8500", "-p", f"127.0.0.1:{self.lb_port}:8085",
-                 "messenger-lb")
+        self.run(
+            "lb-test-lb", "-e", "CONSUL_URL=lb-test-consul:8500", "-p", f"127.0.0.1:{self.lb_port}:8085", "messenger-lb"
+        )
         return self
 
     def _leader(self) -> bool:
@@ -49,8 +50,11 @@ class LoadBalancerSetting:
             return False
 
     def consul(self, method: str, path: str, body: dict | None = None) -> bytes:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.consul_port}{path}", method=method,
-                                         data=None if body is None else json.dumps(body).encode())
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.consul_port}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+        )
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.read()
 
@@ -59,9 +63,17 @@ class LoadBalancerSetting:
         name = f"lb-test-{service_id}"
         self.run(name, "--entrypoint", "python", "messenger", "-m", "http.server", "4000")
         address = address_on(name, NETWORK)
-        self.consul("PUT", "/v1/agent/service/register", {
-            "Name": "messenger", "ID": service_id, "Address": address, "Port": 4000,
-            "Check": {"CheckID": f"service:{service_id}", "TTL": "600s", "Status": "critical"}})
+        self.consul(
+            "PUT",
+            "/v1/agent/service/register",
+            {
+                "Name": "messenger",
+                "ID": service_id,
+                "Address": address,
+                "Port": 4000,
+                "Check": {"CheckID": f"service:{service_id}", "TTL": "600s", "Status": "critical"},
+            },
+        )
         self.backends[service_id] = f"{address}:4000"
         return self.backends[service_id]
 
@@ -109,8 +121,12 @@ def test_load_balancer_image_follows_consul_without_reload_stalls(setting, recor
     assert (status, body) == NO_INSTANCE
 
     # The renderer runs beside NGINX, not under it: the master's children are its workers only.
-    wait_until(lambda: any("upstream_watcher.py" in args for _, _, args in setting.processes()), 30, interval=0.2,
-               what="the renderer running")
+    wait_until(
+        lambda: any("upstream_watcher.py" in args for _, _, args in setting.processes()),
+        30,
+        interval=0.2,
+        what="the renderer running",
+    )
     processes = setting.processes()
     [master] = [pid for pid, _, args in processes if args.startswith("nginx: master")]
     children = [args for _, ppid, args in processes if ppid == master]
@@ -123,8 +139,12 @@ def test_load_balancer_image_follows_consul_without_reload_stalls(setting, recor
     assert setting.get()[:2] == NO_INSTANCE  # registered, critical: not routed
     passed_at = time.monotonic()
     setting.pass_check("backend-1")
-    wait_until(lambda: setting.get()[2].get("Upstream-Host") == first, 15, interval=0.01,
-               what="the first request reaching the new instance")
+    wait_until(
+        lambda: setting.get()[2].get("Upstream-Host") == first,
+        15,
+        interval=0.01,
+        what="the first request reaching the new instance",
+    )
     to_first_request = time.monotonic() - passed_at
     record_property("seconds_from_passing_to_first_request", round(to_first_request, 3))
     print(f"\nload balancer image: {to_first_request:.3f}s from a passing check to the first request")
@@ -145,4 +165,3 @@ def test_load_balancer_image_follows_consul_without_reload_stalls(setting, recor
     logs = setting.logs()
     assert logs.count("nginx-apply: reloaded NGINX") >= 3, logs
     assert STALL not in logs, logs
-

@@ -15,10 +15,24 @@ def dump_dom(url: str, profile_dir: Path, *extra_args: str, timeout: float = 120
     chromium = shutil.which("chromium")
     assert chromium, "chromium is installed by scripts/install-system-deps.sh"
     result = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-default-apps",
-         f"--user-data-dir={profile_dir}", *extra_args, "--dump-dom", url],
-        capture_output=True, text=True, timeout=timeout,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-default-apps",
+            f"--user-data-dir={profile_dir}",
+            *extra_args,
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout

@@ -15,8 +15,15 @@ from tests.support.processes import REPO_ROOT, wait_until
 COMPOSE_FILE = REPO_ROOT / "docker" / "compose.yaml"
 COMPOSE_PROJECT = "messenger-test"
 # The seed's container, network and volume names (infrastructure/*.sh).
-SCRIPT_CONTAINERS = ("messenger-lb", "messenger-worker", "messenger-migrator", "messenger-db-primary", "rabbitmq",
-                     "consul-client", "consul-server")
+SCRIPT_CONTAINERS = (
+    "messenger-lb",
+    "messenger-worker",
+    "messenger-migrator",
+    "messenger-db-primary",
+    "rabbitmq",
+    "consul-client",
+    "consul-server",
+)
 NETWORK = "mm_2023"
 SCRIPT_VOLUMES = ("db-data",)
 # Containers and networks a test makes by itself carry this label.
@@ -38,8 +45,11 @@ def our_containers() -> set[str]:
     """Containers of ours, running or not: the seed's names, instances (by label) and the compose project's."""
     named = lines(docker("ps", "--all", "--format", "{{.Names}}"))
     labelled = lines(docker("ps", "--all", "--filter", "label=messenger.kind", "--format", "{{.Names}}"))
-    composed = lines(docker("ps", "--all", "--filter", f"label=com.docker.compose.project={COMPOSE_PROJECT}",
-                            "--format", "{{.Names}}"))
+    composed = lines(
+        docker(
+            "ps", "--all", "--filter", f"label=com.docker.compose.project={COMPOSE_PROJECT}", "--format", "{{.Names}}"
+        )
+    )
     tests = lines(docker("ps", "--all", "--filter", f"label={TEST_LABEL}", "--format", "{{.Names}}"))
     return (named & set(SCRIPT_CONTAINERS)) | labelled | composed | tests
 
@@ -85,10 +95,16 @@ def compose_commands() -> list[list[str]]:
     return commands
 
 
-def compose(*args: str, command: list[str] | None = None, env: dict | None = None, check: bool = True,
-            timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run([*(command or ["docker-compose"]), "-p", COMPOSE_PROJECT, "-f", str(COMPOSE_FILE), *args],
-                            env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+def compose(
+    *args: str, command: list[str] | None = None, env: dict | None = None, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*(command or ["docker-compose"]), "-p", COMPOSE_PROJECT, "-f", str(COMPOSE_FILE), *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check:
         assert result.returncode == 0, f"compose {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
@@ -115,7 +131,9 @@ def crash(container: str) -> int:
 
 def wait_restarted(container: str, restarts_before: int, timeout: float = 60) -> None:
     """Wait until the engine has started the container again and it runs."""
+
     def restarted() -> bool:
         state = inspect(container)
         return state["RestartCount"] > restarts_before and state["State"]["Running"]
+
     wait_until(restarted, timeout, interval=0.5, what=f"{container} restarted by the engine")

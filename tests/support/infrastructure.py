@@ -25,10 +25,21 @@ def migrated_database(name: str) -> str:
     with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "APP_ENV": "test", "PGHOST": "127.0.0.1",
-           "PGUSER": "postgres", "PGDATABASE": name}
-    result = subprocess.run([str(REPO_ROOT / ".venv/bin/python"), "manage.py", "migrate", "--no-input"],
-                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "APP_ENV": "test",
+        "PGHOST": "127.0.0.1",
+        "PGUSER": "postgres",
+        "PGDATABASE": name,
+    }
+    result = subprocess.run(
+        [str(REPO_ROOT / ".venv/bin/python"), "manage.py", "migrate", "--no-input"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return name
 
@@ -50,18 +61,31 @@ class Infrastructure:
             **env,
         }
 
-    def run(self, script: str, *args: str, check: bool = True, timeout: float = 120,
-            **env: str) -> subprocess.CompletedProcess:
-        result = subprocess.run([str(INFRA / script), *args], cwd=REPO_ROOT, env={**self.env, **env},
-                                capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, script: str, *args: str, check: bool = True, timeout: float = 120, **env: str
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [str(INFRA / script), *args],
+            cwd=REPO_ROOT,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check:
             assert result.returncode == 0, f"{script} exited {result.returncode}:\n{result.stderr}"
         return result
 
     def start(self, script: str, *args: str, **env: str) -> subprocess.Popen:
         """Run a script in the background (for a test that watches what happens meanwhile)."""
-        return subprocess.Popen([str(INFRA / script), *args], cwd=REPO_ROOT, env={**self.env, **env},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [str(INFRA / script), *args],
+            cwd=REPO_ROOT,
+            env={**self.env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def platform_and_database(self) -> None:
         """What must exist before an instance can deploy: the platform's and the database's KV keys."""
@@ -89,8 +113,11 @@ class Infrastructure:
         return {entry["Service"]["ID"]: entry["Service"] for entry in self.consul.healthy_instances(service)}
 
     def wait_passing(self, count: int, timeout: float = 30, service: str = "messenger") -> dict[str, dict]:
-        return wait_until(lambda: len(self.passing(service)) == count and self.passing(service), timeout,
-                          what=f"{count} passing {service} instance(s)")
+        return wait_until(
+            lambda: len(self.passing(service)) == count and self.passing(service),
+            timeout,
+            what=f"{count} passing {service} instance(s)",
+        )
 
     def cleanup(self) -> None:
         """Stop every instance gracefully; kill whatever outlives that."""

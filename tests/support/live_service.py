@@ -37,4 +37,3 @@ def seed_chat() -> tuple[list[User], Conversation]:
     users = list(User.objects.order_by("pk"))
     conversation = services.conversation_create(participant_ids=[users[0].pk, users[1].pk])
     return users, conversation
-

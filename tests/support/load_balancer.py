@@ -79,7 +79,7 @@ def expand_ctmpl(template: str, services: dict[str, list[dict]]) -> str:
     position = 0
     trim_next = False
     for match in _ACTION.finditer(template):
-        text = template[position:match.start()]
+        text = template[position : match.start()]
         if trim_next:
             text = text.lstrip()
         if match.group(1):
@@ -108,10 +108,16 @@ def expand_ctmpl(template: str, services: dict[str, list[dict]]) -> str:
             elif value.startswith("/*"):
                 pass
             elif value.startswith("range "):
-                items = lookup(value[len("range "):])
+                items = lookup(value[len("range ") :])
                 body_end = _matching(tokens, i + 1)
-                else_at = next((j for j in range(i + 1, body_end) if tokens[j] == ("action", "else")
-                                and _depth(tokens, i + 1, j) == 0), None)
+                else_at = next(
+                    (
+                        j
+                        for j in range(i + 1, body_end)
+                        if tokens[j] == ("action", "else") and _depth(tokens, i + 1, j) == 0
+                    ),
+                    None,
+                )
                 if items:
                     for item in items:
                         out.append(render(i + 1, item, ("else", "end"))[0])
@@ -122,7 +128,7 @@ def expand_ctmpl(template: str, services: dict[str, list[dict]]) -> str:
                 assert dot is not None, f"{value} outside range"
                 out.append(str(dot[value[1:]]))
             elif value.startswith("len (") and value.endswith(")"):
-                out.append(str(len(lookup(value[len("len ("):-1]))))
+                out.append(str(len(lookup(value[len("len (") : -1]))))
             else:
                 raise AssertionError(f"expand_ctmpl does not know the action {{{{ {value} }}}}")
             i += 1
@@ -157,18 +163,24 @@ def _matching(tokens, start: int) -> int:
 
 # --- the whole topology, local runtime -----------------------------------------------
 
+
 class ThroughLoadBalancer:
     """Whatever answers on 127.0.0.1:`lb_port` behind the load balancer: a test topology or a whole stack."""
 
     lb_port: int
 
-    def request(self, method: str, path: str, body: dict | None = None, headers: dict | None = None,
-                timeout: float = 15) -> tuple[int, bytes, dict]:
+    def request(
+        self, method: str, path: str, body: dict | None = None, headers: dict | None = None, timeout: float = 15
+    ) -> tuple[int, bytes, dict]:
         """One request through the load balancer on a new connection: (status, body, headers)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.lb_port, timeout=timeout)
         try:
-            conn.request(method, path, body=None if body is None else json.dumps(body),
-                         headers={"Content-Type": "application/json", **(headers or {})})
+            conn.request(
+                method,
+                path,
+                body=None if body is None else json.dumps(body),
+                headers={"Content-Type": "application/json", **(headers or {})},
+            )
             response = conn.getresponse()
             return response.status, response.read(), dict(response.headers)
         finally:
@@ -218,9 +230,12 @@ class Topology(ThroughLoadBalancer):
     def write_kv(self) -> None:
         """The keys messenger-deploy.sh reads (a dev-mode agent forgets them when it restarts)."""
         for key, value in {
-            "messenger-db-host": "127.0.0.1", "messenger-db-port": "5432",
-            "messenger-db-application-user": "postgres", "messenger-db-password-never-do-this": "postgres",
-            "amqp-host": "127.0.0.1", "amqp-port": str(self.closed_port),
+            "messenger-db-host": "127.0.0.1",
+            "messenger-db-port": "5432",
+            "messenger-db-application-user": "postgres",
+            "messenger-db-password-never-do-this": "postgres",
+            "amqp-host": "127.0.0.1",
+            "amqp-port": str(self.closed_port),
         }.items():
             self.consul.kv_put(key, value)
 
@@ -279,11 +294,16 @@ class Topology(ThroughLoadBalancer):
     def wait_routed(self, addresses: set[str], timeout: float = 30) -> None:
         """Until the load balancer's upstream list is exactly `addresses`."""
         try:
-            wait_until(lambda: set(self.watcher_status()["instances"]) == addresses, timeout,
-                       interval=0.05, what=f"the load balancer to route to {sorted(addresses)}")
+            wait_until(
+                lambda: set(self.watcher_status()["instances"]) == addresses,
+                timeout,
+                interval=0.05,
+                what=f"the load balancer to route to {sorted(addresses)}",
+            )
         except TimeoutError as exc:
-            raise AssertionError(f"{exc}\nwatcher status: {self.watcher_status()}\n"
-                                 f"watcher log (tail):\n{self.watcher_log()[-3000:]}") from None
+            raise AssertionError(
+                f"{exc}\nwatcher status: {self.watcher_status()}\nwatcher log (tail):\n{self.watcher_log()[-3000:]}"
+            ) from None
 
     def watcher_log(self) -> str:
         return (self.state_dir / "load-balancer" / "messenger-lb.log").read_text()
@@ -308,6 +328,7 @@ def alive(pid: int) -> bool:
 
 # --- steady load ------------------------------------------------------------------------
 
+
 @dataclass
 class Outcome:
     method: str
@@ -331,8 +352,16 @@ class ClientLoop:
     conversation's messages. Each request opens its own connection.
     """
 
-    def __init__(self, topology: ThroughLoadBalancer, conversation_id: int, user_id: int, threads: int = 6,
-                 max_requests: int = 6000, max_seconds: float = 60, post_every: int = 3):
+    def __init__(
+        self,
+        topology: ThroughLoadBalancer,
+        conversation_id: int,
+        user_id: int,
+        threads: int = 6,
+        max_requests: int = 6000,
+        max_seconds: float = 60,
+        post_every: int = 3,
+    ):
         self.topology = topology
         self.path = f"/conversations/{conversation_id}/messages"
         self.user_id = user_id
@@ -352,8 +381,11 @@ class ClientLoop:
         started = time.monotonic()
         try:
             status, _, headers = self.topology.request(
-                method, self.path if post else f"{self.path}?limit=5",
-                body={"content": content} if post else None, headers={"User-Id": str(self.user_id)})
+                method,
+                self.path if post else f"{self.path}?limit=5",
+                body={"content": content} if post else None,
+                headers={"User-Id": str(self.user_id)},
+            )
             return Outcome(method, started, time.monotonic(), status, headers.get("Upstream-Host"), content)
         except (OSError, http.client.HTTPException) as exc:
             return Outcome(method, started, time.monotonic(), None, None, content, repr(exc))

@@ -34,8 +34,9 @@ class ResponseChecker:
         """A response of Django's test client."""
         self.openapi.validate_response(DjangoOpenAPIRequest(response.wsgi_request), DjangoOpenAPIResponse(response))
 
-    def check_live(self, method: str, url: str, path_pattern: str, status: int, body: bytes,
-                   headers: dict[str, str]) -> None:
+    def check_live(
+        self, method: str, url: str, path_pattern: str, status: int, body: bytes, headers: dict[str, str]
+    ) -> None:
         """A response read from a live server over HTTP."""
         parts = urlsplit(url)
         request = MockRequest(f"{parts.scheme}://{parts.netloc}", method, parts.path, path_pattern=path_pattern)

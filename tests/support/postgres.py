@@ -59,21 +59,47 @@ class ThrowawayPostgres:
         pwfile.write_text(self.superuser_password + "\n")
         if self._as_postgres:
             shutil.chown(pwfile, "postgres")
-        self._run("initdb", "-D", str(self.data), "-U", self.superuser, f"--pwfile={pwfile}",
-                  "--auth-local=scram-sha-256", "--auth-host=scram-sha-256",
-                  "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync", timeout=timeout)
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            self.superuser,
+            f"--pwfile={pwfile}",
+            "--auth-local=scram-sha-256",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
+            "--no-sync",
+            timeout=timeout,
+        )
         pwfile.unlink()
-        options = (f"-p {self.port} -k {self.dir} -c listen_addresses={self.host} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
-                  "-w", "-t", str(int(timeout)), "start", timeout=timeout + 5)
+        options = (
+            f"-p {self.port} -k {self.dir} -c listen_addresses={self.host} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "start",
+            timeout=timeout + 5,
+        )
         self.started = True
         return self
 
     def stop(self, timeout: float = 30) -> None:
         if self.started:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", str(int(timeout)), "stop",
-                      timeout=timeout + 5)
+            self._run(
+                "pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", str(int(timeout)), "stop", timeout=timeout + 5
+            )
             self.started = False
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -82,19 +108,39 @@ class ThrowawayPostgres:
         user = user or self.superuser
         if password is None and user == self.superuser:
             password = self.superuser_password
-        return {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": user,
-                "PGPASSWORD": password or "", "PGDATABASE": dbname}
+        return {
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGUSER": user,
+            "PGPASSWORD": password or "",
+            "PGDATABASE": dbname,
+        }
 
-    def connect(self, user: str | None = None, password: str | None = None, dbname: str = "postgres",
-                autocommit: bool = True) -> psycopg.Connection:
+    def connect(
+        self, user: str | None = None, password: str | None = None, dbname: str = "postgres", autocommit: bool = True
+    ) -> psycopg.Connection:
         env = self.env(user, password, dbname)
-        return psycopg.connect(host=env["PGHOST"], port=env["PGPORT"], user=env["PGUSER"],
-                               password=env["PGPASSWORD"], dbname=dbname, autocommit=autocommit,
-                               connect_timeout=10)
+        return psycopg.connect(
+            host=env["PGHOST"],
+            port=env["PGPORT"],
+            user=env["PGUSER"],
+            password=env["PGPASSWORD"],
+            dbname=dbname,
+            autocommit=autocommit,
+            connect_timeout=10,
+        )
 
-    def psql(self, *args: str, input: str | None = None, user: str | None = None, password: str | None = None,
-             dbname: str = "postgres", timeout: float = 60) -> subprocess.CompletedProcess:
+    def psql(
+        self,
+        *args: str,
+        input: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        dbname: str = "postgres",
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess:
         """Run the real `psql` client (as a deploy script would) against this cluster."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **self.env(user, password, dbname)}
-        return subprocess.run(["psql", "-X", *args], input=input, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            ["psql", "-X", *args], input=input, env=env, capture_output=True, text=True, timeout=timeout
+        )

@@ -101,9 +101,22 @@ class ConsulAgent:
         config.write_text(json.dumps({"ports": ports}))
         with open(self.dir / "agent.log", "ab") as log:
             self.process = subprocess.Popen(
-                ["consul", "agent", "-dev", "-client", "127.0.0.1", "-bind", "127.0.0.1",
-                 "-config-file", str(config), "-data-dir", str(self.dir / "data")],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                [
+                    "consul",
+                    "agent",
+                    "-dev",
+                    "-client",
+                    "127.0.0.1",
+                    "-bind",
+                    "127.0.0.1",
+                    "-config-file",
+                    str(config),
+                    "-data-dir",
+                    str(self.dir / "data"),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         wait_until(self._leader_elected, timeout, what=f"consul agent on {self.address}")
         return self

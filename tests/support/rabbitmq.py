@@ -121,9 +121,20 @@ class CeleryWorker:
 
     def start(self, timeout: float = 30) -> CeleryWorker:
         command = [
-            sys.executable, "-m", "celery", "-A", "messenger", "worker", "--loglevel", "INFO",
-            "--concurrency", "1", "--hostname", f"{self.name}-{uuid.uuid4().hex[:6]}@%h",
-            "--without-gossip", "--without-mingle",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "messenger",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            "1",
+            "--hostname",
+            f"{self.name}-{uuid.uuid4().hex[:6]}@%h",
+            "--without-gossip",
+            "--without-mingle",
         ]
         if self.beat:
             command.append("--beat")
@@ -142,7 +153,7 @@ class CeleryWorker:
         return " ready." in self.log()
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[self._log_start:] if self.log_path.exists() else ""
+        return self.log_path.read_text(errors="replace")[self._log_start :] if self.log_path.exists() else ""
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes at once, as a crash would."""

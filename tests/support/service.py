@@ -29,8 +29,9 @@ class Answer:
         return json.loads(self.body)
 
 
-def call(base_url: str, method: str, path: str, body: dict | None = None, headers: dict | None = None,
-         timeout: float = 30) -> Answer:
+def call(
+    base_url: str, method: str, path: str, body: dict | None = None, headers: dict | None = None, timeout: float = 30
+) -> Answer:
     """One JSON request to `base_url`, timed."""
     host, port = urlsplit(base_url).netloc.split(":")
     sent = {"Content-Type": "application/json", **(headers or {})}
@@ -74,7 +75,11 @@ class ServiceProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [str(gunicorn), "-c", "messenger/gunicorn_conf.py", "messenger.wsgi"],
-                cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return self.process
 
@@ -95,8 +100,9 @@ class ServiceProcess:
             ) from None
         return process.returncode, self.log_path.read_text()
 
-    def request(self, method: str, path: str, body: dict | None = None, user_id: int | None = None,
-                timeout: float = 10) -> tuple[int, dict | None]:
+    def request(
+        self, method: str, path: str, body: dict | None = None, user_id: int | None = None, timeout: float = 10
+    ) -> tuple[int, dict | None]:
         """One JSON request to this instance: (status, decoded body or None)."""
         answer = call(self.url, method, path, body, {} if user_id is None else {"User-Id": str(user_id)}, timeout)
         return answer.status, json.loads(answer.body) if answer.body else None
@@ -131,5 +137,6 @@ def job_env(env: dict[str, str]) -> dict[str, str]:
 
 def manage(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
     """Run a management command as the deploy scripts do: its own process, its own environment."""
-    return subprocess.run(manage_command(*args), cwd=REPO_ROOT, env=job_env(env), capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        manage_command(*args), cwd=REPO_ROOT, env=job_env(env), capture_output=True, text=True, timeout=timeout
+    )

@@ -30,8 +30,14 @@ class Stack(ThroughLoadBalancer):
         self.lb_port = lb_port
 
     def make(self, *targets: str, timeout: float = 300) -> str:
-        result = subprocess.run(["make", "--no-print-directory", *targets], cwd=REPO_ROOT, env=self.env,
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            ["make", "--no-print-directory", *targets],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         assert result.returncode == 0, f"make {' '.join(targets)} failed:\n{result.stdout}\n{result.stderr}"
         return result.stdout + result.stderr
 
@@ -54,16 +60,19 @@ class LocalStack(Stack):
         self.database = database
         self.consul_port = free_port()
         lb_port = free_port()
-        super().__init__({
-            "MESSENGER_RUNTIME": "local",
-            "MESSENGER_STATE_DIR": str(state_dir),
-            "MESSENGER_DB_NAME": database,
-            "CONSUL_HOST": "127.0.0.1",
-            "CONSUL_PORT": str(self.consul_port),
-            "LB_PORT": str(lb_port),
-            "SHUTDOWN_DRAIN_SECONDS": "2",
-            **env,
-        }, lb_port)
+        super().__init__(
+            {
+                "MESSENGER_RUNTIME": "local",
+                "MESSENGER_STATE_DIR": str(state_dir),
+                "MESSENGER_DB_NAME": database,
+                "CONSUL_HOST": "127.0.0.1",
+                "CONSUL_PORT": str(self.consul_port),
+                "LB_PORT": str(lb_port),
+                "SHUTDOWN_DRAIN_SECONDS": "2",
+                **env,
+            },
+            lb_port,
+        )
 
     def processes(self) -> list[str]:
         """Command lines of live processes that belong to this stack."""
@@ -117,15 +126,21 @@ def run_transcript(stack: Stack) -> None:
     status, first = stack.post("/conversations/1/messages", {"content": "This is the first message"}, user=1)
     assert status == 201
     assert {k: first["message"][k] for k in ("id", "content", "index", "user_id", "username", "conversation_id")} == {
-        "id": 1, "content": "This is the first message", "index": 1, "user_id": 1,
-        "username": SEED[0], "conversation_id": 1}
+        "id": 1,
+        "content": "This is the first message",
+        "index": 1,
+        "user_id": 1,
+        "username": SEED[0],
+        "conversation_id": 1,
+    }
     status, second = stack.post("/conversations/1/messages", {"content": "This is the second message"}, user=2)
     assert status == 201
     assert (second["message"]["index"], second["message"]["username"]) == (2, SEED[1])
     status, listing, _ = stack.get("/conversations/1/messages")
     assert status == 200
-    assert [(m["id"], m["content"], m["user_id"], m["channel_id"], m["index"], m["username"])
-            for m in listing["messages"]] == [
+    assert [
+        (m["id"], m["content"], m["user_id"], m["channel_id"], m["index"], m["username"]) for m in listing["messages"]
+    ] == [
         (1, "This is the first message", 1, 1, 1, SEED[0]),
         (2, "This is the second message", 2, 1, 2, SEED[1]),
     ]
@@ -139,8 +154,11 @@ def scale_to_five_and_back_under_load(stack: Stack) -> ClientLoop:
         wait_until(lambda: load.count() >= 20, 30, what="load running")
         scaled_up = stack.make("scale", "N=5")
         assert scaled_up.count(" passing ") == 5, scaled_up
-        wait_until(lambda: len({o.upstream for o in load.outcomes[-60:] if o.upstream}) == 5, 30,
-                   what="traffic on all five instances")
+        wait_until(
+            lambda: len({o.upstream for o in load.outcomes[-60:] if o.upstream}) == 5,
+            30,
+            what="traffic on all five instances",
+        )
         scaled_down = stack.make("scale", "N=3")
         assert scaled_down.count(" passing ") == 3, scaled_down
         settled = load.count()

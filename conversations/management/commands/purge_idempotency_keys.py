@@ -14,9 +14,7 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument(
-            "--dry-run", action="store_true", help="Only count the expired keys; delete nothing."
-        )
+        parser.add_argument("--dry-run", action="store_true", help="Only count the expired keys; delete nothing.")
 
     def handle(self, *args, **options):
         try:
@@ -27,6 +25,6 @@ class Command(BaseCommand):
             deleted = services.idempotency_keys_purge()
         except DatabaseError as exc:
             raise CommandError(f"Could not purge Idempotency-Keys: {exc}") from exc
-        self.stdout.write(self.style.SUCCESS(
-            f"Deleted {deleted} Idempotency-Key(s) older than {settings.IDEMPOTENCY_KEY_TTL:g}s."
-        ))
+        self.stdout.write(
+            self.style.SUCCESS(f"Deleted {deleted} Idempotency-Key(s) older than {settings.IDEMPOTENCY_KEY_TTL:g}s.")
+        )

@@ -39,8 +39,11 @@ class Command(BaseCommand):
                 # Rows written with explicit ids leave the sequence behind them.
                 with connection.cursor() as cursor:
                     cursor.execute(
-                        "SELECT setval(pg_get_serial_sequence('users', 'id'), "
-                        "GREATEST((SELECT MAX(id) FROM users), 1))"
+                        "SELECT setval(pg_get_serial_sequence('users', 'id'), GREATEST((SELECT MAX(id) FROM users), 1))"
                     )
         total = User.objects.count()
-        self.stdout.write(self.style.SUCCESS(f"Seed users: {created} created, {len(SEED_USERS) - created} already present ({total} users in all)."))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Seed users: {created} created, {len(SEED_USERS) - created} already present ({total} users in all)."
+            )
+        )

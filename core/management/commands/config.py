@@ -10,7 +10,9 @@ class Command(BaseCommand):
     help = "Print every configuration variable with its value in force, its source and its doc; secrets are masked."
 
     def add_arguments(self, parser):
-        parser.add_argument("--markdown", action="store_true", help="Print the schema as a Markdown table (docs/configuration.md's).")
+        parser.add_argument(
+            "--markdown", action="store_true", help="Print the schema as a Markdown table (docs/configuration.md's)."
+        )
 
     def handle(self, *args, **options):
         config = settings.CONFIG
@@ -21,6 +23,4 @@ class Command(BaseCommand):
         width = max(len(s.name) for s in SCHEMA)
         for setting in SCHEMA:
             name = setting.name
-            self.stdout.write(
-                f"{name:<{width}}  {config.display(name):<24}  [{config.source(name)}]  {setting.doc}"
-            )
+            self.stdout.write(f"{name:<{width}}  {config.display(name):<24}  [{config.source(name)}]  {setting.doc}")

@@ -24,7 +24,9 @@ class Command(BaseCommand):
         if not name:
             raise CommandError("Set CREATE_DB_NAME (or pass --name) to the database to create.")
         if not config.PGHOST:
-            raise CommandError("create_db needs PostgreSQL: set PGHOST (the embedded SQLite database needs no creating).")
+            raise CommandError(
+                "create_db needs PostgreSQL: set PGHOST (the embedded SQLite database needs no creating)."
+            )
         params = {
             "host": config.PGHOST,
             "port": config.PGPORT,
@@ -38,7 +40,9 @@ class Command(BaseCommand):
             with psycopg.connect(**params) as conn:
                 exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
                 if exists and not options["drop_existing"]:
-                    self.stdout.write(f"Database {name!r} already exists; left as it is (use --drop-existing to recreate it).")
+                    self.stdout.write(
+                        f"Database {name!r} already exists; left as it is (use --drop-existing to recreate it)."
+                    )
                     return
                 if exists:
                     self.stdout.write(f"Dropping database {name!r} ...")

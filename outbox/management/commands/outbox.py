@@ -17,11 +17,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--relay", action="store_true",
+            "--relay",
+            action="store_true",
             help="Publish every pending event now, as the worker would (needs AMQPHOST).",
         )
         parser.add_argument(
-            "--max-age", type=float, metavar="SECONDS",
+            "--max-age",
+            type=float,
+            metavar="SECONDS",
             help="Exit with an error if the oldest pending event is older than this (for monitoring).",
         )
 
