@@ -179,24 +179,16 @@ def ensure(conninfo: str) -> Dataset:
         chat_first, chat_first_user = _chat(cur)
         pg_hub, pg_first, pg_last = _hub(cur, "pgbench hub")
         pg_hot_a, pg_hot_b = _user(cur, "pgbench hot a"), _user(cur, "pgbench hot b")
+        # fmt: off
         dataset = Dataset(
-            hub_user=hub,
-            spread_first=first,
-            spread_last=last,
-            hot_conversation=_pair(cur, hot_a, hot_b),
-            hot_user=hot_a,
-            big_conversation=big,
-            small_conversation=small,
-            pg_hub_user=pg_hub,
-            pg_spread_first=pg_first,
-            pg_spread_last=pg_last,
-            pg_hot_conversation=_pair(cur, pg_hot_a, pg_hot_b),
-            pg_hot_user=pg_hot_a,
-            small_member=small_b,
-            big_member=big_b,
-            chat_first=chat_first,
-            chat_first_user=chat_first_user,
+            hub_user=hub, spread_first=first, spread_last=last,
+            hot_conversation=_pair(cur, hot_a, hot_b), hot_user=hot_a,
+            big_conversation=big, small_conversation=small, small_member=small_b, big_member=big_b,
+            pg_hub_user=pg_hub, pg_spread_first=pg_first, pg_spread_last=pg_last,
+            pg_hot_conversation=_pair(cur, pg_hot_a, pg_hot_b), pg_hot_user=pg_hot_a,
+            chat_first=chat_first, chat_first_user=chat_first_user,
         )
+        # fmt: on
         conn.commit()
         cur.execute("ANALYZE users; ANALYZE channels; ANALYZE users_channels; ANALYZE messages; ANALYZE outbox")
         conn.commit()

@@ -103,6 +103,13 @@ class PostedMessage:
     # True when an Idempotency-Key repeat returned the message posted before.
     replayed: bool = False
 
+    @classmethod
+    def of(cls, message: Message, author: User, *, replayed: bool = False) -> PostedMessage:
+        """The answer for a stored message row and its author."""
+        return cls(id=message.pk, content=message.content, index=message.index, user_id=author.pk,
+                   username=author.name, conversation_id=message.conversation_id,
+                   inserted_at=message.inserted_at, replayed=replayed)  # fmt: skip
+
 
 IDEMPOTENCY_KEY_REUSED = (
     "Idempotency-Key was already used for a different request (another conversation or content); "
@@ -125,17 +132,7 @@ def _idempotent_replay(*, user: User, key: str, fingerprint: str) -> PostedMessa
         return None
     if record.fingerprint != fingerprint:
         raise Unprocessable(IDEMPOTENCY_KEY_REUSED)
-    message = record.message
-    return PostedMessage(
-        id=message.pk,
-        content=message.content,
-        index=message.index,
-        user_id=user.pk,
-        username=user.name,
-        conversation_id=message.conversation_id,
-        inserted_at=message.inserted_at,
-        replayed=True,
-    )
+    return PostedMessage.of(record.message, user, replayed=True)
 
 
 def _idempotency_cutoff() -> datetime:
@@ -208,15 +205,8 @@ def _message_post(*, conversation_id: int, user_id: int, content: str) -> Posted
     if message_id is None:
         raise not_in_conversation(user_id)
     transaction.on_commit(events.relay_after_commit)
-    return PostedMessage(
-        id=message_id,
-        content=content,
-        index=index,
-        user_id=user_id,
-        username=username,
-        conversation_id=conversation_id,
-        inserted_at=inserted_at,
-    )
+    return PostedMessage(id=message_id, content=content, index=index, user_id=user_id, username=username,
+                         conversation_id=conversation_id, inserted_at=inserted_at)  # fmt: skip
 
 
 def message_create(
@@ -275,15 +265,7 @@ def message_create(
             raise
         return replay
 
-    return PostedMessage(
-        id=message.pk,
-        content=content,
-        index=index,
-        user_id=user.pk,
-        username=user.name,
-        conversation_id=conversation_id,
-        inserted_at=message.inserted_at,
-    )
+    return PostedMessage.of(message, user)
 
 
 def view_horizon_set(*, conversation_id: int, user: User, index: int) -> None:

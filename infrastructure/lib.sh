@@ -184,6 +184,21 @@ kv_get() {
   rm -f "${body}"
 }
 
+# read_connection_details USER-KEY PASSWORD-KEY: the database's and RabbitMQ's
+# connection details from Consul KV, as the seed's deploy scripts read them:
+# PGUSER and PGPASSWORD from the two keys named (the application's or the
+# migrator's role), PGHOST, PGPORT, AMQPHOST and AMQPPORT from the platform's.
+read_connection_details() {
+  PGUSER="$(kv_get "$1")"
+  PGPORT="$(kv_get messenger-db-port)"
+  PGHOST="$(kv_get messenger-db-host)"
+  # NOTE: Never do this in a real-world deployment. Store passwords
+  # only in an encrypted secrets store.
+  PGPASSWORD="$(kv_get "$2")"
+  AMQPHOST="$(kv_get amqp-host)"
+  AMQPPORT="$(kv_get amqp-port)"
+}
+
 kv_put() {
   local key=$1 value=$2
   curl --silent --show-error --fail --max-time 10 --output /dev/null -X PUT \

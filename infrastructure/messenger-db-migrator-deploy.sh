@@ -28,20 +28,11 @@ PGDATABASE="${MESSENGER_DB_NAME:-messenger}"
 select_runtime
 require_consul_location
 
-# Get the migrator user name and password
-PGUSER="$(kv_get messenger-db-migrator-user)"
-PGPORT="$(kv_get messenger-db-port)"
-PGHOST="$(kv_get messenger-db-host)"
-# NOTE: Never do this in a real-world deployment. Store passwords
-# only in an encrypted secrets store.
-PGPASSWORD="$(kv_get messenger-db-migrator-password-never-do-this)"
+# Get the migrator user name and password, and where Postgres and RabbitMQ are
+read_connection_details messenger-db-migrator-user messenger-db-migrator-password-never-do-this
 
 # `migrate` gives the application role row access to every table it creates.
 DB_APPLICATION_USER="$(kv_get messenger-db-application-user)"
-
-# RabbitMQ configuration by pulling from the system
-AMQPHOST="$(kv_get amqp-host)"
-AMQPPORT="$(kv_get amqp-port)"
 
 # The migrator is what applies the migrations, so it starts before they are.
 REQUIRE_MIGRATED_DB=false

@@ -32,17 +32,9 @@ PGDATABASE="${MESSENGER_DB_NAME:-messenger}"
 select_runtime
 require_consul_location
 
-# Postgres database configuration by pulling information from the system
-PGUSER="$(kv_get messenger-db-application-user)"
-PGPORT="$(kv_get messenger-db-port)"
-PGHOST="$(kv_get messenger-db-host)"
-# NOTE: Never do this in a real-world deployment. Store passwords
-# only in an encrypted secrets store.
-PGPASSWORD="$(kv_get messenger-db-password-never-do-this)"
-
-# RabbitMQ configuration by pulling from the system
-AMQPHOST="$(kv_get amqp-host)"
-AMQPPORT="$(kv_get amqp-port)"
+# Postgres and RabbitMQ configuration by pulling information from the system
+# (Consul KV): the application's role.
+read_connection_details messenger-db-application-user messenger-db-password-never-do-this
 
 choose_listen_address "${DOCKER_PORT}"
 if [ "${MESSENGER_RUNTIME}" = docker ]; then

@@ -40,17 +40,9 @@ if instance_running "${WORKER_KIND}" "${INSTANCE_ID}"; then
   exit 0
 fi
 
-# Postgres database configuration by pulling information from the system
-PGUSER="$(kv_get messenger-db-application-user)"
-PGPORT="$(kv_get messenger-db-port)"
-PGHOST="$(kv_get messenger-db-host)"
-# NOTE: Never do this in a real-world deployment. Store passwords
-# only in an encrypted secrets store.
-PGPASSWORD="$(kv_get messenger-db-password-never-do-this)"
-
-# RabbitMQ configuration by pulling from the system
-AMQPHOST="$(kv_get amqp-host)"
-AMQPPORT="$(kv_get amqp-port)"
+# Postgres and RabbitMQ configuration by pulling information from the system
+# (Consul KV): the application's role.
+read_connection_details messenger-db-application-user messenger-db-password-never-do-this
 
 start_instance "${WORKER_KIND}" "${INSTANCE_ID}" APP_ENV PGUSER PGPORT PGHOST PGPASSWORD PGDATABASE AMQPHOST AMQPPORT
 echo "${INSTANCE_ID}"

@@ -24,7 +24,7 @@ from outbox.models import OutboxEvent
 from tests.support.live_service import database_env, seed_chat
 from tests.support.openapi_check import ResponseChecker, served_schema
 from tests.support.processes import wait_until
-from tests.support.service import ServiceProcess, call
+from tests.support.service import Answer, ServiceProcess, call
 from tests.support.tcp_proxy import BLACKHOLE, RESET, TcpProxy
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, reset_sequences=True)]
@@ -59,6 +59,17 @@ def service(proxy, chat, tmp_path):
         service.stop()
 
 
+def post_message(service: ServiceProcess, conversation, user, content: str) -> Answer:
+    """A message post to the live instance, as `user`."""
+    return call(
+        service.url,
+        "POST",
+        f"/conversations/{conversation.pk}/messages",
+        {"content": content},
+        {"User-Id": str(user.pk)},
+    )
+
+
 class Poster(threading.Thread):
     """Posts numbered messages until stopped (at most `limit`), keeping every answer."""
 
@@ -74,13 +85,7 @@ class Poster(threading.Thread):
             if self.stopped.is_set():
                 return
             self.last_started = time.monotonic()
-            answer = call(
-                self.service.url,
-                "POST",
-                f"/conversations/{self.conversation.pk}/messages",
-                {"content": f"poster {n}"},
-                {"User-Id": str(self.user.pk)},
-            )
+            answer = post_message(self.service, self.conversation, self.user, f"poster {n}")
             self.answers.append((f"poster {n}", answer))
             self.stopped.wait(0.02)  # a steady trickle of posts, not a burst
 
@@ -128,13 +133,7 @@ def test_outage_answers_503_in_bounded_time_and_recovers_without_restart(service
     checker = ResponseChecker(served_schema())
     accepted = []
     for n in range(4):  # both workers now hold persistent connections through the proxy
-        answer = call(
-            service.url,
-            "POST",
-            f"/conversations/{conversation.pk}/messages",
-            {"content": f"before {n}"},
-            {"User-Id": str(users[0].pk)},
-        )
+        answer = post_message(service, conversation, users[0], f"before {n}")
         assert answer.status == 201
         accepted.append((f"before {n}", answer.json()))
     poster = Poster(service, conversation, users[1])
@@ -156,13 +155,7 @@ def test_outage_answers_503_in_bounded_time_and_recovers_without_restart(service
 
     proxy.restore()
     wait_until(lambda: call(service.url, "GET", "/health").status == 200, timeout=30, what="health after restore")
-    after = call(
-        service.url,
-        "POST",
-        f"/conversations/{conversation.pk}/messages",
-        {"content": "after"},
-        {"User-Id": str(users[0].pk)},
-    )
+    after = post_message(service, conversation, users[0], "after")
     assert after.status == 201
     accepted.append(("after", after.json()))
     answered_before = len(poster.answers)
@@ -193,24 +186,12 @@ def test_a_statement_past_the_statement_timeout_is_a_503_and_stores_nothing(serv
         host=settings["HOST"], port=settings["PORT"], user=settings["USER"], dbname=settings["NAME"]
     ) as blocker:
         blocker.execute("SELECT 1 FROM channels WHERE id = %s FOR UPDATE", [conversation.pk])
-        answer = call(
-            service.url,
-            "POST",
-            f"/conversations/{conversation.pk}/messages",
-            {"content": "blocked"},
-            {"User-Id": str(users[0].pk)},
-        )
+        answer = post_message(service, conversation, users[0], "blocked")
         blocker.rollback()
     assert (answer.status, answer.json()) == (503, {"error": DATABASE_UNAVAILABLE})
     assert 1.5 < answer.seconds < BOUND
     assert Message.objects.count() == 0 and OutboxEvent.objects.count() == 0
 
-    again = call(
-        service.url,
-        "POST",
-        f"/conversations/{conversation.pk}/messages",
-        {"content": "free"},
-        {"User-Id": str(users[0].pk)},
-    )
+    again = post_message(service, conversation, users[0], "free")
     assert again.status == 201
     assert again.json()["message"]["index"] == 1

@@ -22,7 +22,7 @@ import pytest
 
 from conversations.management.commands.seed import SEED_USERS
 from core.db.job_lock import lock_key
-from tests.support.infrastructure import Infrastructure
+from tests.support.infrastructure import CREATE_DB_JOB, Infrastructure
 from tests.support.postgres import PG_BIN, ThrowawayPostgres
 from tests.support.processes import REPO_ROOT, free_port, http_get, wait_until
 from tests.support.service import ServiceProcess, job_env, manage, manage_command
@@ -602,14 +602,7 @@ def test_the_seeds_migration_sequence_through_the_scripts_keeps_the_migrator_out
 
         created = infra.run(
             "messenger-exec.sh",
-            "-e",
-            "PGDATABASE=postgres",
-            "-e",
-            "CREATE_DB_NAME=messenger",
-            "messenger-migrator",
-            "python",
-            "manage.py",
-            "create_db",
+            *CREATE_DB_JOB,
         )
         assert created.stdout == "Created database 'messenger'.\n"
         migrated = infra.run("messenger-exec.sh", "messenger-migrator", "python", "manage.py", "migrate", "--no-input")

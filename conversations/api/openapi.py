@@ -240,30 +240,23 @@ def _operation(
     )
 
 
+# The operations, one declaration each, as a table: kept out of the formatter's hands.
+# fmt: off
 users_list = _operation(
-    "users_list",
-    "List users",
-    tags=["users"],
+    "users_list", "List users", tags=["users"],
     parameters=[_cursor("after_id", "users"), LIMIT],
     responses={200: _json("UserPage", "Users by id."), 400: error(BAD_INPUT + "."), 503: UNAVAILABLE},
 )
 users_create = _operation(
-    "users_create",
-    "Add a user",
-    tags=["users"],
-    request="UserCreate",
+    "users_create", "Add a user", tags=["users"], request="UserCreate",
     responses={
         201: _json("UserCreated", "The new user."),
         400: error(BAD_INPUT + f"; `{validation.NAME_REQUIRED}`."),
-        413: TOO_LARGE,
-        415: UNSUPPORTED,
-        503: UNAVAILABLE,
+        413: TOO_LARGE, 415: UNSUPPORTED, 503: UNAVAILABLE,
     },
 )
 conversations_list = _operation(
-    "conversations_list",
-    "List the caller's conversations",
-    tags=["conversations"],
+    "conversations_list", "List the caller's conversations", tags=["conversations"],
     parameters=[USER_ID, _cursor("after_id", "conversations"), LIMIT],
     responses={
         200: _json("ConversationPage", "The caller's conversations by id, each named after the other participant."),
@@ -272,9 +265,7 @@ conversations_list = _operation(
     },
 )
 conversations_create = _operation(
-    "conversations_create",
-    "Start a conversation between two users",
-    tags=["conversations"],
+    "conversations_create", "Start a conversation between two users", tags=["conversations"],
     request="ConversationCreate",
     responses={
         201: _json("ConversationCreated", "The new conversation."),
@@ -282,29 +273,24 @@ conversations_create = _operation(
             BAD_INPUT + f"; `{services.CONVERSATION_NEEDS_TWO_USERS}`; `{services.UNKNOWN_PARTICIPANTS}`; "
             f"`{services.CONVERSATION_EXISTS.format(conversation_id='N')}`."
         ),
-        413: TOO_LARGE,
-        415: UNSUPPORTED,
-        503: UNAVAILABLE,
+        413: TOO_LARGE, 415: UNSUPPORTED, 503: UNAVAILABLE,
     },
 )
 messages_list = _operation(
-    "messages_list",
-    "Read a conversation's messages",
-    tags=["messages"],
+    "messages_list", "Read a conversation's messages", tags=["messages"],
     parameters=[CONVERSATION_ID, USER_ID_WHEN_MEMBERS_ONLY, _cursor("after_index", "messages"), LIMIT],
     responses={
         200: _json("MessagePage", "Messages in index order."),
-        400: error(BAD_INPUT + f"; with READS_REQUIRE_MEMBER on: `{MISSING_USER_ID}` or {NOT_IN_CONVERSATION}."),
+        400: error(
+            BAD_INPUT + f"; with READS_REQUIRE_MEMBER on: `{MISSING_USER_ID}` or {NOT_IN_CONVERSATION}."
+        ),
         404: NO_SUCH_CONVERSATION,
         503: UNAVAILABLE,
     },
 )
 messages_create = _operation(
-    "messages_create",
-    "Post a message",
-    tags=["messages"],
-    parameters=[CONVERSATION_ID, USER_ID, IDEMPOTENCY_KEY],
-    request="MessageCreate",
+    "messages_create", "Post a message", tags=["messages"],
+    parameters=[CONVERSATION_ID, USER_ID, IDEMPOTENCY_KEY], request="MessageCreate",
     description="Stores the message with the conversation's next index and emits a `new_message` event.",
     responses={
         201: _json("MessageCreated", "The stored message (or, for a repeated Idempotency-Key, the first one)."),
@@ -313,27 +299,24 @@ messages_create = _operation(
             "a malformed Idempotency-Key."
         ),
         404: NO_SUCH_CONVERSATION,
-        413: TOO_LARGE,
-        415: UNSUPPORTED,
+        413: TOO_LARGE, 415: UNSUPPORTED,
         422: error(f"`{services.IDEMPOTENCY_KEY_REUSED}`."),
         503: UNAVAILABLE,
     },
 )
 view_horizon_set = _operation(
-    "view_horizon_set",
-    "Record how far the caller has read",
-    tags=["messages"],
-    parameters=[CONVERSATION_ID, USER_ID],
-    request="ViewHorizon",
+    "view_horizon_set", "Record how far the caller has read", tags=["messages"],
+    parameters=[CONVERSATION_ID, USER_ID], request="ViewHorizon",
     responses={
         204: {"description": "Recorded (a horizon never moves back)."},
-        400: error(BAD_INPUT + f"; `{MISSING_USER_ID}`; {NOT_IN_CONVERSATION}; `{validation.INDEX_INVALID}`."),
+        400: error(
+            BAD_INPUT + f"; `{MISSING_USER_ID}`; {NOT_IN_CONVERSATION}; `{validation.INDEX_INVALID}`."
+        ),
         404: NO_SUCH_CONVERSATION,
-        413: TOO_LARGE,
-        415: UNSUPPORTED,
-        503: UNAVAILABLE,
+        413: TOO_LARGE, 415: UNSUPPORTED, 503: UNAVAILABLE,
     },
 )
+# fmt: on
 
 # The plain Django view, which drf-spectacular does not see.
 _HEALTH = {

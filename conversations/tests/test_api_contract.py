@@ -5,16 +5,13 @@ import re
 import pytest
 
 from conversations.models import Conversation, Message, Participant, User
+from conversations.tests.client import post_message
 from outbox.models import OutboxEvent
 
 pytestmark = pytest.mark.django_db
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 MISSING_USER = {"error": "Please specify a user id by adding the User-Id header."}
-
-
-def post_message(api, conversation_id, user_id, content="hello"):
-    return api.post(f"/conversations/{conversation_id}/messages", {"content": content}, HTTP_USER_ID=str(user_id))
 
 
 # --- GET /health -------------------------------------------------------------

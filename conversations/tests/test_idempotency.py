@@ -19,6 +19,7 @@ from rest_framework.test import APIClient
 
 from conversations import services
 from conversations.models import IdempotencyKey, Message, User
+from conversations.tests.client import post_message
 from outbox.models import OutboxEvent
 
 REUSED = {
@@ -96,13 +97,7 @@ def test_posts_without_a_key_are_not_deduplicated(api, users, conversation):
     ids=["empty", "too-long", "space", "non-ascii", "control"],
 )
 def test_malformed_key_is_400_and_stores_nothing(api, users, conversation, key):
-    response = api.post(
-        f"/conversations/{conversation.pk}/messages",
-        {"content": "hi"},
-        format="json",
-        HTTP_USER_ID=str(users[0].pk),
-        HTTP_IDEMPOTENCY_KEY=key,
-    )
+    response = post_message(api, conversation.pk, users[0].pk, "hi", HTTP_IDEMPOTENCY_KEY=key)
     assert response.status_code == 400
     assert response.json() == MALFORMED
     assert rows() == (0, 0, 0)

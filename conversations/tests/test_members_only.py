@@ -6,6 +6,7 @@ Each refusal is a 400 with the contract's text, and no row changes.
 import pytest
 
 from conversations.models import Message, Participant
+from conversations.tests.client import post_message
 from outbox.models import OutboxEvent
 
 pytestmark = pytest.mark.django_db
@@ -28,12 +29,7 @@ def snapshot():
 
 @pytest.fixture
 def with_a_message(api, users, conversation):
-    response = api.post(
-        f"/conversations/{conversation.pk}/messages",
-        {"content": "between us"},
-        format="json",
-        HTTP_USER_ID=str(users[0].pk),
-    )
+    response = post_message(api, conversation.pk, users[0].pk, "between us")
     assert response.status_code == 201
     return response.json()["message"]
 
@@ -46,12 +42,7 @@ def switch(request, settings):
 
 def test_outsider_cannot_post_in_either_switch_state(api, users, conversation, with_a_message, switch):
     before = snapshot()
-    response = api.post(
-        f"/conversations/{conversation.pk}/messages",
-        {"content": "let me in"},
-        format="json",
-        HTTP_USER_ID=str(users[2].pk),
-    )
+    response = post_message(api, conversation.pk, users[2].pk, "let me in")
     assert response.status_code == 400
     assert response.json() == not_in_conversation(users[2])
     assert snapshot() == before

@@ -11,11 +11,15 @@ import re
 
 import pytest
 
+from conversations.tests.client import post_message
 from core.http import observability
 from outbox.models import OutboxEvent
 from tests.support.metrics import sample
 
 pytestmark = pytest.mark.django_db
+
+# The request log line's keys, in the order it writes them.
+REQUEST_LINE_KEYS = ["ts", "msg", "method", "path", "route", "status", "duration_ms", "instance", "request_id", "pid"]
 
 MESSAGES_ROUTE = "/conversations/{conversation_id}/messages"
 
@@ -44,29 +48,12 @@ def log_lines():
 
 
 def test_each_request_writes_one_json_line(api, users, conversation, log_lines):
-    response = api.post(
-        f"/conversations/{conversation.pk}/messages",
-        {"content": "hi"},
-        format="json",
-        HTTP_USER_ID=str(users[0].pk),
-        HTTP_X_REQUEST_ID="trace-abc.123",
-    )
+    response = post_message(api, conversation.pk, users[0].pk, "hi", HTTP_X_REQUEST_ID="trace-abc.123")
     assert response.status_code == 201
     assert response["X-Request-Id"] == "trace-abc.123"
     assert len(log_lines) == 1
     line = log_lines[0]
-    assert set(line) == {
-        "ts",
-        "msg",
-        "method",
-        "path",
-        "route",
-        "status",
-        "duration_ms",
-        "instance",
-        "request_id",
-        "pid",
-    }
+    assert set(line) == set(REQUEST_LINE_KEYS)
     assert line["msg"] == "request"
     assert (line["method"], line["path"], line["route"], line["status"]) == (
         "POST",
@@ -109,29 +96,13 @@ def test_a_log_line_is_exactly_the_json_of_its_fields(api, path):
     [text] = texts
     fields = json.loads(text)
     assert fields["path"] == path
-    assert list(fields) == [
-        "ts",
-        "msg",
-        "method",
-        "path",
-        "route",
-        "status",
-        "duration_ms",
-        "instance",
-        "request_id",
-        "pid",
-    ]
+    assert list(fields) == REQUEST_LINE_KEYS
     assert text == json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
 
 
 def test_refusals_and_unknown_routes_are_logged_with_their_route(api, users, conversation, log_lines, settings):
     settings.JSON_BODY_LIMIT = 10
-    too_large = api.post(
-        f"/conversations/{conversation.pk}/messages",
-        {"content": "x" * 50},
-        format="json",
-        HTTP_USER_ID=str(users[0].pk),
-    )
+    too_large = post_message(api, conversation.pk, users[0].pk, "x" * 50)
     unknown = api.get("/no/such/thing/42")
     assert (too_large.status_code, unknown.status_code) == (413, 404)
     assert "X-Request-Id" in too_large and "X-Request-Id" in unknown
@@ -159,12 +130,7 @@ def test_metrics_count_requests_by_route_template_and_status(api, users, convers
     before = sample(scrape(api), "messenger_http_requests_total", **labels) or 0
     bucket_before = sample(scrape(api), "messenger_http_request_duration_seconds_count", **labels) or 0
     for n in range(3):
-        api.post(
-            f"/conversations/{conversation.pk}/messages",
-            {"content": f"m{n}"},
-            format="json",
-            HTTP_USER_ID=str(users[0].pk),
-        )
+        post_message(api, conversation.pk, users[0].pk, f"m{n}")
     text = scrape(api)
     assert sample(text, "messenger_http_requests_total", **labels) == before + 3
     assert sample(text, "messenger_http_request_duration_seconds_count", **labels) == bucket_before + 3
@@ -175,12 +141,7 @@ def test_metrics_count_requests_by_route_template_and_status(api, users, convers
 
 def test_metrics_report_the_outbox_backlog_and_the_database(api, users, conversation):
     for n in range(2):
-        api.post(
-            f"/conversations/{conversation.pk}/messages",
-            {"content": f"m{n}"},
-            format="json",
-            HTTP_USER_ID=str(users[0].pk),
-        )
+        post_message(api, conversation.pk, users[0].pk, f"m{n}")
     pending = OutboxEvent.objects.filter(sent_at__isnull=True).count()
     assert pending >= 2  # no broker in this test: events wait in the outbox
     text = scrape(api)

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.support.infrastructure import INFRA, Infrastructure
+from tests.support.infrastructure import CREATE_DB_JOB, INFRA, Infrastructure
 from tests.support.load_balancer import alive
 from tests.support.processes import ConsulAgent, free_port, http_get, port_open, wait_until
 
@@ -439,16 +439,7 @@ def test_docker_runtime_makes_the_roles_and_runs_the_seeds_jobs_in_a_migrator_co
         "PG_STATEMENT_TIMEOUT": "0",
     }
 
-    seed_job = [
-        "-e",
-        "PGDATABASE=postgres",
-        "-e",
-        "CREATE_DB_NAME=messenger",
-        "messenger-migrator",
-        "python",
-        "manage.py",
-        "create_db",
-    ]
+    seed_job = CREATE_DB_JOB
     job = subprocess.run(
         [str(INFRA / "messenger-exec.sh"), *seed_job],
         env={**infrastructure.env, **env},

@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 
-from tests.support.processes import REPO_ROOT, wait_until
+from tests.support.processes import REPO_ROOT, run_command, wait_until
 
 COMPOSE_FILE = REPO_ROOT / "docker" / "compose.yaml"
 COMPOSE_PROJECT = "messenger-test"
@@ -98,16 +98,10 @@ def compose_commands() -> list[list[str]]:
 def compose(
     *args: str, command: list[str] | None = None, env: dict | None = None, check: bool = True, timeout: float = 600
 ) -> subprocess.CompletedProcess:
-    result = subprocess.run(
+    return run_command(
         [*(command or ["docker-compose"]), "-p", COMPOSE_PROJECT, "-f", str(COMPOSE_FILE), *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check:
-        assert result.returncode == 0, f"compose {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result
+        env={**os.environ, **(env or {})}, what=f"compose {' '.join(args)}", check=check, timeout=timeout,
+    )  # fmt: skip
 
 
 def inspect(container: str) -> dict:

@@ -15,9 +15,16 @@ from pathlib import Path
 
 import psycopg
 
-from tests.support.processes import REPO_ROOT, wait_until
+from tests.support.processes import REPO_ROOT, run_command, wait_until
 
 INFRA = REPO_ROOT / "infrastructure"
+
+
+# The migrator job's first command as the deploy scripts run it (infrastructure/stack.sh): create
+# the database, connected to `postgres`, through messenger-exec.sh in the migrator instance.
+CREATE_DB_JOB = [
+    "-e", "PGDATABASE=postgres", "-e", "CREATE_DB_NAME=messenger", "messenger-migrator", "python", "manage.py", "create_db",
+]  # fmt: skip
 
 
 def migrated_database(name: str) -> str:
@@ -64,17 +71,8 @@ class Infrastructure:
     def run(
         self, script: str, *args: str, check: bool = True, timeout: float = 120, **env: str
     ) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [str(INFRA / script), *args],
-            cwd=REPO_ROOT,
-            env={**self.env, **env},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if check:
-            assert result.returncode == 0, f"{script} exited {result.returncode}:\n{result.stderr}"
-        return result
+        return run_command([str(INFRA / script), *args], cwd=REPO_ROOT, env={**self.env, **env}, what=script,
+                           check=check, timeout=timeout)  # fmt: skip
 
     def start(self, script: str, *args: str, **env: str) -> subprocess.Popen:
         """Run a script in the background (for a test that watches what happens meanwhile)."""

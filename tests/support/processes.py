@@ -58,6 +58,17 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+def run_command(
+    argv: list[str], *, env: dict, what: str, check: bool = True, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run `argv` to completion with exactly `env`, its output captured; with `check`, fail the test naming
+    `what` and showing the output unless it exits 0."""
+    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{what} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result  # fmt: skip
+
+
 def stop_process_group(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
     """Signal a process started with `start_new_session=True` and its children; SIGKILL them after `timeout`."""
     if process is None or process.poll() is not None:
