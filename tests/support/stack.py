@@ -108,8 +108,15 @@ def run_tutorial_transcript(stack: Stack, amqp_port: int = AMQP_PORT, instances:
 def _transcript(stack: Stack, reader: QueueReader, instances: int) -> None:
     run_transcript(stack)
 
-    # Responses come from every instance.
-    upstreams = {stack.get("/health")[2]["Upstream-Host"] for _ in range(10 * instances)}
+    # Responses come from every instance, once the load balancer's list has caught up with
+    # Consul's (the watcher renders a moment after an instance passes its check).
+    upstreams: set[str] = set()
+
+    def every_instance_answered() -> bool:
+        upstreams.add(stack.get("/health")[2]["Upstream-Host"])
+        return len(upstreams) >= instances
+
+    wait_until(every_instance_answered, 30, interval=0.05, what=f"answers from {instances} instances")
     assert len(upstreams) == instances, upstreams
 
     # The worker relayed both new_message events to chat_queue.
