@@ -146,10 +146,14 @@ class Hosts(LocalStack):
     def instance_pids(self) -> dict[str, int]:
         return {p.stem: int(p.read_text()) for p in (self.state_dir / "messenger").glob("*.pid")}
 
+    def kv_value(self, key: str) -> str:
+        """A KV value through the edge's agent, which may answer slowly for a moment after a drill."""
+        return wait_until(lambda: self.consul.kv_get(key), 30, interval=0.5, what=f"Consul KV {key}")
+
     def connect_database(self) -> psycopg.Connection:
         return psycopg.connect(
-            host=self.consul.kv_get("messenger-db-host"),
-            port=self.consul.kv_get("messenger-db-port"),
+            host=self.kv_value("messenger-db-host"),
+            port=self.kv_value("messenger-db-port"),
             user="postgres",
             password=POSTGRES_PASSWORD,
             dbname="messenger",
@@ -330,7 +334,9 @@ def test_make_scale_counts_live_instances_only_and_replaces_a_dead_one(hosts):
 def test_a_host_whose_link_is_cut_leaves_the_upstreams_and_serves_again_once_restored(hosts):
     hosts.wait_routed_hosts({APP_HOST, LOST_HOST})
     pids = hosts.instance_pids()
-    with ClientLoop(hosts, conversation_id=1, user_id=1, threads=4, max_requests=20000, max_seconds=180) as loop:
+    # Bounded, but longer than the drill's own waits add up to (a cut link can take Consul's
+    # 30 s keepalive to notice, a restored one its 30 s retry to rejoin).
+    with ClientLoop(hosts, conversation_id=1, user_id=1, threads=4, max_requests=60000, max_seconds=330) as loop:
         wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the cut")
         cut_at = time.monotonic()
         hosts.script("hosts.sh", "cut", LOST_HOST)
