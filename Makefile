@@ -8,6 +8,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make test's pytest-xdist workers. The tests holding the machine's fixed-name resources (engine, namespaces, a whole
+# stack) run one after the other in one group (conftest.py); the rest spread. Most process tests wait on processes
+# rather than compute, so three workers pay even on two cores.
+PYTEST_WORKERS ?= 3
 # The event worker: relays the outbox to RabbitMQ, with beat's periodic sweep embedded.
 WORKER := $(VENV)/bin/celery -A messenger worker --beat --loglevel INFO
 
@@ -46,7 +50,7 @@ worker: $(STAMP) ## Run the event worker (Celery, with its beat sweep) in the fo
 # A Docker engine started for the suite is stopped after it, pass or fail.
 test: lint system-deps ## Run the lint and type checks, then the whole suite against the real services and a real Docker engine
 	@bash scripts/ensure-services.sh
-	@bash scripts/ensure-docker.sh run $(VENV)/bin/pytest $(PYTEST_ARGS)
+	@bash scripts/ensure-docker.sh run $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: $(STAMP) ## ruff (lint, and the format check) and mypy over the tree; settings in pyproject.toml

@@ -5,11 +5,20 @@ start processes (servers, agents, workers, jobs, RabbitMQ vhosts) sit under
 `tests/`, and every one of them is marked `slow` here, so `-m "not slow"` runs
 the fast in-process suite alone.
 
+The suite runs under pytest-xdist (`make test`: `-n`, `--dist loadgroup`).
+Tests are marked here by where they live: `docker` (the machine's Docker
+engine), `netns` (the `messenger-host-*` namespaces and their bridge), `stack`
+(a whole `make up` or compose stack). The `docker` and `netns` ones hold
+fixed-name resources of the machine and share one xdist group, so they run one
+after the other on one worker while everything else spreads over the others. A
+new test file gets its marks by its location, with nothing to remember.
+
 The suite runs against the real PostgreSQL on this machine (see pytest.ini for
 the connection defaults). Tests that need other real parts (RabbitMQ, Consul,
 NGINX, Chromium) start or reach them through fixtures in their own modules.
 """
 
+import os
 from pathlib import Path
 
 import pytest
@@ -19,11 +28,66 @@ from conversations.management.commands.seed import SEED_USERS
 
 PROCESS_TESTS = Path(__file__).resolve().parent / "tests"
 
+# Where the tests that need a fixed-name resource live, and the marks they get:
+# a folder (every file under it) or one file of tests/.
+LOCATION_MARKS = {
+    "docker": ("docker/",),
+    "netns": ("test_hosts.py", "hosts/"),
+    "stack": (
+        "test_stack_e2e.py",
+        "test_hosts.py",
+        "hosts/",
+        "docker/test_compose.py",
+        "docker/test_docker_runtime.py",
+    ),
+}
+# The one xdist group of the tests that hold the machine's fixed names: the default engine and the seed's container
+# names, the namespaces and their bridge. A local-runtime stack (test_stack_e2e.py) has its own ports, state folder
+# and database, so it spreads like any other process test.
+SERIAL_GROUP = "machine"
+SERIAL_MARKS = frozenset({"docker", "netns"})
 
+
+def _location_marks(path: Path) -> list[str]:
+    if PROCESS_TESTS not in path.parents:
+        return []
+    where = path.relative_to(PROCESS_TESTS).as_posix()
+    return [
+        mark
+        for mark, places in LOCATION_MARKS.items()
+        if any(where == place or (place.endswith("/") and where.startswith(place)) for place in places)
+    ]
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(SerialGroupFirst(), "serial-group-first")
+    # Names the process tests derive from PGDATABASE (`<name>_instances`, `<name>_stack`, ...) are dropped and
+    # created by fixed name: under xdist each worker gets its own (pytest-django already suffixes the test database).
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker and not os.environ.get("PGDATABASE", "").endswith(f"_{worker}"):
+        os.environ["PGDATABASE"] = f"{os.environ.get('PGDATABASE', 'messenger')}_{worker}"
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
+    # First, so that `-m docker` and the like select by these marks.
     for item in items:
         if PROCESS_TESTS in item.path.parents:
             item.add_marker(pytest.mark.slow)
+        marks = _location_marks(item.path)
+        for mark in marks:
+            item.add_marker(getattr(pytest.mark, mark))
+        if SERIAL_MARKS.intersection(marks):
+            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
+
+
+class SerialGroupFirst:
+    """The serial group is the suite's longest run: handed out first, it starts while the others spread."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items):
+        # Last, after pytest-django's own ordering by database use; the relative order is kept.
+        items.sort(key=lambda item: not SERIAL_MARKS.intersection(_location_marks(item.path)))
 
 
 @pytest.fixture
