@@ -58,13 +58,16 @@ import dataset as bench_dataset  # noqa: E402
 # Targets from the performance issue, checked against this run's figures.
 RELAY_WAIT_LIMIT = 180.0  # seconds the reads wait for the worker to relay the posts' events
 REFERENCE_BEST_HOT_RPS = 200  # the reference service at its best (8 clients), measured the same way
+STACK_CPU_MS_TARGET = 2.0  # CPU per request summed over every part of the stack, for every route
+STACK_PSS_MIB_TARGET = 800  # the whole stack's memory (PSS: shared pages counted once)
 TARGETS = {
     "post_hot": "≥1.0x pgbench hot@64, ≥2.5x reference (500 rps), 0 errors, p99 < 250 ms",
     "post_spread": "≥1,000 rps and ≥35% of pgbench spread@64",
     "get_page_big": "within 1.2x of the 100-message page",
     "members_only": "members-only page reads within 10% of open ones (direct instances, same run)",
     "reads": "each read ≥1.0x the reference per process, no more CPU per request (measured side by side: docs/performance.md)",
-    "memory": "one serving instance under load < 150 MiB RSS, whole stack < 1 GiB",
+    "stack_cpu": f"every route ≤ {STACK_CPU_MS_TARGET} ms of CPU per request summed over the whole stack",
+    "memory": f"one serving instance under load < 150 MiB RSS, whole stack < {STACK_PSS_MIB_TARGET} MiB PSS",
 }
 # The mixed chat workload: one request in CHAT_POST_EVERY is a post, the rest poll the tail.
 # A chat client polls every few seconds while open and its user sends a message
@@ -639,6 +642,16 @@ def main() -> int:
     for name, _, cpu in rows:
         if not name.startswith("pgbench"):  # pgbench's backends come and go within the run: not counted
             print(f"| {name} | " + " | ".join(f"{cpu[c]:.2f}" for c in COMPONENTS) + f" | {sum(cpu.values()):.2f} |")
+    stack_cpu = {name: sum(cpu.values()) for name, _, cpu in rows if not name.startswith("pgbench")}
+    costliest = max(stack_cpu, key=stack_cpu.__getitem__)
+    stack_pss = sum(memory.values())
+    print()
+    print(
+        f"whole stack: CPU per request at most {stack_cpu[costliest]:.2f} ms ({costliest}; target ≤ "
+        f"{STACK_CPU_MS_TARGET}: {'met' if stack_cpu[costliest] <= STACK_CPU_MS_TARGET else 'MISSED'}), "
+        f"PSS {stack_pss:.0f} MiB (target < {STACK_PSS_MIB_TARGET}: "
+        f"{'met' if stack_pss < STACK_PSS_MIB_TARGET else 'MISSED'})"
+    )
     print()
     print(f"events relayed between the posts and the reads: {relayed} in {relay_seconds:.1f}s")
     print(

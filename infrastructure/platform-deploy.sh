@@ -126,7 +126,8 @@ several_hosts() {
   printf '%s\n' "PATH=/usr/local/bin:/usr/bin:/bin" "HOME=${base}" "LANG=C.UTF-8" \
     "RABBITMQ_NODENAME=${RABBITMQ_NODE}" "RABBITMQ_BASE=${base}" "RABBITMQ_CONFIG_FILE=${base}/rabbitmq" \
     "RABBITMQ_CONF_ENV_FILE=${base}/rabbitmq-env.conf" "RABBITMQ_MNESIA_BASE=${base}/mnesia" \
-    "RABBITMQ_LOG_BASE=${base}/log" "RABBITMQ_ENABLED_PLUGINS_FILE=${base}/enabled_plugins" >"${envfile}"
+    "RABBITMQ_LOG_BASE=${base}/log" "RABBITMQ_ENABLED_PLUGINS_FILE=${base}/enabled_plugins" \
+    "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=${RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS}" >"${envfile}"
   supervise "${DEPLOY_HOST}" platform rabbitmq "${AMQP_PORT}" "${envfile}" "${RABBITMQ_SERVER}"
 }
 
@@ -138,7 +139,7 @@ if [ "${MESSENGER_RUNTIME}" = docker ]; then
   docker_run_once consul-client -p "${CONSUL_HOST_PORT}:8500" "${CONSUL_IMAGE}" \
     agent -client=0.0.0.0 -retry-join=consul-server -node=consul-client
   docker_run_once rabbitmq -p "${RABBITMQ_HOST_PORT}:${AMQP_PORT}" -p "${RABBITMQ_MANAGEMENT_HOST_PORT}:15672" \
-    "${RABBITMQ_IMAGE}"
+    -e "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=${RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS}" "${RABBITMQ_IMAGE}"
   AMQP_HOST="${DOCKER_AMQP_HOST}"
 elif [ -n "${DEPLOY_HOST}" ]; then
   several_hosts

@@ -30,7 +30,11 @@ wait_for PostgreSQL 60 pg_isready -h 127.0.0.1 -p 5432 -q
 if ! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
   if command -v rabbitmq-server >/dev/null 2>&1; then
     log "starting RabbitMQ"
-    rabbitmq-server -detached || true
+    # The schedulers' flags every RabbitMQ of the project runs with (declared in docker/.env), unless the caller set
+    # its own.
+    erl_args="${RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS:-$(sed -n 's/^RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=//p' \
+      "$(dirname "$0")/../docker/.env")}"
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="${erl_args}" rabbitmq-server -detached || true
   fi
 fi
 wait_for RabbitMQ 90 bash -c 'exec 3<>/dev/tcp/127.0.0.1/5672'

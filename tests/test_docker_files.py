@@ -38,8 +38,8 @@ def docker_env() -> dict[str, str]:
     return dict(line.split("=", 1) for line in lines)
 
 
-def test_compose_file_is_valid_and_takes_versions_and_host_ports_from_docker_env():
-    assert shutil.which("docker-compose"), "docker-compose is installed by scripts/install-system-deps.sh"
+def compose_config() -> str:
+    """docker/compose.yaml as docker-compose itself renders it (docker/.env's values filled in)."""
     result = subprocess.run(
         ["docker-compose", "-f", str(COMPOSE), "config"],
         capture_output=True,
@@ -48,7 +48,12 @@ def test_compose_file_is_valid_and_takes_versions_and_host_ports_from_docker_env
         env={"PATH": os.environ["PATH"]},
     )
     assert result.returncode == 0, result.stderr
-    rendered = result.stdout
+    return result.stdout
+
+
+def test_compose_file_is_valid_and_takes_versions_and_host_ports_from_docker_env():
+    assert shutil.which("docker-compose"), "docker-compose is installed by scripts/install-system-deps.sh"
+    rendered = compose_config()
     versions = docker_env()
     # The seed's platform versions, declared once (docker/.env) for compose and the deploy scripts alike.
     assert versions["CONSUL_IMAGE"] == "hashicorp/consul:1.14.4"
@@ -61,6 +66,17 @@ def test_compose_file_is_valid_and_takes_versions_and_host_ports_from_docker_env
     for port in ("5672", "15672", "8500", "8085"):
         assert f"published: {port}" in rendered
     assert not re.search(r"apt-get|apk add|pip install", COMPOSE.read_text()), "no container installs at run time"
+
+
+def test_every_rabbitmq_the_project_starts_gets_the_schedulers_flags_declared_once():
+    """Erlang's schedulers do not busy-wait: compose, the deploy scripts and ensure-services.sh pass docker/.env's."""
+    flags = docker_env()["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+    assert flags.split() == ["+sbwt", "none", "+sbwtdcpu", "none", "+sbwtdio", "none"]
+    assert f"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS: {flags}" in compose_config()
+    platform = (REPO_ROOT / "infrastructure" / "platform-deploy.sh").read_text()
+    # The Docker runtime's container, and the several-hosts node's environment file.
+    assert platform.count("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=${RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS}") == 2
+    assert "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=" in (REPO_ROOT / "scripts" / "ensure-services.sh").read_text()
 
 
 def test_deploy_scripts_name_no_image_version_of_their_own():
