@@ -1,0 +1,42 @@
+"""gunicorn settings of the live listener (messenger/live_listener.py starts it, on a socket it binds):
+
+gunicorn -c messenger/gunicorn_live_conf.py --bind fd://N conversations.live.app:application
+"""
+
+import signal
+
+from core.logging import gunicorn_logging
+from messenger import config as config_schema
+from messenger import gunicorn_refusals
+
+_config = config_schema.load()
+
+worker_class = "asgi"
+# One event loop holds every waiter of the instance; more processes would each
+# need their own LISTEN connection and Django.
+workers = 1
+worker_connections = 20000
+asgi_lifespan = "on"  # the app opens its LISTEN connection at start-up
+graceful_timeout = int(_config.GRACEFUL_TIMEOUT)
+# The rest as the WSGI server has them (messenger/gunicorn_conf.py says why); the access log is the app's own.
+keepalive = 75
+loglevel = _config.LOG_LEVEL.lower()
+proc_name = "messenger-live"
+control_socket_disable = True
+limit_request_line = gunicorn_refusals.LIMIT_REQUEST_LINE
+limit_request_fields = gunicorn_refusals.LIMIT_REQUEST_FIELDS
+limit_request_field_size = gunicorn_refusals.LIMIT_REQUEST_FIELD_SIZE
+
+
+def post_worker_init(worker):
+    """SIGTERM answers every waiter before gunicorn's graceful stop waits for their connections."""
+    from conversations.live.app import application
+
+    def drain_then_stop():
+        application.drain()
+        worker.handle_exit_signal()
+
+    worker.loop.add_signal_handler(signal.SIGTERM, drain_then_stop)
+
+
+logconfig_dict = gunicorn_logging(log_format=_config.LOG_FORMAT, level=_config.LOG_LEVEL)
