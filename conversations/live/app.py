@@ -24,7 +24,7 @@ from django.db import connection
 
 from conversations import validation
 from core.db.notifications import Hub
-from core.http import plain_json
+from core.http import observability, plain_json
 from core.http.errors import InvalidInput
 from core.http.wsgi_bridge import WsgiAnswer, WsgiBridge, environ_for
 from messenger.wsgi import application as wsgi_application
@@ -91,8 +91,8 @@ class LiveApp:
 
     async def _http(self, scope: dict, receive: Receive, send: Send) -> None:
         if scope["method"] not in ("GET", "HEAD"):
-            body = {"error": f"Method {scope['method']} not allowed on the live listener"}
-            await _answer(send, WsgiAnswer(405, [(b"allow", b"GET, HEAD")], plain_json.render(body)), json_body=True)
+            text = f"Method {scope['method']} not allowed on the live listener"
+            await _answer(send, _refusal(scope, 405, text, (b"allow", b"GET, HEAD")))
             return
         route = _ROUTE.match(scope["path"])
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
@@ -100,11 +100,11 @@ class LiveApp:
             if route and route.group(2) == "stream":
                 await self._stream(scope, receive, send, route.group(1), _resume_from(scope, query))
             elif route and "wait" in query:
-                await self._wait(scope, receive, send, route.group(1), _wait_seconds(query))
+                await self._wait(scope, receive, send, route.group(1), validation.wait_seconds(query))
             else:
                 await _answer(send, await self.bridge.call(environ_for(scope)))
         except InvalidInput as refusal:
-            await _answer(send, WsgiAnswer(400, [], plain_json.render({"error": refusal.message})), json_body=True)
+            await _answer(send, _refusal(scope, 400, refusal.message))
 
     # -- the long-poll
     async def _wait(self, scope: dict, receive: Receive, send: Send, raw_id: str, seconds: int) -> None:
@@ -148,6 +148,7 @@ class LiveApp:
                 (b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no"),  # NGINX: pass each event on at once
+                *((name, value) for name, value in answer.headers if name == b"x-request-id"),
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             # How long a browser waits before it reconnects with Last-Event-ID.
@@ -180,10 +181,6 @@ class LiveApp:
 def _key(raw_id: str) -> str:
     """The conversation id as the trigger writes it ("7"), for a path id the page accepts ("07")."""
     return raw_id.lstrip("0") if raw_id.isascii() and raw_id.isdecimal() else raw_id
-
-
-def _wait_seconds(query: dict[str, str]) -> int:
-    return validation.query_int(query, "wait", default=0, minimum=0, maximum=settings.LIVE_WAIT_MAX)
 
 
 def _resume_from(scope: dict, query: dict[str, str]) -> int:
@@ -222,11 +219,20 @@ async def _first(wake: Awaitable[Any], disconnected: asyncio.Task, timeout: floa
     return bool(done)
 
 
-async def _answer(send: Send, answer: WsgiAnswer, json_body: bool = False) -> None:
+def _refusal(scope: dict, status: int, text: str, *headers: tuple[bytes, bytes]) -> WsgiAnswer:
+    """A refusal this listener writes itself, in the contract's shape, with its request id as the app's have."""
+    request_id = observability.request_id(environ_for(scope)).encode()
+    headers = (
+        (b"content-type", b"application/json"),
+        (observability.REQUEST_ID_HEADER.lower().encode(), request_id),
+        *headers,
+    )
+    return WsgiAnswer(status, list(headers), plain_json.render({"error": text}))
+
+
+async def _answer(send: Send, answer: WsgiAnswer) -> None:
     """One whole HTTP answer, with the Content-Length of its body."""
     headers = [(name, value) for name, value in answer.headers if name != b"content-length"]
-    if json_body:
-        headers.append((b"content-type", b"application/json"))
     headers.append((b"content-length", str(len(answer.body)).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})

@@ -16,9 +16,12 @@ from django.test import Client
 
 from conversations.live.app import LiveApp
 from conversations.tests.client import post_message
+from tests.support.openapi_check import ResponseChecker, served_schema
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+STREAM = "/conversations/{conversation_id}/stream"
+MESSAGES = "/conversations/{conversation_id}/messages"
 # Long enough that a test that waited by mistake fails its asyncio bound.
 LONG_WAIT = 30
 BOUND = 10
@@ -83,8 +86,9 @@ async def _subscribed(app: LiveApp, count: int) -> None:
         await asyncio.sleep(0.01)
 
 
-def _ordinary(path: str, **headers: str) -> tuple[int, bytes]:
-    response = Client().get(path, **headers)
+def _ordinary(path: str, **meta: str) -> tuple[int, bytes]:
+    """The ordinary route's answer in-process; headers as Django's META keys (HTTP_USER_ID)."""
+    response = Client().get(path, headers={k.removeprefix("HTTP_").replace("_", "-"): v for k, v in meta.items()})
     return response.status_code, response.content
 
 
@@ -175,3 +179,36 @@ def test_a_bad_wait_is_a_400(conversation, wait):
         return await _request(app, f"/conversations/{conversation.pk}/messages", f"wait={wait}")
 
     assert _with_app(work)[::2] == (400, b'{"error":"wait must be an integer from 0 to 30"}')
+
+
+def test_the_stream_and_a_waited_page_answer_as_the_description_says(api, users, conversation):
+    checker = ResponseChecker(served_schema())
+    post_message(api, conversation.pk, users[0].pk, "described")
+    stream, page = f"/conversations/{conversation.pk}/stream", f"/conversations/{conversation.pk}/messages"
+
+    async def work(app):
+        streaming = asyncio.ensure_future(_request(app, stream))
+        await _subscribed(app, 1)
+        app.drain()  # the stream ends, so its whole answer can be checked
+        return [
+            await streaming,
+            await _request(app, "/conversations/999999/stream"),
+            await _request(app, stream, headers={"Last-Event-ID": "soon"}),
+            await _request(app, page, "wait=1"),
+        ]
+
+    answers = _with_app(work)
+    assert answers[0][2] == (
+        b"retry: 1000\n\nid: 1\ndata: "
+        + _ordinary(page)[1].removeprefix(b'{"messages":[').removesuffix(b"]}")
+        + b"\n\n"
+    )
+    for (status, headers, body), (path, pattern) in zip(
+        answers,
+        [(stream, STREAM), ("/conversations/999999/stream", STREAM), (stream, STREAM), (page, MESSAGES)],
+        strict=True,
+    ):
+        # openapi-core reads a text/event-stream body as a string, JSON as bytes.
+        sent = body.decode() if headers["content-type"].startswith("text/event-stream") else body
+        checker.check_live("GET", f"http://testserver{path}", pattern, status, sent, headers)
+    assert [status for status, _, _ in answers] == [200, 404, 400, 200]
