@@ -60,6 +60,10 @@ class LiveListener:
         fd = self.socket.fileno()
         command = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG_FILE), "--bind", f"fd://{fd}", APPLICATION]
         self.process = subprocess.Popen(command, pass_fds=(fd,), preexec_fn=_die_with_parent)
+        # Only the live server holds the socket from now on (the WSGI workers fork
+        # later): when it exits the port refuses connections, which NGINX passes
+        # to the next instance, instead of queueing them where nobody accepts.
+        self.socket.close()
 
     def stop(self) -> None:
         """Answer every waiter, then stop (SIGTERM: conversations.live drains, gunicorn finishes gracefully)."""

@@ -31,9 +31,12 @@ from messenger.wsgi import application as wsgi_application
 
 # The channel the messages table's trigger notifies (conversations migration 0005).
 CHANNEL = "messenger_messages"
-# A waiter reads again this often even without a notification: the backstop
-# for a wake-up lost some way the reconnect does not cover.
-RECHECK_SECONDS = 10.0
+# A stream reads again this often even without a notification: the backstop
+# for a wake-up lost some way the reconnect does not cover. Longer than the
+# longest wait (a long-poll's backstop is the client's next poll): a read costs
+# a page through Django, and 10,000 idle streams reading every 10 s were a
+# thousand reads a second of nothing.
+RECHECK_SECONDS = 60.0
 # What a stream asks for per read; the page route's own maximum.
 STREAM_PAGE = validation.MAX_PAGE
 _ROUTE = re.compile(r"^/conversations/([^/]+)/(messages|stream)$")
@@ -154,7 +157,7 @@ class LiveApp:
             # How long a browser waits before it reconnects with Last-Event-ID.
             await send({"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True})
             heartbeat = settings.LIVE_HEARTBEAT
-            cursor = after
+            cursor, read_at = after, loop.time()
             while not disconnected.done():
                 if answer.status != 200:
                     break  # e.g. the database is unavailable: the client resumes from its last id
@@ -168,12 +171,14 @@ class LiveApp:
                     continue
                 if hub.draining.is_set():
                     break
-                if not await _first(woken.wait(), disconnected, timeout=heartbeat):
+                while not await _first(woken.wait(), disconnected, timeout=heartbeat):
                     await send({"type": "http.response.body", "body": b": heartbeat\n\n", "more_body": True})
+                    if loop.time() - read_at >= RECHECK_SECONDS:
+                        break
                 if disconnected.done():
                     break
                 woken.clear()
-                answer = await read(cursor)
+                answer, read_at = await read(cursor), loop.time()
             disconnected.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

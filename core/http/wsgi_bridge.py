@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+
+from django.db import connections
 
 # Reads are short (one statement each); a few threads keep PostgreSQL busy
 # without one connection per waiter.
@@ -67,7 +70,13 @@ class WsgiBridge:
 
     def __init__(self, application: Callable, threads: int = READ_THREADS):
         self._application = application
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsgi-bridge")
+        self._started = 0  # threads the pool has started (it starts them as work comes)
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsgi-bridge", initializer=self._count)
+
+    def _count(self) -> None:
+        with self._lock:
+            self._started += 1
 
     def _call(self, environ: dict[str, Any]) -> WsgiAnswer:
         started: list = []
@@ -90,4 +99,17 @@ class WsgiBridge:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._call, environ)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Close each thread's database connections (Django's are per thread: only it may close them), then stop."""
+        with self._lock:
+            started = self._started
+        if started:
+            # Every thread waits at the barrier, so each of them runs exactly one close.
+            barrier = threading.Barrier(started)
+
+            def close_in_this_thread() -> None:
+                barrier.wait(timeout=10)
+                connections.close_all()
+
+            for _ in range(started):
+                self._pool.submit(close_in_this_thread)
+        self._pool.shutdown(wait=True, cancel_futures=False)
