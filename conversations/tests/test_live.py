@@ -27,8 +27,10 @@ LONG_WAIT = 30
 BOUND = 10
 
 
-async def _request(app: LiveApp, path: str, query: str = "", headers: dict | None = None) -> tuple[int, dict, bytes]:
-    """One GET through the ASGI app: (status, headers, the whole body)."""
+async def _request(
+    app: LiveApp, path: str, query: str = "", headers: dict | None = None, sent: list[dict] | None = None
+) -> tuple[int, dict, bytes]:
+    """One GET through the ASGI app: (status, headers, the whole body); `sent` sees each ASGI message as it goes."""
     scope = {
         "type": "http",
         "method": "GET",
@@ -40,7 +42,7 @@ async def _request(app: LiveApp, path: str, query: str = "", headers: dict | Non
         "scheme": "http",
         "http_version": "1.1",
     }
-    sent: list[dict] = []
+    sent = [] if sent is None else sent
     requested = False
 
     async def receive() -> dict:
@@ -212,3 +214,20 @@ def test_the_stream_and_a_waited_page_answer_as_the_description_says(api, users,
         sent = body.decode() if headers["content-type"].startswith("text/event-stream") else body
         checker.check_live("GET", f"http://testserver{path}", pattern, status, sent, headers)
     assert [status for status, _, _ in answers] == [200, 404, 400, 200]
+
+
+def test_an_idle_stream_gets_heartbeat_comments(conversation, settings):
+    settings.LIVE_HEARTBEAT = 0.05
+    sent: list[dict] = []
+
+    async def work(app):
+        streaming = asyncio.ensure_future(_request(app, f"/conversations/{conversation.pk}/stream", sent=sent))
+        while sum(m.get("body") == b": heartbeat\n\n" for m in sent) < 2:
+            await asyncio.sleep(0.01)
+        app.drain()
+        return await streaming
+
+    status, headers, body = _with_app(work)
+    assert (status, headers["content-type"]) == (200, "text/event-stream; charset=utf-8")
+    assert body.startswith(b"retry: 1000\n\n: heartbeat\n\n: heartbeat\n\n")
+    assert b"id:" not in body
