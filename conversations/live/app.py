@@ -103,7 +103,7 @@ class LiveApp:
             if route and route.group(2) == "stream":
                 await self._stream(scope, receive, send, route.group(1), _resume_from(scope, query))
             elif route and "wait" in query:
-                await self._wait(scope, receive, send, route.group(1), validation.wait_seconds(query))
+                await self._wait(scope, receive, send, route.group(1), _wait_seconds(query))
             else:
                 await _answer(send, await self.bridge.call(environ_for(scope)))
         except InvalidInput as refusal:
@@ -186,6 +186,14 @@ class LiveApp:
 def _key(raw_id: str) -> str:
     """The conversation id as the trigger writes it ("7"), for a path id the page accepts ("07")."""
     return raw_id.lstrip("0") if raw_id.isascii() and raw_id.isdecimal() else raw_id
+
+
+def _wait_seconds(query: dict[str, str]) -> int:
+    """The wait asked for; a bad one waits not at all, as the page read itself refuses it (in the route's order)."""
+    try:
+        return validation.wait_seconds(query)
+    except InvalidInput:
+        return 0
 
 
 def _resume_from(scope: dict, query: dict[str, str]) -> int:
