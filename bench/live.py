@@ -9,6 +9,9 @@ Usage: python bench/live.py [--url http://127.0.0.1:8085] [--consul http://127.0
   post's 201 to the waiter's answer, p50 and p99 over `--rounds` posts;
 - the ordinary page's rate (wrk, as make bench's page scenario) with no waiter
   and with `--waiters` held;
+- the mixed chat scenario twice, `--pairs` readers polling every second and
+  then waiting, while one client posts 10 messages a second across their
+  conversations: requests and the instances' CPU per delivered message;
 - the live listener's RSS with 0, `--waiters` and `--idle` idle waiters held on
   one instance, sent straight to its live port (the one Consul advertises):
   the load balancer's own connection limit is not what is measured.
@@ -159,6 +162,69 @@ def latency(base: str, conversation: int, user: int, rounds: int) -> dict[str, f
     }
 
 
+def _instances_cpu_seconds(database: str) -> float:
+    """CPU (user + system) of every gunicorn process serving `database`: both servers of every instance."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"gunicorn" not in (proc / "cmdline").read_bytes():
+                continue
+            environ = dict(
+                item.split("=", 1) for item in (proc / "environ").read_bytes().decode().split("\0") if "=" in item
+            )
+            if environ.get("PGDATABASE") != database:
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def mixed(base: str, database: str, pairs: int, seconds: float, waiting: bool) -> dict[str, float]:
+    """`pairs` readers follow their conversation (polling every second, or waiting) while one client
+    posts to each in turn, 10 posts a second: requests, and instances' CPU, per delivered message."""
+    conversations = [new_conversation(base) for _ in range(pairs)]
+    stop = time.monotonic() + seconds
+    delivered = [0] * pairs
+    requests = [0] * pairs
+
+    def reader(n: int) -> None:
+        conversation, _ = conversations[n]
+        after = 0
+        while time.monotonic() < stop:
+            wait = f"&wait={min(WAIT, max(1, int(stop - time.monotonic())))}" if waiting else ""
+            _, body = request(base, "GET", f"/conversations/{conversation}/messages?after_index={after}{wait}")
+            requests[n] += 1
+            if body["messages"]:
+                delivered[n] += len(body["messages"])
+                after = body["messages"][-1]["index"]
+            elif not waiting:
+                time.sleep(1.0)  # the polling client's interval
+
+    readers = [threading.Thread(target=reader, args=(n,)) for n in range(pairs)]
+    cpu_before = _instances_cpu_seconds(database)
+    for thread in readers:
+        thread.start()
+    posts = 0
+    while time.monotonic() < stop - 1:
+        conversation, user = conversations[posts % pairs]
+        request(base, "POST", f"/conversations/{conversation}/messages", {"content": f"mixed {posts}"}, user)
+        posts += 1
+        time.sleep(0.1)
+    for thread in readers:
+        thread.join(timeout=WAIT + 10)
+    cpu = _instances_cpu_seconds(database) - cpu_before
+    got = sum(delivered)
+    return {
+        "posts": posts,
+        "delivered": got,
+        "requests_per_message": sum(requests) / max(got, 1),
+        "cpu_ms_per_message": cpu * 1000 / max(got, 1),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8085")
@@ -167,6 +233,8 @@ def main() -> int:
     parser.add_argument("--idle", type=int, default=10000)
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--pairs", type=int, default=50, help="readers in the mixed scenarios")
+    parser.add_argument("--database", default=os.environ.get("PGDATABASE", "messenger"), help="the stack's database")
     args = parser.parse_args()
     lb = urlsplit(args.url)
     idle_conversation, _ = new_conversation(args.url)
@@ -198,6 +266,20 @@ def main() -> int:
             f"{delivered['received']}/{args.rounds} received",
         )
     )
+
+    polling = mixed(args.url, args.database, args.pairs, 20, waiting=False)
+    waiting = mixed(args.url, args.database, args.pairs, 20, waiting=True)
+    for name, figures in (("polling every 1 s", polling), ("waiting", waiting)):
+        rows.append(
+            (
+                f"mixed chat, {args.pairs} readers {name}",
+                f"{figures['cpu_ms_per_message']:.2f} CPU ms and {figures['requests_per_message']:.2f} requests"
+                " per delivered message",
+                f"{figures['delivered']}/{figures['posts']} delivered",
+            )
+        )
+    ratio = polling["cpu_ms_per_message"] / max(waiting["cpu_ms_per_message"], 1e-9)
+    rows.append(("mixed chat, polling / waiting CPU per message", f"{ratio:.1f}x", "target 5x"))
 
     host, port = live_listeners(args.consul)[0]
     rss = [(0, live_worker_rss_mib(port))]
