@@ -61,8 +61,9 @@ lint: $(STAMP) ## ruff (lint, and the format check) and mypy over the tree; sett
 docs: $(STAMP) ## Regenerate docs/configuration.md's table and .env.example from the schema
 	$(PY) scripts/render-config-docs.py
 
-bench: $(STAMP) ## Run every benchmark scenario against the running stack (make up) and pgbench; print one table
+bench: $(STAMP) ## Run every benchmark scenario against the running stack (make up) and pgbench; print one table, then the live scenarios
 	$(PY) bench/run.py
+	$(PY) bench/live.py
 
 # --- the whole topology (infrastructure/stack.sh) ---------------------------------
 # HOSTS=3 (up, down, ps, scale, reset-db): the same system over three hosts of

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
+
 from core.http.errors import InvalidInput
 
 # PostgreSQL bigint: an id beyond this names nothing and cannot be queried.
@@ -146,3 +148,8 @@ def query_int(params: Mapping[str, str], name: str, *, default: int, minimum: in
     if value is None or value < minimum:
         raise InvalidInput(f"{name} must be an integer from {minimum} to {maximum}")
     return value
+
+
+def wait_seconds(params: Mapping[str, str]) -> int:
+    """A message page's `wait`: whole seconds from 0 to LIVE_WAIT_MAX (the live listener holds the page that long)."""
+    return query_int(params, "wait", default=0, minimum=0, maximum=settings.LIVE_WAIT_MAX)

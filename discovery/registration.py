@@ -112,7 +112,12 @@ class Registration:
             if not self._registered_once:
                 self._remove_predecessors(address)
             self._client.agent.service.register(
-                self.name, service_id=self.service_id, address=address, port=self.port, check=check
+                self.name,
+                service_id=self.service_id,
+                address=address,
+                port=self.port,
+                check=check,
+                meta=dict(_advertised) or None,
             )
         logger.info(
             "%s %s in Consul at %s:%s (%s:%s, check every %s)",
@@ -223,9 +228,17 @@ def _answers(health_url: str) -> bool:
 
 
 _current: Registration | None = None
+# What the entry's meta tells the load balancer besides address and port (the
+# live listener's port: messenger/live_listener.py), set before registering.
+_advertised: dict[str, str] = {}
 _current_lock = threading.Lock()
 # The process that serves, as marked by the serving entry point; only it registers.
 _serving_pid: int | None = None
+
+
+def advertise(**meta: str) -> None:
+    """Add to the service meta of this process's registration (set before it starts)."""
+    _advertised.update(meta)
 
 
 def mark_serving_process() -> None:

@@ -38,6 +38,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -67,31 +68,31 @@ class Stop(Exception):
 # --- rendering ---------------------------------------------------------------
 
 
-def render_upstream(service: str, instances: list[tuple[str, int]]) -> str:
-    """The upstream list for these (address, port) pairs, as nginx.ctmpl renders it.
+_NO_INSTANCE = [
+    "    # No passing instance. NGINX refuses an empty upstream block, so this",
+    "    # placeholder (never contacted) keeps the configuration valid while the",
+    "    # server block answers 503 with a JSON error.",
+    "    server 127.0.0.1:9 down;",
+]
 
-    Sorted, so the same set always renders the same text and a reordering in
-    Consul's answer never causes a reload.
+
+def render_upstream(service: str, instances: Sequence[tuple[str, int] | tuple[str, int, int]]) -> str:
+    """The upstream lists for these instances, as nginx.ctmpl renders them.
+
+    An instance is (address, port, live port): the live port is the one its
+    Consul entry advertises in its meta (`live_port`, conversations/live), its
+    own port when it advertises none (a pair). Sorted, so the same set always
+    renders the same text and a reordering in Consul's answer never causes a reload.
     """
-    servers = sorted(set(instances))
-    lines = [
-        f'# Rendered from Consul\'s health API: the passing instances of "{service}". Do not edit.',
-        "upstream messenger_service {",
-    ]
-    for address, port in servers:
-        host = f"[{address}]" if ":" in address else address  # IPv6 literal
-        lines.append(f"    server {host}:{port};")
-    if not servers:
-        lines += [
-            "    # No passing instance. NGINX refuses an empty upstream block, so this",
-            "    # placeholder (never contacted) keeps the configuration valid while the",
-            "    # server block answers 503 with a JSON error.",
-            "    server 127.0.0.1:9 down;",
-        ]
+    servers = sorted({(address, port, rest[0] if rest else port) for address, port, *rest in instances})
+    lines = [f'# Rendered from Consul\'s health API: the passing instances of "{service}". Do not edit.']
+    for upstream, port_of in (("messenger_service", 1), ("messenger_live", 2)):
+        lines.append(f"upstream {upstream} {{")
+        for server in servers:
+            host = f"[{server[0]}]" if ":" in server[0] else server[0]  # IPv6 literal
+            lines.append(f"    server {host}:{server[port_of]};")
+        lines += [*(_NO_INSTANCE if not servers else []), "    keepalive 16;", "}", ""]
     lines += [
-        "    keepalive 16;",
-        "}",
-        "",
         "# How many instances the upstream holds; 0 makes the server block answer 503.",
         'map "" $messenger_instances {',
         f"    default {len(servers)};",
@@ -117,7 +118,7 @@ def write_atomically(path: Path, text: str) -> None:
 # --- Consul --------------------------------------------------------------------
 
 
-def fetch_passing(consul_url: str, service: str, index: int, wait: float) -> tuple[list[tuple[str, int]], int]:
+def fetch_passing(consul_url: str, service: str, index: int, wait: float) -> tuple[list[tuple[str, int, int]], int]:
     """Passing instances of `service` and Consul's index, blocking up to `wait` seconds for a change past `index`."""
     query = urllib.parse.urlencode({"passing": "true", "index": index, "wait": f"{max(int(wait * 1000), 1)}ms"})
     url = f"{consul_url}/v1/health/service/{urllib.parse.quote(service)}?{query}"
@@ -130,7 +131,11 @@ def fetch_passing(consul_url: str, service: str, index: int, wait: float) -> tup
         raise ConsulUnavailable(f"{url}: {exc}") from exc
     instances = [
         # An instance registered without its own address is reached at its node's.
-        (entry["Service"]["Address"] or entry["Node"]["Address"], int(entry["Service"]["Port"]))
+        (
+            entry["Service"]["Address"] or entry["Node"]["Address"],
+            int(entry["Service"]["Port"]),
+            int((entry["Service"].get("Meta") or {}).get("live_port") or entry["Service"]["Port"]),
+        )
         for entry in entries
     ]
     return instances, new_index
@@ -278,7 +283,7 @@ class Watcher:
         if outcome:
             self.status[outcome] += 1
             self.status["last_applied_at"] = time.time()
-            self.status["instances"] = [f"{a}:{p}" for a, p in sorted(set(instances))]
+            self.status["instances"] = [f"{a}:{p}" for a, p, *_ in sorted(set(instances))]
             self._applied_text = text
             return True
         self.status["rejected"] += 1
@@ -370,12 +375,12 @@ class Watcher:
             if text == self._applied_text and self.nginx.master_pid() is not None:
                 # NGINX already runs with this list (after a restart of this
                 # process, the one it found in the state folder).
-                self.status["instances"] = [f"{a}:{p}" for a, p in sorted(set(instances))]
+                self.status["instances"] = [f"{a}:{p}" for a, p, *_ in sorted(set(instances))]
             else:
                 log.info(
                     "passing instances of %s: %s",
                     self.service,
-                    ", ".join(f"{a}:{p}" for a, p in sorted(set(instances))) or "none",
+                    ", ".join(f"{a}:{p}" for a, p, *_ in sorted(set(instances))) or "none",
                 )
                 self._apply(instances)
             self._save_status()

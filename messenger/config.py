@@ -153,6 +153,13 @@ SCHEMA: tuple[Setting, ...] = (
             default=1),
     Setting("WEB_THREADS", "positive_int", "Threads per gunicorn worker, each with its own PostgreSQL connection.", default=4),
     Setting("GRACEFUL_TIMEOUT", "float", "Seconds gunicorn lets in-flight requests finish on shutdown.", default=20),
+    # --- live delivery (conversations/live: long-poll `wait` and the SSE stream) --
+    Setting("LIVE_PORT", "port", "TCP port of the instance's live listener (gunicorn's ASGI worker, started beside the WSGI one on PostgreSQL); unset: a free port, advertised in Consul.",
+            default=None),
+    Setting("LIVE_WAIT_MAX", "positive_int", "Largest `wait` (seconds) a message page accepts; NGINX's read timeout for the live routes stays above it.",
+            default=30),
+    Setting("LIVE_HEARTBEAT", "duration", "How often an idle event stream gets a comment line, so proxies keep it open.",
+            default="15s"),
     # --- PostgreSQL (unset PGHOST: embedded SQLite) -------------------------
     Setting("PGHOST", "str", "PostgreSQL host; unset runs on the embedded SQLite database."),
     Setting("PGPORT", "port", "PostgreSQL port.", default=5432),

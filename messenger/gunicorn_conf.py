@@ -9,7 +9,7 @@ import time
 from core.logging import gunicorn_logging
 from discovery import registration as discovery
 from messenger import config as config_schema
-from messenger import gunicorn_refusals, startup_checks
+from messenger import gunicorn_refusals, live_listener, startup_checks
 
 _config = config_schema.load()
 
@@ -86,8 +86,16 @@ def on_starting(server):
 # before it preloads the app, makes ready() register in it and nowhere else.
 discovery.mark_serving_process()
 
+# The live routes' server (messenger/live_listener.py): its socket is bound now,
+# so the port is known before the preloaded app registers with Consul.
+_live = live_listener.LiveListener(_config) if live_listener.LiveListener.wanted(_config) else None
+if _live is not None:
+    discovery.advertise(live_port=str(_live.port))
+
 
 def when_ready(server):
+    if _live is not None:
+        _live.start()
     # Already started by ready() in the preloaded master; started here otherwise.
     registration = discovery.start(_config)
     if registration is None:
@@ -110,6 +118,8 @@ def _deregister_then(stop, server):
             )
             # The workers keep serving while the master waits here.
             time.sleep(_config.SHUTDOWN_DRAIN_SECONDS)
+        if _live is not None:
+            _live.stop()  # its waiters are answered, not cut, while no new ones arrive
         stop()
 
     return handle
@@ -117,6 +127,8 @@ def _deregister_then(stop, server):
 
 def on_exit(server):
     discovery.stop()  # any other way out, such as workers failing to boot
+    if _live is not None:
+        _live.stop()
 
 
 # gunicorn's own lines in the service's log format (core/logging.py): one format per stream.

@@ -170,6 +170,9 @@ PG_FAST_PATHS = CONFIG.PG_FAST_PATHS  # core.db.pg
 IDEMPOTENCY_KEY_TTL = CONFIG.IDEMPOTENCY_KEY_TTL  # seconds
 METRICS_TOKEN = CONFIG.METRICS_TOKEN
 PROMETHEUS_MULTIPROC_DIR = CONFIG.PROMETHEUS_MULTIPROC_DIR
+# Live delivery (conversations/live).
+LIVE_WAIT_MAX = CONFIG.LIVE_WAIT_MAX  # seconds
+LIVE_HEARTBEAT = CONFIG.LIVE_HEARTBEAT  # seconds
 # Gauges computed when /metrics is scraped (core/http/metrics.py), one collector per app.
 METRICS_INSTANCE_COLLECTORS = [
     "core.http.metrics.DatabaseCollector",

@@ -261,3 +261,25 @@ def test_nginx_apply_exit_zero_reports_a_rejection_without_failing(nginx):
     assert "NGINX rejected the rendered upstream list" in result.stderr
     assert "failed with status 1; NGINX keeps its current configuration" in result.stderr
     assert (nginx.state_dir / "messenger-upstream.conf").read_text() == watcher.render_upstream("messenger", [])
+
+
+def test_the_live_upstream_reaches_each_instance_at_the_live_port_its_entry_advertises():
+    """Both renderers: `live_port` from the Consul entry's meta, the instance's own port without one."""
+    entries = [
+        {"Address": "10.0.0.5", "Port": 4000, "ServiceMeta": {"live_port": "4100"}},
+        {"Address": "10.0.0.6", "Port": 4000, "ServiceMeta": {}},
+    ]
+    from_template = expand_ctmpl((LB_DIR / "nginx.ctmpl").read_text(), {"messenger": entries})
+    rendered = watcher.render_upstream("messenger", [("10.0.0.5", 4000, 4100), ("10.0.0.6", 4000)])
+    assert from_template == rendered
+    live = re.search(r"upstream messenger_live \{(.*?)\n\}", rendered, re.DOTALL).group(1)
+    assert re.findall(r"server (\S+);", live) == ["10.0.0.5:4100", "10.0.0.6:4000"]
+
+
+def test_nginx_waits_on_an_instance_longer_than_the_longest_wait_and_an_idle_streams_heartbeat():
+    from messenger.config import SCHEMA_BY_NAME, parse_duration
+
+    server = (LB_DIR / "messenger-server.conf").read_text()
+    read_timeout = parse_duration(re.search(r"proxy_read_timeout (\S+);", server).group(1))
+    assert SCHEMA_BY_NAME["LIVE_WAIT_MAX"].default < read_timeout
+    assert parse_duration(SCHEMA_BY_NAME["LIVE_HEARTBEAT"].default) < read_timeout

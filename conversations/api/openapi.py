@@ -191,6 +191,21 @@ def _cursor(name: str, what: str) -> OpenApiParameter:
     )
 
 
+WAIT_MAX = SCHEMA_BY_NAME["LIVE_WAIT_MAX"].default
+WAIT = OpenApiParameter(
+    "wait",
+    {"type": "integer", "minimum": 0, "maximum": WAIT_MAX, "default": 0},
+    QUERY,
+    description=(
+        "Long-poll: when no message follows `after_index`, hold the request up to this many seconds "
+        "(LIVE_WAIT_MAX, " + str(WAIT_MAX) + " by default) and answer as soon as one is stored, on any instance; "
+        '`{"messages": []}` when none came. Refusals come first, never after a wait. Served through the '
+        "load balancer by each instance's live listener (docs/live.md); an instance asked directly answers at once."
+    ),
+)
+WAIT_INVALID = f"wait must be an integer from 0 to {WAIT_MAX}"
+
+
 # --- responses -------------------------------------------------------------------
 
 
@@ -278,11 +293,13 @@ conversations_create = _operation(
 )
 messages_list = _operation(
     "messages_list", "Read a conversation's messages", tags=["messages"],
-    parameters=[CONVERSATION_ID, USER_ID_WHEN_MEMBERS_ONLY, _cursor("after_index", "messages"), LIMIT],
+    parameters=[CONVERSATION_ID, USER_ID_WHEN_MEMBERS_ONLY, _cursor("after_index", "messages"), LIMIT, WAIT],
+    description="With `wait`, a long-poll: see the parameter. `GET /conversations/{conversation_id}/stream` "
+    "delivers the same messages as Server-Sent Events.",
     responses={
         200: _json("MessagePage", "Messages in index order."),
         400: error(
-            BAD_INPUT + f"; with READS_REQUIRE_MEMBER on: `{MISSING_USER_ID}` or {NOT_IN_CONVERSATION}."
+            BAD_INPUT + f"; `{WAIT_INVALID}`; with READS_REQUIRE_MEMBER on: `{MISSING_USER_ID}` or {NOT_IN_CONVERSATION}."
         ),
         404: NO_SUCH_CONVERSATION,
         503: UNAVAILABLE,
@@ -338,6 +355,64 @@ _HEALTH = {
     }
 }
 
+# The event stream is the live listener's alone (conversations/live), reached
+# through the load balancer: written out here, as /health is.
+_STREAM = {
+    "get": {
+        "operationId": "messages_stream",
+        "summary": "Follow a conversation's messages as Server-Sent Events",
+        "description": (
+            "`text/event-stream`: one event per message, `id:` its index and `data:` the message as the page has "
+            "it, from after `Last-Event-ID` (a reconnecting browser sends it) or `after_index`; a comment line "
+            "every LIVE_HEARTBEAT keeps an idle stream open. Same refusals as the page, before the stream starts. "
+            "A draining instance ends the stream; the client resumes from its last id. Served through the load "
+            "balancer by each instance's live listener (docs/live.md)."
+        ),
+        "tags": ["messages"],
+        "parameters": [
+            {
+                "name": "conversation_id",
+                "in": "path",
+                "required": True,
+                "schema": _ID,
+                "description": "A conversation's id.",
+            },
+            {
+                "name": "User-Id",
+                "in": "header",
+                "required": False,
+                "schema": _ID,
+                "description": USER_ID_WHEN_MEMBERS_ONLY.description,
+            },
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 0, "maximum": MAX_ID},
+                "description": "Resume after this index (it wins over `after_index`).",
+            },
+            {
+                "name": "after_index",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "format": "int64", "minimum": 0, "maximum": MAX_ID},
+                "description": "Start after this index (0: from the start).",
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "The stream: `id: <index>` and `data: <message JSON>` per event.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            "400": {
+                "description": "Bad input, or the page's refusals.",
+                "content": {"application/json": {"schema": ref("Error")}},
+            },
+            "404": {"description": "No such conversation.", "content": {"application/json": {"schema": ref("Error")}}},
+        },
+    }
+}
+
 _REQUEST_ID_HEADER = {
     "description": "The request's id: the caller's X-Request-Id when it sent a usable one, else a new one. "
     "The same id is in the instance's log line for the request.",
@@ -366,7 +441,11 @@ def postprocess(result: dict, generator, request, public) -> dict:
     """drf-spectacular hook: components, the written-out responses, /health, common headers."""
     result.setdefault("components", {})["schemas"] = copy.deepcopy(COMPONENTS)
     result["components"].pop("securitySchemes", None)
-    result["paths"] = {"/health": copy.deepcopy(_HEALTH), **result["paths"]}
+    result["paths"] = {
+        "/health": copy.deepcopy(_HEALTH),
+        **result["paths"],
+        "/conversations/{conversation_id}/stream": copy.deepcopy(_STREAM),
+    }
     for methods in result["paths"].values():
         for operation in methods.values():
             operation.pop("security", None)

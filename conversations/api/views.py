@@ -152,6 +152,7 @@ class MessagesView(plain_json.PlainJsonMixin, APIView):
             user_id = _header_user_id(request)
             conversation_pk = validation.positive_id(conversation_id, "Conversation id")
             limit, after = _page_limit(request), _cursor(request, "after_index")
+            validation.wait_seconds(request.GET)  # waiting is the live listener's (conversations/live)
         except errors.ServiceError:
             return None
         if user_id is None and settings.READS_REQUIRE_MEMBER:
@@ -181,6 +182,7 @@ class MessagesView(plain_json.PlainJsonMixin, APIView):
         if settings.READS_REQUIRE_MEMBER:
             require_user(request)
         limit = _page_limit(request)
+        validation.wait_seconds(request.GET)
         page = selectors.messages_page(
             conversation_id=conversation_pk,
             after_index=_cursor(request, "after_index"),

@@ -85,7 +85,12 @@ def _route_template(request) -> str:
 
 
 def _request_id(request) -> str:
-    offered = request.META.get("HTTP_X_REQUEST_ID", "")
+    return request_id(request.META)
+
+
+def request_id(meta) -> str:
+    """The caller's X-Request-Id when usable, else a new one (also for answers the live listener writes itself)."""
+    offered = meta.get("HTTP_X_REQUEST_ID", "")
     return offered if _USABLE_REQUEST_ID.fullmatch(offered) else os.urandom(16).hex()  # a uuid4's 32 hex digits
 
 

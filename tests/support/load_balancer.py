@@ -71,7 +71,8 @@ def expand_ctmpl(template: str, services: dict[str, list[dict]]) -> str:
     """Expand nginx.ctmpl's constructs as Go's text/template does.
 
     Supported: comments, whitespace trimming (`{{-`, `-}}`), `range service "X"`
-    with `else` and `end`, `.Address`, `.Port`, and `len (service "X")`. Any
+    with `else` and `end`, `.Address`, `.Port`, `or .ServiceMeta.live_port .Port`
+    and `len (service "X")`. Any
     other action fails the test, so a template change that this expander does
     not understand cannot pass unnoticed.
     """
@@ -127,6 +128,9 @@ def expand_ctmpl(template: str, services: dict[str, list[dict]]) -> str:
             elif value in (".Address", ".Port"):
                 assert dot is not None, f"{value} outside range"
                 out.append(str(dot[value[1:]]))
+            elif value == "or .ServiceMeta.live_port .Port":
+                assert dot is not None, f"{value} outside range"
+                out.append(str((dot.get("ServiceMeta") or {}).get("live_port") or dot["Port"]))
             elif value.startswith("len (") and value.endswith(")"):
                 out.append(str(len(lookup(value[len("len (") : -1]))))
             else:

@@ -1,0 +1,304 @@
+"""`make bench`'s live scenarios: waiters held open through the load balancer (docs/live.md).
+
+Usage: python bench/live.py [--url http://127.0.0.1:8085] [--consul http://127.0.0.1:8500]
+                            [--waiters 1000] [--idle 10000] [--rounds 200] [--duration 10]
+
+- delivery latency: with `--waiters` idle waiters held on one conversation, a
+  waiter on another conversation (through the load balancer) and a post to it
+  (through the load balancer, so usually another instance): the time from the
+  post's 201 to the waiter's answer, p50 and p99 over `--rounds` posts;
+- the ordinary page's rate (wrk, as make bench's page scenario) with no waiter
+  and with `--waiters` held;
+- the mixed chat scenario twice, `--pairs` readers polling every second and
+  then waiting, while one client posts 10 messages a second across their
+  conversations: requests and the instances' CPU per delivered message;
+- the live listener's RSS with 0, `--waiters` and `--idle` idle waiters held on
+  one instance, sent straight to its live port (the one Consul advertises):
+  the load balancer's own connection limit is not what is measured.
+
+Every loop is bounded (rounds, a deadline per request); waiters are plain
+sockets with a request sent, so the client costs no thread per waiter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import statistics
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from run import wrk  # noqa: E402
+
+WAIT = 30
+
+
+def request(base: str, method: str, path: str, body: dict | None = None, user: int | None = None) -> tuple[int, dict]:
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=WAIT + 10)
+    try:
+        headers = {"Content-Type": "application/json", **({"User-Id": str(user)} if user else {})}
+        conn.request(method, path, None if body is None else json.dumps(body), headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+def new_conversation(base: str) -> tuple[int, int]:
+    """A conversation of its own between seed user 1 and a new user: (conversation id, the new user's id)."""
+    status, body = request(base, "POST", "/users", {"name": f"bench live {time.time_ns()}"})
+    assert status == 201, body
+    user = body["user"]["id"]
+    status, body = request(base, "POST", "/conversations", {"participant_ids": [1, user]})
+    assert status == 201, body
+    return body["conversation"]["id"], user
+
+
+def hold(host: str, port: int, path: str, count: int) -> list[socket.socket]:
+    line = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+    held = []
+    for _ in range(count):
+        sock = socket.create_connection((host, port), timeout=10)
+        sock.sendall(line)
+        held.append(sock)
+    return held
+
+
+def release(held: list[socket.socket]) -> None:
+    for sock in held:
+        sock.close()
+
+
+def live_listeners(consul: str) -> list[tuple[str, int]]:
+    with urllib.request.urlopen(f"{consul}/v1/health/service/messenger?passing=true", timeout=5) as response:
+        entries = json.load(response)
+    return sorted(
+        (e["Service"]["Address"], int(e["Service"]["Meta"]["live_port"]))
+        for e in entries
+        if (e["Service"].get("Meta") or {}).get("live_port")
+    )
+
+
+def _listening_inode(port: int) -> str:
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+                return fields[9]
+    raise LookupError(f"nothing listens on port {port}")
+
+
+def live_worker_rss_mib(port: int) -> float:
+    """RSS of the process that serves the live port: the gunicorn asgi worker (the newest holder of the socket)."""
+    inode = _listening_inode(port)
+    holders = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) == f"socket:[{inode}]" for fd in (proc / "fd").iterdir()):
+                holders.append(int(proc.name))
+        except OSError:
+            continue
+    worker = max(holders)  # forked after its master
+    rss_kib = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{worker}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
+    return rss_kib / 1024
+
+
+def held_by(port: int, count: int, limit: float = 60) -> None:
+    """Until the listener on `port` has accepted `count` connections (the kernel's ESTABLISHED rows), or fail."""
+    deadline = time.monotonic() + limit
+    suffix = f":{port:04X}"
+    while time.monotonic() < deadline:
+        rows = [r.split() for t in ("/proc/net/tcp", "/proc/net/tcp6") for r in Path(t).read_text().splitlines()[1:]]
+        if sum(1 for r in rows if r[1].endswith(suffix) and r[3] == "01") >= count:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"the live listener on {port} did not accept {count} connections in {limit}s")
+
+
+def _receive(base: str, path: str, received: list[float]) -> None:
+    request(base, "GET", path)
+    received.append(time.monotonic())
+
+
+def latency(base: str, conversation: int, user: int, rounds: int) -> dict[str, float]:
+    """Post→waiter delivery over `rounds` posts: p50 and p99 ms from the post's 201 to the waiter's answer."""
+    samples = []
+    after = 0
+    for n in range(rounds):
+        received: list[float] = []
+        path = f"/conversations/{conversation}/messages?after_index={after}&wait={WAIT}"
+        waiter = threading.Thread(target=_receive, args=(base, path, received))
+        waiter.start()
+        time.sleep(0.02)  # a benchmark, not a test: give the waiter time to be held before the post
+        status, body = request(base, "POST", f"/conversations/{conversation}/messages", {"content": f"ping {n}"}, user)
+        created = time.monotonic()
+        assert status == 201, body
+        after = body["message"]["index"]
+        waiter.join(timeout=WAIT + 10)
+        if received:
+            samples.append(max(0.0, received[0] - created) * 1000)
+    samples.sort()
+    return {
+        "p50_ms": statistics.median(samples),
+        "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))],
+        "received": len(samples),
+    }
+
+
+def _instances_cpu_seconds(database: str) -> float:
+    """CPU (user + system) of every gunicorn process serving `database`: both servers of every instance."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"gunicorn" not in (proc / "cmdline").read_bytes():
+                continue
+            environ = dict(
+                item.split("=", 1) for item in (proc / "environ").read_bytes().decode().split("\0") if "=" in item
+            )
+            if environ.get("PGDATABASE") != database:
+                continue
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def mixed(base: str, database: str, pairs: int, seconds: float, waiting: bool) -> dict[str, float]:
+    """`pairs` readers follow their conversation (polling every second, or waiting) while one client
+    posts to each in turn, 10 posts a second: requests, and instances' CPU, per delivered message."""
+    conversations = [new_conversation(base) for _ in range(pairs)]
+    stop = time.monotonic() + seconds
+    delivered = [0] * pairs
+    requests = [0] * pairs
+
+    def reader(n: int) -> None:
+        conversation, _ = conversations[n]
+        after = 0
+        while time.monotonic() < stop:
+            wait = f"&wait={min(WAIT, max(1, int(stop - time.monotonic())))}" if waiting else ""
+            _, body = request(base, "GET", f"/conversations/{conversation}/messages?after_index={after}{wait}")
+            requests[n] += 1
+            if body["messages"]:
+                delivered[n] += len(body["messages"])
+                after = body["messages"][-1]["index"]
+            elif not waiting:
+                time.sleep(1.0)  # the polling client's interval
+
+    readers = [threading.Thread(target=reader, args=(n,)) for n in range(pairs)]
+    cpu_before = _instances_cpu_seconds(database)
+    for thread in readers:
+        thread.start()
+    posts = 0
+    while time.monotonic() < stop - 1:
+        conversation, user = conversations[posts % pairs]
+        request(base, "POST", f"/conversations/{conversation}/messages", {"content": f"mixed {posts}"}, user)
+        posts += 1
+        time.sleep(0.1)
+    for thread in readers:
+        thread.join(timeout=WAIT + 10)
+    cpu = _instances_cpu_seconds(database) - cpu_before
+    got = sum(delivered)
+    return {
+        "posts": posts,
+        "delivered": got,
+        "requests_per_message": sum(requests) / max(got, 1),
+        "cpu_ms_per_message": cpu * 1000 / max(got, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8085")
+    parser.add_argument("--consul", default=f"http://127.0.0.1:{os.environ.get('CONSUL_PORT', '8500')}")
+    parser.add_argument("--waiters", type=int, default=1000)
+    parser.add_argument("--idle", type=int, default=10000)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--pairs", type=int, default=50, help="readers in the mixed scenarios")
+    parser.add_argument("--database", default=os.environ.get("PGDATABASE", "messenger"), help="the stack's database")
+    args = parser.parse_args()
+    lb = urlsplit(args.url)
+    idle_conversation, _ = new_conversation(args.url)
+    conversation, user = new_conversation(args.url)
+    request(args.url, "POST", f"/conversations/{idle_conversation}/messages", {"content": "seen"}, 1)
+    idle_path = f"/conversations/{idle_conversation}/messages?after_index=1&wait={WAIT}"
+    page_env = {"BENCH_PATH": f"/conversations/{idle_conversation}/messages", "BENCH_USER": "1"}
+
+    rows = []
+    quiet = wrk(args.url, "get_path.lua", 16, args.duration, page_env)
+    held = hold(lb.hostname, lb.port, idle_path, args.waiters)
+    try:
+        busy = wrk(args.url, "get_path.lua", 16, args.duration, page_env)
+        delivered = latency(args.url, conversation, user, args.rounds)
+    finally:
+        release(held)
+    rows.append(("page, no waiter", f"{quiet['rps']:.0f} req/s", f"{quiet['errors']} errors"))
+    rows.append(
+        (
+            f"page, {args.waiters} waiters held",
+            f"{busy['rps']:.0f} req/s ({busy['rps'] / quiet['rps']:.0%})",
+            f"{busy['errors']} errors",
+        )
+    )
+    rows.append(
+        (
+            f"post → waiter, {args.waiters} waiters held",
+            f"p50 {delivered['p50_ms']:.1f} ms, p99 {delivered['p99_ms']:.1f} ms",
+            f"{delivered['received']}/{args.rounds} received",
+        )
+    )
+
+    polling = mixed(args.url, args.database, args.pairs, 20, waiting=False)
+    waiting = mixed(args.url, args.database, args.pairs, 20, waiting=True)
+    for name, figures in (("polling every 1 s", polling), ("waiting", waiting)):
+        rows.append(
+            (
+                f"mixed chat, {args.pairs} readers {name}",
+                f"{figures['cpu_ms_per_message']:.2f} CPU ms and {figures['requests_per_message']:.2f} requests"
+                " per delivered message",
+                f"{figures['delivered']}/{figures['posts']} delivered",
+            )
+        )
+    ratio = polling["cpu_ms_per_message"] / max(waiting["cpu_ms_per_message"], 1e-9)
+    rows.append(("mixed chat, polling / waiting CPU per message", f"{ratio:.1f}x", "target 5x"))
+
+    host, port = live_listeners(args.consul)[0]
+    rss = [(0, live_worker_rss_mib(port))]
+    held = []
+    try:
+        for count in (args.waiters, args.idle):
+            held += hold(host, port, idle_path, count - len(held))
+            held_by(port, count)
+            rss.append((count, live_worker_rss_mib(port)))
+    finally:
+        release(held)
+    rows += [(f"live listener RSS, {count} idle waiters", f"{mib:.0f} MiB", f"{host}:{port}") for count, mib in rss]
+
+    print("| live scenario | figure | |")
+    print("|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

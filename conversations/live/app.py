@@ -1,0 +1,254 @@
+"""The live listener's ASGI application.
+
+- `GET /conversations/{id}/messages?wait=S`: the page as the ordinary route
+  answers it; when it is empty (and the read was allowed), held until a message
+  is stored in the conversation, `S` seconds pass or the instance drains, then
+  read again. A refusal is answered before any wait.
+- `GET /conversations/{id}/stream`: Server-Sent Events, one event per message
+  with `id:` its index, from `Last-Event-ID` (header) or `after_index` onwards;
+  a comment line every LIVE_HEARTBEAT keeps an idle stream open.
+- Any other GET or HEAD is passed to the ordinary application as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from django.conf import settings
+from django.db import connection
+
+from conversations import validation
+from core.db.notifications import Hub
+from core.http import observability, plain_json
+from core.http.errors import InvalidInput
+from core.http.wsgi_bridge import WsgiAnswer, WsgiBridge, environ_for
+from messenger.wsgi import application as wsgi_application
+
+# The channel the messages table's trigger notifies (conversations migration 0005).
+CHANNEL = "messenger_messages"
+# A stream reads again this often even without a notification: the backstop
+# for a wake-up lost some way the reconnect does not cover. Longer than the
+# longest wait (a long-poll's backstop is the client's next poll): a read costs
+# a page through Django, and 10,000 idle streams reading every 10 s were a
+# thousand reads a second of nothing.
+RECHECK_SECONDS = 60.0
+# What a stream asks for per read; the page route's own maximum.
+STREAM_PAGE = validation.MAX_PAGE
+_ROUTE = re.compile(r"^/conversations/([^/]+)/(messages|stream)$")
+
+Receive = Callable[[], Awaitable[dict]]
+Send = Callable[[dict], Awaitable[None]]
+
+
+def _connect_params() -> dict[str, Any]:
+    """The default database's libpq parameters, as Django's backend computes them (no Django extras)."""
+    params = connection.get_connection_params()
+    for django_only in ("cursor_factory", "context", "prepare_threshold"):
+        params.pop(django_only, None)
+    return params
+
+
+class LiveApp:
+    def __init__(self) -> None:
+        self.bridge = WsgiBridge(wsgi_application)
+        self.hub: Hub | None = None
+
+    # -- ASGI
+    async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def start(self) -> Hub:
+        if self.hub is None:
+            self.hub = Hub(CHANNEL, _connect_params())
+            self.hub.start()
+        return self.hub
+
+    def drain(self) -> None:
+        """SIGTERM: every waiter answers what it has now, every stream ends (clients resume from its last id)."""
+        if self.hub is not None:
+            self.hub.drain()
+
+    async def stop(self) -> None:
+        if self.hub is not None:
+            await self.hub.stop()
+        self.bridge.shutdown()
+
+    async def _http(self, scope: dict, receive: Receive, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            text = f"Method {scope['method']} not allowed on the live listener"
+            await _answer(send, _refusal(scope, 405, text, (b"allow", b"GET, HEAD")))
+            return
+        route = _ROUTE.match(scope["path"])
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+        try:
+            if route and route.group(2) == "stream":
+                await self._stream(scope, receive, send, route.group(1), _resume_from(scope, query))
+            elif route and "wait" in query:
+                await self._wait(scope, receive, send, route.group(1), _wait_seconds(query))
+            else:
+                await _answer(send, await self.bridge.call(environ_for(scope)))
+        except InvalidInput as refusal:
+            await _answer(send, _refusal(scope, 400, refusal.message))
+
+    # -- the long-poll
+    async def _wait(self, scope: dict, receive: Receive, send: Send, raw_id: str, seconds: int) -> None:
+        hub = self.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        disconnected = loop.create_task(_disconnect(receive))
+        # Subscribed before the first read: a message committed between the
+        # read and the wait still wakes it.
+        with hub.subscription(_key(raw_id)) as woken:
+            answer = await self.bridge.call(environ_for(scope))
+            while _empty_page(answer) and not hub.draining.is_set() and not disconnected.done():
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                await _first(woken.wait(), disconnected, timeout=min(left, RECHECK_SECONDS))
+                if disconnected.done():
+                    break
+                woken.clear()
+                answer = await self.bridge.call(environ_for(scope))
+        disconnected.cancel()
+        await _answer(send, answer)
+
+    # -- the stream
+    async def _stream(self, scope: dict, receive: Receive, send: Send, raw_id: str, after: int) -> None:
+        hub = self.start()
+        loop = asyncio.get_running_loop()
+        path = f"/conversations/{raw_id}/messages"
+
+        def read(cursor: int) -> Awaitable[WsgiAnswer]:
+            query = urlencode({"after_index": cursor, "limit": STREAM_PAGE}).encode()
+            return self.bridge.call(environ_for(scope, path=path, query_string=query))
+
+        with hub.subscription(_key(raw_id)) as woken:
+            answer = await read(after)
+            if answer.status != 200:
+                await _answer(send, answer)
+                return
+            disconnected = loop.create_task(_disconnect(receive))
+            headers = [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),  # NGINX: pass each event on at once
+                *((name, value) for name, value in answer.headers if name == b"x-request-id"),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            # How long a browser waits before it reconnects with Last-Event-ID.
+            await send({"type": "http.response.body", "body": b"retry: 1000\n\n", "more_body": True})
+            heartbeat = settings.LIVE_HEARTBEAT
+            cursor, read_at = after, loop.time()
+            while not disconnected.done():
+                if answer.status != 200:
+                    break  # e.g. the database is unavailable: the client resumes from its last id
+                page = json.loads(answer.body)
+                if page["messages"]:
+                    events = b"".join(_event(message) for message in page["messages"])
+                    await send({"type": "http.response.body", "body": events, "more_body": True})
+                    cursor = page["messages"][-1]["index"]
+                if "next" in page:
+                    answer = await read(cursor)
+                    continue
+                if hub.draining.is_set():
+                    break
+                while not await _first(woken.wait(), disconnected, timeout=heartbeat):
+                    await send({"type": "http.response.body", "body": b": heartbeat\n\n", "more_body": True})
+                    if loop.time() - read_at >= RECHECK_SECONDS:
+                        break
+                if disconnected.done():
+                    break
+                woken.clear()
+                answer, read_at = await read(cursor), loop.time()
+            disconnected.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _key(raw_id: str) -> str:
+    """The conversation id as the trigger writes it ("7"), for a path id the page accepts ("07")."""
+    return raw_id.lstrip("0") if raw_id.isascii() and raw_id.isdecimal() else raw_id
+
+
+def _wait_seconds(query: dict[str, str]) -> int:
+    """The wait asked for; a bad one waits not at all, as the page read itself refuses it (in the route's order)."""
+    try:
+        return validation.wait_seconds(query)
+    except InvalidInput:
+        return 0
+
+
+def _resume_from(scope: dict, query: dict[str, str]) -> int:
+    """Where a stream starts: after the Last-Event-ID a reconnecting client sends, else after `after_index`."""
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"last-event-id":
+            header = {"Last-Event-ID": value.decode("latin-1").strip()}
+            return validation.query_int(header, "Last-Event-ID", default=0, minimum=0, maximum=validation.MAX_ID)
+    return validation.query_int(query, "after_index", default=0, minimum=0, maximum=validation.MAX_ID)
+
+
+def _empty_page(answer: WsgiAnswer) -> bool:
+    """An allowed read with nothing after the cursor: the only answer worth waiting on."""
+    if answer.status != 200 or not answer.body.startswith(b'{"messages":['):
+        return False
+    return json.loads(answer.body)["messages"] == []
+
+
+def _event(message: dict) -> bytes:
+    data = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    return f"id: {message['index']}\ndata: {data}\n\n".encode()
+
+
+async def _disconnect(receive: Receive) -> None:
+    """Returns when the client has gone away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _first(wake: Awaitable[Any], disconnected: asyncio.Task, timeout: float) -> bool:
+    """Until woken, disconnected or `timeout` seconds: True unless it timed out."""
+    waking = asyncio.ensure_future(wake)
+    done, _ = await asyncio.wait({waking, disconnected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    if waking not in done:
+        waking.cancel()
+    return bool(done)
+
+
+def _refusal(scope: dict, status: int, text: str, *headers: tuple[bytes, bytes]) -> WsgiAnswer:
+    """A refusal this listener writes itself, in the contract's shape, with its request id as the app's have."""
+    request_id = observability.request_id(environ_for(scope)).encode()
+    headers = (
+        (b"content-type", b"application/json"),
+        (observability.REQUEST_ID_HEADER.lower().encode(), request_id),
+        *headers,
+    )
+    return WsgiAnswer(status, list(headers), plain_json.render({"error": text}))
+
+
+async def _answer(send: Send, answer: WsgiAnswer) -> None:
+    """One whole HTTP answer, with the Content-Length of its body."""
+    headers = [(name, value) for name, value in answer.headers if name != b"content-length"]
+    headers.append((b"content-length", str(len(answer.body)).encode()))
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
+
+
+application = LiveApp()

@@ -1,0 +1,233 @@
+"""The live listener's application in-process: refusals before any wait, members only, wake-ups on commit.
+
+The ASGI app (conversations.live.app) is driven directly, on the test
+database; its reads go through the ordinary Django application in its thread
+pool, so what a waiter answers is held to the ordinary route's bytes here.
+Transactions are real (the trigger notifies on commit only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from django.test import Client
+
+from conversations.live.app import LiveApp
+from conversations.tests.client import post_message
+from tests.support.openapi_check import ResponseChecker, served_schema
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+STREAM = "/conversations/{conversation_id}/stream"
+MESSAGES = "/conversations/{conversation_id}/messages"
+# Long enough that a test that waited by mistake fails its asyncio bound.
+LONG_WAIT = 30
+BOUND = 10
+
+
+async def _request(
+    app: LiveApp, path: str, query: str = "", headers: dict | None = None, sent: list[dict] | None = None
+) -> tuple[int, dict, bytes]:
+    """One GET through the ASGI app: (status, headers, the whole body); `sent` sees each ASGI message as it goes."""
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "query_string": query.encode(),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 5000),
+        "scheme": "http",
+        "http_version": "1.1",
+    }
+    sent = [] if sent is None else sent
+    requested = False
+
+    async def receive() -> dict:
+        nonlocal requested
+        if not requested:
+            requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await asyncio.Event().wait()  # the client never goes away
+        raise AssertionError("unreachable")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = sent[0]
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+def _run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, BOUND))
+
+
+def _with_app(work):
+    """Run `work(app)` inside a started live app, stopping it after."""
+
+    async def main():
+        app = LiveApp()
+        app.start()
+        try:
+            return await work(app)
+        finally:
+            await app.stop()
+
+    return _run(main())
+
+
+async def _subscribed(app: LiveApp, count: int) -> None:
+    """Until `count` waiters are subscribed and the LISTEN connection is up (the caller's bound applies)."""
+    hub = app.start()
+    await hub.listening.wait()
+    while hub.waiter_count() < count:
+        await asyncio.sleep(0.01)
+
+
+def _ordinary(path: str, **meta: str) -> tuple[int, bytes]:
+    """The ordinary route's answer in-process; headers as Django's META keys (HTTP_USER_ID)."""
+    response = Client().get(path, headers={k.removeprefix("HTTP_").replace("_", "-"): v for k, v in meta.items()})
+    return response.status_code, response.content
+
+
+@pytest.fixture(params=[False, True], ids=["reads-open", "reads-members-only"])
+def switch(request, settings):
+    settings.READS_REQUIRE_MEMBER = request.param
+    return request.param
+
+
+def test_a_refused_waiter_gets_the_ordinary_routes_refusal_at_once(users, conversation, switch):
+    """Missing User-Id (members only), an outsider, an unknown user, no such conversation: no wait, same bytes."""
+    cases = [
+        (f"/conversations/{conversation.pk}/messages", {}),
+        (f"/conversations/{conversation.pk}/messages", {"User-Id": str(users[2].pk)}),
+        (f"/conversations/{conversation.pk}/messages", {"User-Id": "999999"}),
+        ("/conversations/999999/messages", {"User-Id": str(users[0].pk)}),
+    ]
+
+    refused = []
+    for path, headers in cases:
+        expected = _ordinary(path, **{f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()})
+        if expected[0] != 200:  # an allowed read (reads open) would wait: the tests below cover it
+            refused.append((path, headers, expected))
+    assert len(refused) == (4 if switch else 2)
+
+    async def work(app):
+        return [await _request(app, path, f"wait={LONG_WAIT}", headers) for path, headers, _ in refused]
+
+    for (path, headers, expected), (status, _, body) in zip(refused, _with_app(work), strict=True):
+        assert (status, body) == expected, (path, headers)
+
+
+def test_an_outsider_cannot_open_a_stream_when_reads_are_members_only(users, conversation, settings):
+    settings.READS_REQUIRE_MEMBER = True
+
+    async def work(app):
+        return await _request(app, f"/conversations/{conversation.pk}/stream", "", {"User-Id": str(users[2].pk)})
+
+    status, headers, body = _with_app(work)
+    assert (status, body) == (400, f'{{"error":"User with id {users[2].pk} is not in conversation"}}'.encode())
+    assert headers["content-type"] == "application/json"
+
+
+def test_a_member_waiting_gets_the_message_committed_meanwhile(api, users, conversation, settings):
+    settings.READS_REQUIRE_MEMBER = True
+
+    async def work(app):
+        waiter = asyncio.ensure_future(
+            _request(
+                app, f"/conversations/{conversation.pk}/messages", f"wait={LONG_WAIT}", {"User-Id": str(users[1].pk)}
+            )
+        )
+        await _subscribed(app, 1)
+        poster = threading.Thread(target=post_message, args=(api, conversation.pk, users[0].pk, "while you wait"))
+        await asyncio.get_running_loop().run_in_executor(None, lambda: (poster.start(), poster.join()))
+        return await waiter
+
+    status, _, body = _with_app(work)
+    assert status == 200
+    assert body == _ordinary(f"/conversations/{conversation.pk}/messages", HTTP_USER_ID=str(users[1].pk))[1]
+    assert b'"content":"while you wait"' in body
+
+
+def test_without_wait_the_live_listener_answers_the_ordinary_bytes(api, users, conversation):
+    post_message(api, conversation.pk, users[0].pk, "hello")
+    path = f"/conversations/{conversation.pk}/messages"
+
+    async def work(app):
+        return await _request(app, path, "limit=1&wait=5")
+
+    status, _, body = _with_app(work)
+    assert (status, body) == _ordinary(f"{path}?limit=1")
+
+
+def test_a_draining_listener_answers_its_waiters_with_their_empty_page(users, conversation):
+    async def work(app):
+        waiter = asyncio.ensure_future(_request(app, f"/conversations/{conversation.pk}/messages", f"wait={LONG_WAIT}"))
+        await _subscribed(app, 1)
+        app.drain()
+        return await waiter
+
+    assert _with_app(work)[::2] == (200, b'{"messages":[]}')
+
+
+@pytest.mark.parametrize("wait", ["-1", "31", "1.5", "soon"])
+def test_a_bad_wait_is_a_400(conversation, wait):
+    async def work(app):
+        return await _request(app, f"/conversations/{conversation.pk}/messages", f"wait={wait}")
+
+    assert _with_app(work)[::2] == (400, b'{"error":"wait must be an integer from 0 to 30"}')
+
+
+def test_the_stream_and_a_waited_page_answer_as_the_description_says(api, users, conversation):
+    checker = ResponseChecker(served_schema())
+    post_message(api, conversation.pk, users[0].pk, "described")
+    stream, page = f"/conversations/{conversation.pk}/stream", f"/conversations/{conversation.pk}/messages"
+
+    async def work(app):
+        streaming = asyncio.ensure_future(_request(app, stream))
+        await _subscribed(app, 1)
+        app.drain()  # the stream ends, so its whole answer can be checked
+        return [
+            await streaming,
+            await _request(app, "/conversations/999999/stream"),
+            await _request(app, stream, headers={"Last-Event-ID": "soon"}),
+            await _request(app, page, "wait=1"),
+        ]
+
+    answers = _with_app(work)
+    assert answers[0][2] == (
+        b"retry: 1000\n\nid: 1\ndata: "
+        + _ordinary(page)[1].removeprefix(b'{"messages":[').removesuffix(b"]}")
+        + b"\n\n"
+    )
+    for (status, headers, body), (path, pattern) in zip(
+        answers,
+        [(stream, STREAM), ("/conversations/999999/stream", STREAM), (stream, STREAM), (page, MESSAGES)],
+        strict=True,
+    ):
+        # openapi-core reads a text/event-stream body as a string, JSON as bytes.
+        sent = body.decode() if headers["content-type"].startswith("text/event-stream") else body
+        checker.check_live("GET", f"http://testserver{path}", pattern, status, sent, headers)
+    assert [status for status, _, _ in answers] == [200, 404, 400, 200]
+
+
+def test_an_idle_stream_gets_heartbeat_comments(conversation, settings):
+    settings.LIVE_HEARTBEAT = 0.05
+    sent: list[dict] = []
+
+    async def work(app):
+        streaming = asyncio.ensure_future(_request(app, f"/conversations/{conversation.pk}/stream", sent=sent))
+        while sum(m.get("body") == b": heartbeat\n\n" for m in sent) < 2:
+            await asyncio.sleep(0.01)
+        app.drain()
+        return await streaming
+
+    status, headers, body = _with_app(work)
+    assert (status, headers["content-type"]) == (200, "text/event-stream; charset=utf-8")
+    assert body.startswith(b"retry: 1000\n\n: heartbeat\n\n: heartbeat\n\n")
+    assert b"id:" not in body

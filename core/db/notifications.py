@@ -1,0 +1,105 @@
+"""PostgreSQL notifications fanned out to asyncio waiters: one LISTEN connection per process.
+
+A process that holds many waiters (conversations/live) keeps one async psycopg
+connection that LISTENs on one channel, and wakes the waiters subscribed to a
+notification's payload. A waiter holds an `asyncio.Event`, never a thread or a
+connection of its own, so ten thousand idle waiters cost ten thousand small
+objects.
+
+A wake-up is only a hint to read again: whoever is woken reads what the
+database holds, so a notification lost while the connection was down loses
+nothing. When the connection comes back every waiter is woken once (whatever
+was committed meanwhile is then read), and `recheck` lets a waiter read again
+on its own after a while, as a backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+
+logger = logging.getLogger(__name__)
+
+# Waits between connection attempts while PostgreSQL is unreachable: doubled up to the cap.
+FIRST_RETRY_SECONDS = 0.2
+LAST_RETRY_SECONDS = 5.0
+
+
+class Hub:
+    """One LISTEN connection and the waiters of each payload (a conversation id, as text)."""
+
+    def __init__(self, channel: str, connect_params: dict[str, Any]):
+        self.channel = channel
+        self._params = connect_params
+        self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task | None = None
+        self.listening = asyncio.Event()  # set while the LISTEN connection is up
+        self.draining = asyncio.Event()  # set on shutdown: every waiter answers now
+
+    @contextmanager
+    def subscription(self, key: str) -> Iterator[asyncio.Event]:
+        """An event set whenever `key` is notified (or on reconnect or drain); subscribe before reading."""
+        event = asyncio.Event()
+        if self.draining.is_set():
+            event.set()
+        self._waiters[key].add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[key]
+
+    def waiter_count(self) -> int:
+        return sum(len(events) for events in self._waiters.values())
+
+    def _wake(self, key: str | None = None) -> None:
+        groups = self._waiters.values() if key is None else [self._waiters.get(key, ())]
+        for events in groups:
+            for event in events:
+                event.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._listen_forever(), name=f"LISTEN {self.channel}")
+
+    def drain(self) -> None:
+        """Shutdown: wake every waiter now and every later one at once, so each answers instead of being cut."""
+        self.draining.set()
+        self._wake()
+
+    async def stop(self) -> None:
+        self.drain()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _listen_forever(self) -> None:
+        retry = FIRST_RETRY_SECONDS
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(**self._params, autocommit=True) as conn:
+                    await conn.execute(f'LISTEN "{self.channel}"')
+                    self.listening.set()
+                    retry = FIRST_RETRY_SECONDS
+                    # Anything committed while no connection listened is read now.
+                    self._wake()
+                    async for notify in conn.notifies():
+                        self._wake(notify.payload)
+            except psycopg.Error as exc:
+                logger.warning("LISTEN %s lost (%s); again in %.1fs", self.channel, exc, retry)
+            self.listening.clear()
+            await asyncio.sleep(retry)
+            retry = min(retry * 2, LAST_RETRY_SECONDS)
