@@ -80,15 +80,14 @@ def on_starting(server):
 
 # --- Consul registration ----------------------------------------------------
 # The app's AppConfig.ready() registers (the design card's hook), but ready()
-# also runs in every management command, Celery worker and test run, and in
-# every worker when the app is not preloaded. gunicorn's master exists exactly
+# also runs in every management command, Celery worker and test run. gunicorn's master exists exactly
 # once per serving instance: marking it here, when gunicorn reads this file and
 # before it preloads the app, makes ready() register in it and nowhere else.
 discovery.mark_serving_process()
 
 
 def when_ready(server):
-    # Already started by ready() in the preloaded master; started here otherwise.
+    # ready() started it in the preloaded master; start() returns that registration.
     registration = discovery.start(_config)
     if registration is None:
         return  # CONSUL_SERVICE_NAME unset: not registered anywhere
