@@ -5,7 +5,7 @@ conversations, are one function each (`messages_page`, `conversations_page`)
 that also decides their refusals: an unknown caller, a reader outside the
 conversation (READS_REQUIRE_MEMBER), no such conversation. On PostgreSQL each
 is one prepared statement that does all of it and writes the page's JSON
-(conversations.pg); elsewhere (SQLite, `PG_FAST_PATHS=false`) the ORM does the
+(core.db.pg); elsewhere (SQLite, `PG_FAST_PATHS=false`) the ORM does the
 same in a few queries, and the tests hold both to the same bytes.
 """
 

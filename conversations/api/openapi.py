@@ -3,7 +3,7 @@
 The views are plain `APIView`s that parse by hand (see `validation`), so
 nothing here is introspected: each operation's parameters, body and responses
 are written out as JSON Schema, with every limit and refusal text taken from
-the code that enforces it (`validation`, `services`, the config schema). `tests/test_openapi.py` checks real responses against this description,
+the code that enforces it (`validation`, `services`, the config schema). `conversations/tests/test_openapi.py` checks real responses against this description,
 and `tests/test_fuzz.py` fuzzes a live server with it.
 
 Views take their description from the decorators at the bottom
