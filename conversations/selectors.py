@@ -18,8 +18,8 @@ from django.db.models import Case, F, Q, When
 
 from conversations import presenters
 from conversations.models import Conversation, Message, User
-from conversations.services import check_member, conversation_not_found, not_in_conversation
-from conversations.validation import MISSING_USER_ID, unknown_user
+from conversations.refusals import MISSING_USER_ID, conversation_not_found, not_in_conversation, unknown_user
+from conversations.services import check_member
 from core.db import pg
 from core.http.errors import InvalidInput
 from core.http.plain_json import render

@@ -534,7 +534,7 @@ stop_idle_supervisors() {
 
 # --- service instances (both runtimes) ---------------------------------------------
 
-# Discovery timings every instance gets (messenger/config.py documents them):
+# Discovery timings every instance gets (core/config.py documents them):
 # the schema's defaults unless the caller sets them (the test suite shortens them).
 CONSUL_CHECK_INTERVAL="${CONSUL_CHECK_INTERVAL:-15s}"
 CONSUL_DEREGISTER_CRITICAL_AFTER="${CONSUL_DEREGISTER_CRITICAL_AFTER:-1m}"

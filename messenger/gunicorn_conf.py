@@ -6,10 +6,11 @@ Start a serving instance with:
 
 import time
 
+from core import config as config_schema
+from core.http import gunicorn_refusals
 from core.logging import gunicorn_logging
 from discovery import registration as discovery
-from messenger import config as config_schema
-from messenger import gunicorn_refusals, startup_checks
+from messenger import startup_checks
 
 _config = config_schema.load()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import hcl
 import pytest
 
-from messenger import config as config_schema
+from core import config as config_schema
 
 # The recording stand-in for a Docker engine, shared with the other deploy scripts' tests.
 from tests.consul.test_deploy_scripts import fake_docker  # noqa: F401 (a fixture)
