@@ -7,7 +7,7 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "messenger.settings")
-    from messenger.config import ConfigError
+    from core.config import ConfigError
 
     try:
         from django.core.management import execute_from_command_line

@@ -5,7 +5,7 @@ conversations, are one function each (`messages_page`, `conversations_page`)
 that also decides their refusals: an unknown caller, a reader outside the
 conversation (READS_REQUIRE_MEMBER), no such conversation. On PostgreSQL each
 is one prepared statement that does all of it and writes the page's JSON
-(conversations.pg); elsewhere (SQLite, `PG_FAST_PATHS=false`) the ORM does the
+(core.db.pg); elsewhere (SQLite, `PG_FAST_PATHS=false`) the ORM does the
 same in a few queries, and the tests hold both to the same bytes.
 """
 
@@ -18,8 +18,8 @@ from django.db.models import Case, F, Q, When
 
 from conversations import presenters
 from conversations.models import Conversation, Message, User
-from conversations.services import check_member, conversation_not_found, not_in_conversation
-from conversations.validation import MISSING_USER_ID, unknown_user
+from conversations.refusals import MISSING_USER_ID, conversation_not_found, not_in_conversation, unknown_user
+from conversations.services import check_member
 from core.db import pg
 from core.http.errors import InvalidInput
 from core.http.plain_json import render

@@ -20,26 +20,22 @@ from django.utils import timezone
 
 from conversations import events
 from conversations.models import Conversation, IdempotencyKey, Message, Participant, User
-from conversations.validation import unknown_user
+from conversations.refusals import (
+    CONVERSATION_NEEDS_TWO_USERS,
+    IDEMPOTENCY_KEY_REUSED,
+    PARTICIPANT_COUNT,
+    UNKNOWN_PARTICIPANTS,
+    conversation_exists,
+    conversation_not_found,
+    not_in_conversation,
+    unknown_user,
+)
 from core.db import pg
-from core.http.errors import InvalidInput, NotFound, Unprocessable
-
-PARTICIPANT_COUNT = 2
-
-# The contract's refusals, as the OpenAPI description quotes them too.
-CONVERSATION_NEEDS_TWO_USERS = f"Conversation must have {PARTICIPANT_COUNT} unique users"
-UNKNOWN_PARTICIPANTS = "participant_ids provided did not match to two known participants"
-CONVERSATION_EXISTS = "A conversation between these two users already exists with id {conversation_id}"
-NOT_IN_CONVERSATION = "User with id {user_id} is not in conversation"
-CONVERSATION_NOT_FOUND = "Conversation with id {conversation_id} not found"
+from core.http.errors import InvalidInput, Unprocessable
 
 
 def user_create(*, name: str) -> User:
     return User.objects.create(name=name)
-
-
-def _existing_conversation_error(conversation_id: int) -> InvalidInput:
-    return InvalidInput(CONVERSATION_EXISTS.format(conversation_id=conversation_id))
 
 
 def conversation_create(*, participant_ids: list[int]) -> Conversation:
@@ -53,7 +49,7 @@ def conversation_create(*, participant_ids: list[int]) -> Conversation:
 
     existing = Conversation.objects.filter(user_low_id=low, user_high_id=high).values_list("pk", flat=True).first()
     if existing is not None:
-        raise _existing_conversation_error(existing)
+        raise conversation_exists(existing)
     try:
         with transaction.atomic():
             conversation = Conversation.objects.create(user_low_id=low, user_high_id=high)
@@ -66,16 +62,8 @@ def conversation_create(*, participant_ids: list[int]) -> Conversation:
         existing = Conversation.objects.filter(user_low_id=low, user_high_id=high).values_list("pk", flat=True).first()
         if existing is None:
             raise
-        raise _existing_conversation_error(existing) from None
+        raise conversation_exists(existing) from None
     return conversation
-
-
-def not_in_conversation(user_id: int) -> InvalidInput:
-    return InvalidInput(NOT_IN_CONVERSATION.format(user_id=user_id))
-
-
-def conversation_not_found(conversation_id: int) -> NotFound:
-    return NotFound(CONVERSATION_NOT_FOUND.format(conversation_id=conversation_id))
 
 
 def _membership_error(conversation_id: int, user_id: int) -> Exception:
@@ -109,12 +97,6 @@ class PostedMessage:
         return cls(id=message.pk, content=message.content, index=message.index, user_id=author.pk,
                    username=author.name, conversation_id=message.conversation_id,
                    inserted_at=message.inserted_at, replayed=replayed)  # fmt: skip
-
-
-IDEMPOTENCY_KEY_REUSED = (
-    "Idempotency-Key was already used for a different request (another conversation or content); "
-    "use a new key for a new message"
-)
 
 
 def _message_fingerprint(conversation_id: int, content: str) -> str:

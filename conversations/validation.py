@@ -11,6 +11,7 @@ from typing import Any
 
 from django.conf import settings
 
+from conversations.refusals import CONTENT_REQUIRED, INDEX_INVALID, NAME_REQUIRED
 from core.http.errors import InvalidInput
 
 # PostgreSQL bigint: an id beyond this names nothing and cannot be queried.
@@ -19,18 +20,6 @@ MAX_ID = 2**63 - 1
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 USER_NAME_MAX = 200
-
-# The refusals the OpenAPI description quotes (conversations/api/openapi.py).
-CONTENT_REQUIRED = "content must be a non-empty string"
-NAME_REQUIRED = "name must be a non-empty string"
-INDEX_INVALID = "index must be a non-negative integer"
-
-MISSING_USER_ID = "Please specify a user id by adding the User-Id header."
-
-
-def unknown_user(user_id: int) -> InvalidInput:
-    """The 400 for a well-formed User-Id that names nobody (the one-statement paths decide it too)."""
-    return InvalidInput(f"User-Id header names no known user: {user_id}")
 
 
 def _is_int(value: Any) -> bool:

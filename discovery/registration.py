@@ -39,7 +39,7 @@ import uuid
 import consul
 import requests
 
-from messenger.config import Config, format_duration
+from core.config import Config, format_duration
 
 logger = logging.getLogger(__name__)
 

@@ -443,7 +443,7 @@ supervisor_quote() {
 supervise() {
   local host=$1 kind=$2 id=$3 ready=$4 envfile=$5
   shift 5
-  local pidfile logfile address log_offset word command="" pid="" n
+  local pidfile logfile address log_offset word command="" pid="" n is_ready=false
   pidfile="$(state_path "${kind}" "${id}" pid)"
   logfile="$(state_path "${kind}" "${id}" log)"
   address="$(host_address "${host}")"
@@ -478,9 +478,11 @@ supervise() {
     [ -n "${pid}" ] || pid="$(cat "${pidfile}" 2>/dev/null || true)"
     if [ -n "${pid}" ]; then
       case "${ready}" in
-        log:*) tail -c "+$((log_offset + 1))" "${logfile}" 2>/dev/null | grep -qF -- "${ready#log:}" && break ;;
-        *) port_answers "${address}" "${ready}" && break ;;
+        log:*) tail -c "+$((log_offset + 1))" "${logfile}" 2>/dev/null | grep -qF -- "${ready#log:}" && is_ready=true ;;
+        *) port_answers "${address}" "${ready}" && is_ready=true ;;
       esac
+      # Whether it became ready, not which poll this was: the last one counts too.
+      [ "${is_ready}" = false ] || break
       # Exited during start-up (supervisord would start it again, with a new pid).
       if ! process_alive "${pid}" || [ "$(cat "${pidfile}" 2>/dev/null)" != "${pid}" ]; then
         unsupervise "${id}"
@@ -494,7 +496,7 @@ supervise() {
     fi
     sleep 0.1
   done
-  if [ "${n}" -eq 600 ]; then
+  if [ "${is_ready}" = false ]; then
     unsupervise "${id}"
     die "${id} was not ready (${ready}) within 60s (log: ${logfile})"
   fi
@@ -532,7 +534,7 @@ stop_idle_supervisors() {
 
 # --- service instances (both runtimes) ---------------------------------------------
 
-# Discovery timings every instance gets (messenger/config.py documents them):
+# Discovery timings every instance gets (core/config.py documents them):
 # the schema's defaults unless the caller sets them (the test suite shortens them).
 CONSUL_CHECK_INTERVAL="${CONSUL_CHECK_INTERVAL:-15s}"
 CONSUL_DEREGISTER_CRITICAL_AFTER="${CONSUL_DEREGISTER_CRITICAL_AFTER:-1m}"

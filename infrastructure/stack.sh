@@ -113,6 +113,14 @@ instances_per_host() {
   for host in "${APP_HOSTS[@]}"; do printf '%s %s\n' "${count["_${host}"]}" "${host}"; done | sort -n -s -k1,1
 }
 
+instance_state() {  # kind id: what its engine or supervisord says (running, exited, fatal, stopped...)
+  if [ "${MESSENGER_RUNTIME}" = docker ]; then
+    docker inspect --format '{{.State.Status}}' "$2" 2>/dev/null || echo gone
+  else
+    program_state "$2" | tr '[:upper:]' '[:lower:]'
+  fi
+}
+
 instance_host() {  # id: its host (empty: this machine or a container)
   if [ "${MESSENGER_RUNTIME}" = docker ]; then echo ""; else supervised_host "$1" || true; fi
 }
@@ -168,21 +176,25 @@ ps_report() {
     for kind in platform messenger-db; do
       for id in $(local_instances "${kind}"); do
         host="$(supervised_host "${id}" || true)"
-        printf '%-26s %-10s %s\n' "${id}" "$(program_state "${id}" | tr '[:upper:]' '[:lower:]')" \
+        printf '%-26s %-10s %s\n' "${id}" "$(instance_state "${kind}" "${id}")" \
           "${host:-this machine}, log $(state_path "${kind}" "${id}" log)"
       done
     done
   fi
   local health
   health="$(curl --silent --max-time 2 "${CONSUL_URL}/v1/health/service/messenger" 2>/dev/null || echo '[]')"
-  local id
+  local id dead
   while read -r id; do
     [ -n "${id}" ] || continue
     printf '%-26s %-10s %s\n' "${id}" "$(check_status "${health}" "$(instance_match messenger "${id}")")" \
       "$(instance_where messenger "${id}")"
-  done < <(instances messenger)
+  done < <(live_instances)
+  # Dead ones (their supervisor or engine gave up) are not instances any more:
+  # counted, for `make scale` to replace.
+  dead="$(comm -23 <(instances messenger | sort) <(live_instances | sort) | paste -sd' ' -)"
+  [ -z "${dead}" ] || printf '%-26s %-10s %s\n' "dead instances" "$(wc -w <<<"${dead}")" "${dead} (make scale replaces them)"
   for id in $(instances messenger-worker); do
-    printf '%-26s %-10s %s\n' "${id}" running "$(instance_where messenger-worker "${id}")"
+    printf '%-26s %-10s %s\n' "${id}" "$(instance_state messenger-worker "${id}")" "$(instance_where messenger-worker "${id}")"
   done
   local lb_status
   lb_status="$(curl --silent --output /dev/null --write-out '%{http_code}' --max-time 2 "http://127.0.0.1:${LB_PORT}/health" || true)"

@@ -1,7 +1,7 @@
 """The Celery app, the cookiecutter way: configured from Django settings (`CELERY_*`).
 
 Its one job is relaying the transactional outbox to RabbitMQ (see
-`conversations.tasks` and `conversations.events`). Run it with
+`outbox.tasks` and `conversations.events`). Run it with
 `celery -A messenger worker --beat`; the broker is the RabbitMQ named by
 `AMQPHOST` and friends. Celery's own task queue is `messenger.tasks`, never
 `chat_queue`: that queue belongs to the notifier, and nothing here consumes it.

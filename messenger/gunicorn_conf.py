@@ -6,10 +6,11 @@ Start a serving instance with:
 
 import time
 
+from core import config as config_schema
+from core.http import gunicorn_refusals
 from core.logging import gunicorn_logging
 from discovery import registration as discovery
-from messenger import config as config_schema
-from messenger import gunicorn_refusals, live_listener, startup_checks
+from messenger import live_listener, startup_checks
 
 _config = config_schema.load()
 
@@ -80,8 +81,7 @@ def on_starting(server):
 
 # --- Consul registration ----------------------------------------------------
 # The app's AppConfig.ready() registers (the design card's hook), but ready()
-# also runs in every management command, Celery worker and test run, and in
-# every worker when the app is not preloaded. gunicorn's master exists exactly
+# also runs in every management command, Celery worker and test run. gunicorn's master exists exactly
 # once per serving instance: marking it here, when gunicorn reads this file and
 # before it preloads the app, makes ready() register in it and nowhere else.
 discovery.mark_serving_process()
@@ -96,7 +96,7 @@ if _live is not None:
 def when_ready(server):
     if _live is not None:
         _live.start()
-    # Already started by ready() in the preloaded master; started here otherwise.
+    # ready() started it in the preloaded master; start() returns that registration.
     registration = discovery.start(_config)
     if registration is None:
         return  # CONSUL_SERVICE_NAME unset: not registered anywhere

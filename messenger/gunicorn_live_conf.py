@@ -1,14 +1,14 @@
 """gunicorn settings of the live listener (messenger/live_listener.py starts it, on a socket it binds):
 
-gunicorn -c messenger/gunicorn_live_conf.py --bind fd://N conversations.live.app:application
+gunicorn -c messenger/gunicorn_live_conf.py --bind fd://N messenger.asgi_live:application
 """
 
 import asyncio
 import signal
 
+from core import config as config_schema
+from core.http import gunicorn_refusals
 from core.logging import gunicorn_logging
-from messenger import config as config_schema
-from messenger import gunicorn_refusals
 
 _config = config_schema.load()
 
@@ -46,7 +46,7 @@ async def _listen_with_gunicorns_backlog(worker) -> None:
 
 def post_worker_init(worker):
     """SIGTERM answers every waiter before gunicorn's graceful stop waits for their connections."""
-    from conversations.live.app import application
+    from messenger.asgi_live import application
 
     def drain_then_stop():
         application.drain()

@@ -5,7 +5,7 @@ gunicorn's gthread worker each would pin a thread, so a few hundred idle
 waiters would stop the instance serving; Django's ASGI handler would free
 them, but ENVIRONMENT.md measured it at about 3x gthread's CPU for ordinary
 routes. So an instance is two gunicorn servers: the WSGI one for every route,
-and this one (gunicorn's `asgi` worker class, `conversations.live.app`) for the
+and this one (gunicorn's `asgi` worker class, `messenger.asgi_live`, the app of `conversations.live`) for the
 live routes only, which NGINX sends here.
 
 The WSGI master binds the live socket when it reads its configuration (a free
@@ -26,9 +26,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from messenger.config import Config
+from core.config import Config
 
-APPLICATION = "conversations.live.app:application"
+APPLICATION = "messenger.asgi_live:application"
 CONFIG_FILE = Path(__file__).with_name("gunicorn_live_conf.py")
 _PR_SET_PDEATHSIG = 1
 

@@ -1,6 +1,6 @@
 """Django settings, derived entirely from the configuration schema.
 
-Every value an operator can change comes from `messenger.config` (the schema);
+Every value an operator can change comes from `core.config` (the schema);
 what is left here is how this codebase is wired, which needs a commit to change.
 """
 
@@ -11,8 +11,8 @@ import secrets
 from pathlib import Path
 from urllib.parse import quote
 
+from core import config as config_schema
 from core.logging import logging_config
-from messenger import config as config_schema
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 

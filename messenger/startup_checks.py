@@ -14,8 +14,6 @@ one that applies the migrations.
 
 from __future__ import annotations
 
-import os
-
 RUN_THE_MIGRATOR = (
     "run the migrator job: infrastructure/messenger-db-migrator-deploy.sh, then create_db, migrate and seed "
     "in the messenger-migrator instance (docs/migrations.md)"
@@ -30,7 +28,7 @@ class StartupRefused(RuntimeError):
 
 
 def pending_migrations(using: str = "default") -> list[str]:
-    """`app.migration` names not yet applied to the database, in the order they would run."""
+    """The migrations (`<app_label>.<name>`) not yet applied to the database, in the order they would run."""
     from django.db import connections
     from django.db.migrations.executor import MigrationExecutor
 
@@ -41,12 +39,8 @@ def pending_migrations(using: str = "default") -> list[str]:
 
 def refuse_unmigrated_database(using: str = "default") -> None:
     """Raise StartupRefused unless the database is reachable and fully migrated."""
-    import django
-    from django.apps import apps
-
-    if not apps.ready:  # gunicorn without preload_app: the master has not loaded the app
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "messenger.settings")
-        django.setup()
+    # gunicorn_conf.py preloads the app (preload_app = True, not a setting), so
+    # Django is set up in the master before on_starting runs.
     from django.conf import settings
     from django.db import DatabaseError, connections
 

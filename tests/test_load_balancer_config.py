@@ -20,7 +20,7 @@ from pathlib import Path
 import hcl
 import pytest
 
-from messenger import config as config_schema
+from core import config as config_schema
 
 # The recording stand-in for a Docker engine, shared with the other deploy scripts' tests.
 from tests.consul.test_deploy_scripts import fake_docker  # noqa: F401 (a fixture)
@@ -277,7 +277,7 @@ def test_the_live_upstream_reaches_each_instance_at_the_live_port_its_entry_adve
 
 
 def test_nginx_waits_on_an_instance_longer_than_the_longest_wait_and_an_idle_streams_heartbeat():
-    from messenger.config import SCHEMA_BY_NAME, parse_duration
+    from core.config import SCHEMA_BY_NAME, parse_duration
 
     server = (LB_DIR / "messenger-server.conf").read_text()
     read_timeout = parse_duration(re.search(r"proxy_read_timeout (\S+);", server).group(1))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import psycopg
 import pytest
 
-from messenger import gunicorn_refusals
+from core.http import gunicorn_refusals
 from tests.support.infrastructure import migrated_database
 from tests.support.load_balancer import nginx_in_front_of
 from tests.support.service import ServiceProcess, call, manage

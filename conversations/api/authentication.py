@@ -12,7 +12,7 @@ from rest_framework.authentication import BaseAuthentication
 
 from conversations import validation
 from conversations.models import User
-from conversations.validation import MISSING_USER_ID, unknown_user
+from conversations.refusals import MISSING_USER_ID, unknown_user
 from core.http.errors import InvalidInput
 
 

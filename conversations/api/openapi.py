@@ -3,7 +3,7 @@
 The views are plain `APIView`s that parse by hand (see `validation`), so
 nothing here is introspected: each operation's parameters, body and responses
 are written out as JSON Schema, with every limit and refusal text taken from
-the code that enforces it (`validation`, `services`, the config schema). `tests/test_openapi.py` checks real responses against this description,
+the code that enforces it (`validation`, `services`, the config schema). `conversations/tests/test_openapi.py` checks real responses against this description,
 and `tests/test_fuzz.py` fuzzes a live server with it.
 
 Views take their description from the decorators at the bottom
@@ -19,11 +19,12 @@ from typing import Any, Final
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 
-from conversations import services, validation
-from conversations.validation import DEFAULT_PAGE, IDEMPOTENCY_KEY_MAX, MAX_ID, MAX_PAGE, MISSING_USER_ID, USER_NAME_MAX
+from conversations import refusals
+from conversations.refusals import MISSING_USER_ID
+from conversations.validation import DEFAULT_PAGE, IDEMPOTENCY_KEY_MAX, MAX_ID, MAX_PAGE, USER_NAME_MAX
+from core.config import SCHEMA_BY_NAME
+from core.http import gunicorn_refusals
 from core.http.errors import DATABASE_UNAVAILABLE
-from messenger import gunicorn_refusals
-from messenger.config import SCHEMA_BY_NAME
 
 HEADER: Final = OpenApiParameter.HEADER
 QUERY: Final = OpenApiParameter.QUERY
@@ -81,8 +82,8 @@ COMPONENTS: dict[str, dict] = {
             "participant_ids": {
                 "type": "array",
                 "items": _ID,
-                "minItems": services.PARTICIPANT_COUNT,
-                "maxItems": services.PARTICIPANT_COUNT,
+                "minItems": refusals.PARTICIPANT_COUNT,
+                "maxItems": refusals.PARTICIPANT_COUNT,
                 "uniqueItems": True,
                 "description": "The two users of the conversation.",
                 "example": [1, 2],
@@ -224,8 +225,8 @@ BAD_INPUT = (
 UNAVAILABLE = error(f"The database is unreachable or too slow: `{DATABASE_UNAVAILABLE}` (with `Retry-After`).")
 TOO_LARGE = error("The body is larger than JSON_BODY_LIMIT; refused unread, nothing stored.")
 UNSUPPORTED = error("The body is not `application/json`.")
-NO_SUCH_CONVERSATION = error(f"`{services.CONVERSATION_NOT_FOUND.format(conversation_id='N')}`.")
-NOT_IN_CONVERSATION = f"`{services.NOT_IN_CONVERSATION.format(user_id='N')}`"
+NO_SUCH_CONVERSATION = error(f"`{refusals.CONVERSATION_NOT_FOUND.format(conversation_id='N')}`.")
+NOT_IN_CONVERSATION = f"`{refusals.NOT_IN_CONVERSATION.format(user_id='N')}`"
 
 # The decorators take dict schemas as they are; drf-spectacular's own response
 # building is bypassed by `postprocess`, which writes these in.
@@ -266,7 +267,7 @@ users_create = _operation(
     "users_create", "Add a user", tags=["users"], request="UserCreate",
     responses={
         201: _json("UserCreated", "The new user."),
-        400: error(BAD_INPUT + f"; `{validation.NAME_REQUIRED}`."),
+        400: error(BAD_INPUT + f"; `{refusals.NAME_REQUIRED}`."),
         413: TOO_LARGE, 415: UNSUPPORTED, 503: UNAVAILABLE,
     },
 )
@@ -285,8 +286,8 @@ conversations_create = _operation(
     responses={
         201: _json("ConversationCreated", "The new conversation."),
         400: error(
-            BAD_INPUT + f"; `{services.CONVERSATION_NEEDS_TWO_USERS}`; `{services.UNKNOWN_PARTICIPANTS}`; "
-            f"`{services.CONVERSATION_EXISTS.format(conversation_id='N')}`."
+            BAD_INPUT + f"; `{refusals.CONVERSATION_NEEDS_TWO_USERS}`; `{refusals.UNKNOWN_PARTICIPANTS}`; "
+            f"`{refusals.CONVERSATION_EXISTS.format(conversation_id='N')}`."
         ),
         413: TOO_LARGE, 415: UNSUPPORTED, 503: UNAVAILABLE,
     },
@@ -312,12 +313,12 @@ messages_create = _operation(
     responses={
         201: _json("MessageCreated", "The stored message (or, for a repeated Idempotency-Key, the first one)."),
         400: error(
-            BAD_INPUT + f"; `{MISSING_USER_ID}`; {NOT_IN_CONVERSATION}; `{validation.CONTENT_REQUIRED}`; "
+            BAD_INPUT + f"; `{MISSING_USER_ID}`; {NOT_IN_CONVERSATION}; `{refusals.CONTENT_REQUIRED}`; "
             "a malformed Idempotency-Key."
         ),
         404: NO_SUCH_CONVERSATION,
         413: TOO_LARGE, 415: UNSUPPORTED,
-        422: error(f"`{services.IDEMPOTENCY_KEY_REUSED}`."),
+        422: error(f"`{refusals.IDEMPOTENCY_KEY_REUSED}`."),
         503: UNAVAILABLE,
     },
 )
@@ -327,7 +328,7 @@ view_horizon_set = _operation(
     responses={
         204: {"description": "Recorded (a horizon never moves back)."},
         400: error(
-            BAD_INPUT + f"; `{MISSING_USER_ID}`; {NOT_IN_CONVERSATION}; `{validation.INDEX_INVALID}`."
+            BAD_INPUT + f"; `{MISSING_USER_ID}`; {NOT_IN_CONVERSATION}; `{refusals.INDEX_INVALID}`."
         ),
         404: NO_SUCH_CONVERSATION,
         413: TOO_LARGE, 415: UNSUPPORTED, 503: UNAVAILABLE,

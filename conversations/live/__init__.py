@@ -1,7 +1,7 @@
 """Live delivery: the long-poll `wait` of the message page and the SSE stream.
 
 Served by each instance's live listener, a gunicorn ASGI worker beside the
-instance's WSGI workers (conversations/live/listener.py starts it), which NGINX
+instance's WSGI workers (messenger/live_listener.py starts it, serving messenger/asgi_live.py), which NGINX
 sends `GET /conversations/{id}/messages?wait=` and `GET /conversations/{id}/stream`
 to. What a waiter answers is the ordinary page route's own answer (the same
 view, selector, statement and refusals, called through core.http.wsgi_bridge);

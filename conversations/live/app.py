@@ -27,7 +27,6 @@ from core.db.notifications import Hub
 from core.http import observability, plain_json
 from core.http.errors import InvalidInput
 from core.http.wsgi_bridge import WsgiAnswer, WsgiBridge, environ_for
-from messenger.wsgi import application as wsgi_application
 
 # The channel the messages table's trigger notifies (conversations migration 0005).
 CHANNEL = "messenger_messages"
@@ -54,7 +53,9 @@ def _connect_params() -> dict[str, Any]:
 
 
 class LiveApp:
-    def __init__(self) -> None:
+    def __init__(self, wsgi_application: Callable) -> None:
+        # The ordinary application (messenger/asgi_live.py hands it in): every
+        # page a waiter answers is that application's own answer.
         self.bridge = WsgiBridge(wsgi_application)
         self.hub: Hub | None = None
 
@@ -249,6 +250,3 @@ async def _answer(send: Send, answer: WsgiAnswer) -> None:
     headers.append((b"content-length", str(len(answer.body)).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})
-
-
-application = LiveApp()

@@ -288,7 +288,11 @@ def test_message_list_page_is_one_query(api, users, conversation, django_assert_
     for _ in range(3):
         post_message(api, conversation.pk, users[0].pk)
     with django_assert_num_queries(1):
-        api.get(f"/conversations/{conversation.pk}/messages")
+        response = api.get(f"/conversations/{conversation.pk}/messages")
+    assert response.status_code == 200
+    assert [(m["index"], m["user_id"], m["channel_id"]) for m in response.json()["messages"]] == [
+        (i, users[0].pk, conversation.pk) for i in (1, 2, 3)
+    ]
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=abc", "after_index=-1", "after_index=x"])

@@ -1,4 +1,4 @@
-"""The one-statement paths (conversations.pg) answer exactly as the portable ORM path does.
+"""The one-statement paths (core.db.pg) answer exactly as the portable ORM path does.
 
 On PostgreSQL a message post, a page of messages and a page of conversations
 are one prepared statement each, which also decides the request's refusals

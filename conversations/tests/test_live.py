@@ -12,6 +12,7 @@ import asyncio
 import threading
 
 import pytest
+from django.core.wsgi import get_wsgi_application
 from django.test import Client
 
 from conversations.live.app import LiveApp
@@ -70,7 +71,7 @@ def _with_app(work):
     """Run `work(app)` inside a started live app, stopping it after."""
 
     async def main():
-        app = LiveApp()
+        app = LiveApp(get_wsgi_application())
         app.start()
         try:
             return await work(app)

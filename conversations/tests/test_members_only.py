@@ -111,7 +111,7 @@ def test_members_only_read_of_a_missing_conversation_is_404(api, users, settings
 
 
 def test_members_only_switch_comes_from_the_schema():
-    from messenger.config import load
+    from core.config import load
 
     assert load({}).READS_REQUIRE_MEMBER is False
     assert load({"READS_REQUIRE_MEMBER": "true"}).READS_REQUIRE_MEMBER is True

@@ -232,7 +232,7 @@ def test_the_test_process_registers_nothing(consul_agent, instances_db):
             "-q",
             "-p",
             "no:cacheprovider",
-            "messenger/tests/test_config.py",
+            "core/tests/test_config.py",
             "-k",
             "test_defaults_load_with_an_empty_environment",
         ],

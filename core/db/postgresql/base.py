@@ -7,7 +7,7 @@ PostgreSQL closed it (a restart, an administrator's terminate, an idle
 timeout) or the peer reset it, the socket turns readable. So the check here
 polls the socket without waiting, and only when there is something to read
 (or the connection is not idle) asks PostgreSQL as Django does. A peer that
-vanished silently is caught neither way: conversations.db_deadline bounds that.
+vanished silently is caught neither way: core.db.deadline bounds that.
 """
 
 from __future__ import annotations

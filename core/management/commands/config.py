@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from messenger.config import SCHEMA, markdown_table
+from core.config import SCHEMA, markdown_table
 
 
 class Command(BaseCommand):

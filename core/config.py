@@ -335,7 +335,7 @@ def markdown_table() -> str:
 def env_example() -> str:
     """The schema as `.env.example`: every variable, with its default where it has one."""
     lines = [
-        "# Every variable the messenger service reads, with its default (from messenger/config.py).",
+        "# Every variable the messenger service reads, with its default (from core/config.py).",
         "# Export them (or give them to your process manager); unset variables take the default shown.",
         "",
     ]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from messenger import config
-from messenger.config import SCHEMA, ConfigError, load, parse_bytes
+from core import config
+from core.config import SCHEMA, ConfigError, load, parse_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 

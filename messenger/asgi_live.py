@@ -1,0 +1,12 @@
+"""ASGI entry point of an instance's live listener (messenger/live_listener.py starts it).
+
+    gunicorn -c messenger/gunicorn_live_conf.py --bind fd://N messenger.asgi_live:application
+
+The project wires the pieces here, so the chat app (conversations.live) never
+imports the project: the live routes wrap the ordinary WSGI application.
+"""
+
+from conversations.live.app import LiveApp
+from messenger.wsgi import application as wsgi_application
+
+application = LiveApp(wsgi_application)
