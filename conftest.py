@@ -26,7 +26,8 @@ from rest_framework.test import APIClient
 
 from conversations.management.commands.seed import SEED_USERS
 
-PROCESS_TESTS = Path(__file__).resolve().parent / "tests"
+ROOT = Path(__file__).resolve().parent
+PROCESS_TESTS = ROOT / "tests"
 
 # Where the tests that need a fixed-name resource live, and the marks they get:
 # a folder (every file under it) or one file of tests/.
@@ -68,17 +69,36 @@ def pytest_configure(config):
         os.environ["PGDATABASE"] = f"{os.environ.get('PGDATABASE', 'messenger')}_{worker}"
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    # First, so that `-m docker` and the like select by these marks.
-    for item in items:
-        if PROCESS_TESTS in item.path.parents:
-            item.add_marker(pytest.mark.slow)
-        marks = _location_marks(item.path)
-        for mark in marks:
-            item.add_marker(getattr(pytest.mark, mark))
-        if SERIAL_MARKS.intersection(marks):
-            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
+def pytest_itemcollected(item):
+    # As each test is collected, before any pytest_collection_modifyitems: `-m docker` selects by these marks, and
+    # pytest-xdist (which reads xdist_group in its own modifyitems hook on each worker) sees the group.
+    if PROCESS_TESTS in item.path.parents:
+        item.add_marker(pytest.mark.slow)
+    marks = _location_marks(item.path)
+    for mark in marks:
+        item.add_marker(getattr(pytest.mark, mark))
+    if SERIAL_MARKS.intersection(marks):
+        item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` with the serial group decided by location, in the controller.
+
+    pytest-xdist 3.8 puts a test in its group by rewriting `item._nodeid`, which pytest 9 no longer reads (a node's
+    id is `item._id`), so its own loadgroup runs every test alone. This scheduler derives the group from the test's
+    file, the same rule as the marks above.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # type: ignore[import-untyped]
+
+    class MachineGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = ROOT / nodeid.split("::", 1)[0]
+            return SERIAL_GROUP if SERIAL_MARKS.intersection(_location_marks(path)) else nodeid
+
+    return MachineGroupScheduling(config, log)
 
 
 class SerialGroupFirst:
