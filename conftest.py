@@ -33,11 +33,10 @@ PROCESS_TESTS = ROOT / "tests"
 # a folder (every file under it) or one file of tests/.
 LOCATION_MARKS = {
     "docker": ("docker/",),
-    "netns": ("test_hosts.py", "hosts/"),
+    "netns": ("test_hosts.py",),
     "stack": (
         "test_stack_e2e.py",
         "test_hosts.py",
-        "hosts/",
         "docker/test_compose.py",
         "docker/test_docker_runtime.py",
     ),
