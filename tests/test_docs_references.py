@@ -101,11 +101,18 @@ def dotted_problem(reference: str) -> str | None:
     return "no such module"  # unreachable: parts[0] is a module
 
 
+# The folders the system writes as it runs (.gitignore keeps them out of the repository).
+RUNTIME_FOLDERS = frozenset({".state", "var", ".venv", "staticfiles", ".pytest_cache"})
+
+
 def file_problem(reference: str, document: Path) -> str | None:
     reference = reference.rstrip("/")
     if "/" in reference:
-        if reference.split("/")[0] not in {p.name for p in ROOT.iterdir()} | {".."}:
-            return None  # a runtime path (/v1/..., .state/...), a URL's path
+        top = reference.split("/")[0]
+        # A runtime path (.state/..., var/...: made by running the system, so present or not by the order the suite
+        # ran in) or a URL's path (/v1/...) names nothing the repository holds.
+        if top in RUNTIME_FOLDERS or top not in {p.name for p in ROOT.iterdir()} | {".."}:
+            return None
         for base in (ROOT, document.parent):
             if (base / reference).exists():
                 return None
