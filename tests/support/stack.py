@@ -160,9 +160,10 @@ def scale_to_five_and_back_under_load(stack: Stack) -> ClientLoop:
 
     The loop's time bound outlasts the drill's own waits (two scales of about 20-60 s each under the parallel
     suite, each instance now starting its live listener too, and three 30 s waits): a loop that stopped by its bound
-    before the scale-down would read as traffic that stopped.
+    before the scale-down would read as traffic that stopped. Its count bound likewise: 30,000 requests were
+    spent in about 100 s on a quiet machine, before the drill was done.
     """
-    with ClientLoop(stack, conversation_id=1, user_id=1, threads=4, max_requests=30000, max_seconds=300) as load:
+    with ClientLoop(stack, conversation_id=1, user_id=1, threads=4, max_requests=200000, max_seconds=300) as load:
         wait_until(lambda: load.count() >= 20, 30, what="load running")
         scaled_up = stack.make("scale", "N=5")
         assert scaled_up.count(" passing ") == 5, scaled_up
