@@ -1,12 +1,12 @@
-"""Selectors: every read the API makes, one query per page where possible.
+"""Selectors: every read the API makes, one query per page.
 
 The two hot reads, a page of messages and a page of the caller's
 conversations, are one function each (`messages_page`, `conversations_page`)
 that also decides their refusals: an unknown caller, a reader outside the
-conversation (READS_REQUIRE_MEMBER), no such conversation. On PostgreSQL each
-is one prepared statement that does all of it and writes the page's JSON
-(core.db.pg); elsewhere (SQLite, `PG_FAST_PATHS=false`) the ORM does the
-same in a few queries, and the tests hold both to the same bytes.
+conversation (READS_REQUIRE_MEMBER), no such conversation. Each is one
+statement (prepared, core.db.pg) that does all of it and writes the page's
+JSON, which the view hands through: the browsable API and `?format=json`
+render the same page.
 """
 
 from __future__ import annotations
@@ -14,48 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Case, F, Q, When
 
 from conversations import presenters
-from conversations.models import Conversation, Message, User
+from conversations.models import User
 from conversations.refusals import MISSING_USER_ID, conversation_not_found, not_in_conversation, unknown_user
-from conversations.services import check_member
 from core.db import pg
 from core.http.errors import InvalidInput
-from core.http.plain_json import render
 
 
 def users_page(*, after_id: int, limit: int) -> list[User]:
     return list(User.objects.filter(pk__gt=after_id).order_by("pk")[:limit])
-
-
-def conversations_for_user(*, user_id: int, after_id: int, limit: int) -> list[dict]:
-    """The user's conversations by id, each named after the other participant."""
-    rows = (
-        Conversation.objects.filter(Q(user_low_id=user_id) | Q(user_high_id=user_id), pk__gt=after_id)
-        .annotate(name=Case(When(user_low_id=user_id, then=F("user_high__name")), default=F("user_low__name")))
-        .order_by("pk")
-        .values("id", "inserted_at", "name")[:limit]
-    )
-    return [dict(row) for row in rows]
-
-
-def messages_for_conversation(*, conversation_id: int, after_index: int, limit: int) -> list[dict]:
-    """One page of a conversation's messages in index order.
-
-    Served by the unique (channel_id, index) index: the cost of a page does not
-    depend on how long the conversation is.
-    """
-    rows = (
-        Message.objects.filter(conversation_id=conversation_id, index__gt=after_index)
-        .order_by("index")
-        .values("id", "content", "user_id", "conversation_id", "index", "inserted_at", "user__name")[:limit]
-    )
-    return [dict(row) for row in rows]
-
-
-def conversation_exists(conversation_id: int) -> bool:
-    return Conversation.objects.filter(pk=conversation_id).exists()
 
 
 # --- the hot pages: JSON text, refusals decided where the page is read -------------
@@ -73,14 +41,6 @@ class JsonPage:
     items: str
     more: bool
     last: int | None
-
-
-def _rendered(items: list[dict], limit: int, cursor: str) -> JsonPage:
-    """ORM rows (`limit + 1` asked for) as the JsonPage PostgreSQL would have written."""
-    shown = items[:limit]
-    return JsonPage(
-        items=render(shown).decode()[1:-1], more=len(items) > limit, last=shown[-1][cursor] if shown else None
-    )
 
 
 def _run(sql: str, parameters: dict) -> tuple:
@@ -109,12 +69,7 @@ WITH gate AS (
     END AS refusal
 )
 SELECT (SELECT refusal FROM gate),
-       string_agg(
-           '{{"id":' || p.id || ',"content":' || {pg.json_string("p.content")}
-           || ',"user_id":' || p.user_id || ',"channel_id":' || p.channel_id || ',"index":' || p.index
-           || ',"inserted_at":"' || {pg.json_timestamp("p.inserted_at")}
-           || '","username":' || {pg.json_string("u.name")} || '}}',
-           ',' ORDER BY p.index) FILTER (WHERE p.n <= %(limit)s),
+       string_agg({presenters.MESSAGE_LIST_ITEM.json_sql("p", username="u.name")}, ',' ORDER BY p.index) FILTER (WHERE p.n <= %(limit)s),
        count(*),
        max(p.index) FILTER (WHERE p.n <= %(limit)s),
        count(*) > 0 OR EXISTS (SELECT 1 FROM channels WHERE id = %(conversation)s)
@@ -147,46 +102,23 @@ def messages_page(*, conversation_id: int, after_index: int, limit: int, user_id
     members_only = settings.READS_REQUIRE_MEMBER
     if members_only and user_id is None:
         raise InvalidInput(MISSING_USER_ID)
-    if pg.enabled():
-        refusal, items, count, last, found = _run(
-            MESSAGES_PAGE_SQL,
-            {
-                "conversation": conversation_id,
-                "after": after_index,
-                "limit": limit,
-                "user": user_id,
-                "members_only": members_only,
-            },
-        )
-        if refusal == _UNKNOWN_USER:
-            raise unknown_user(_sent(user_id))
-        if not found:
-            raise conversation_not_found(conversation_id)
-        if refusal == _NOT_A_PARTICIPANT:
-            raise not_in_conversation(_sent(user_id))
-        return JsonPage(items=items or "", more=count > limit, last=last)
-
-    if user_id is not None and not User.objects.filter(pk=user_id).exists():
-        raise unknown_user(user_id)
-    if members_only:
-        check_member(conversation_id=conversation_id, user_id=_sent(user_id))
-    rows = messages_for_conversation(conversation_id=conversation_id, after_index=after_index, limit=limit + 1)
-    # An empty page may mean "no such conversation": only then is it worth a query.
-    if not rows and not conversation_exists(conversation_id):
-        raise conversation_not_found(conversation_id)
-    items = [
+    refusal, items, count, last, found = _run(
+        MESSAGES_PAGE_SQL,
         {
-            "id": row["id"],
-            "content": row["content"],
-            "user_id": row["user_id"],
-            "channel_id": row["conversation_id"],
-            "index": row["index"],
-            "inserted_at": presenters.timestamp(row["inserted_at"]),
-            "username": row["user__name"],
-        }
-        for row in rows
-    ]
-    return _rendered(items, limit, "index")
+            "conversation": conversation_id,
+            "after": after_index,
+            "limit": limit,
+            "user": user_id,
+            "members_only": members_only,
+        },
+    )
+    if refusal == _UNKNOWN_USER:
+        raise unknown_user(_sent(user_id))
+    if not found:
+        raise conversation_not_found(conversation_id)
+    if refusal == _NOT_A_PARTICIPANT:
+        raise not_in_conversation(_sent(user_id))
+    return JsonPage(items=items or "", more=count > limit, last=last)
 
 
 # One ordered index scan per side of the pair, (user_low_id, id) and
@@ -194,10 +126,7 @@ def messages_page(*, conversation_id: int, after_index: int, limit: int, user_id
 # conversations or 30,000. A conversation never has the same user on both sides.
 # The other participant's name is an index lookup per row, as for a message's author.
 CONVERSATIONS_PAGE_SQL = f"""
-SELECT string_agg(
-           '{{"id":' || p.id || ',"inserted_at":"' || {pg.json_timestamp("p.inserted_at")}
-           || '","name":' || {pg.json_string("u.name")} || '}}',
-           ',' ORDER BY p.id) FILTER (WHERE p.n <= %(limit)s),
+SELECT string_agg({presenters.CONVERSATION_LIST_ITEM.json_sql("p", name="u.name")}, ',' ORDER BY p.id) FILTER (WHERE p.n <= %(limit)s),
        count(p.id),
        max(p.id) FILTER (WHERE p.n <= %(limit)s),
        EXISTS (SELECT 1 FROM users WHERE id = %(user)s)
@@ -224,17 +153,7 @@ def conversations_page(*, user_id: int | None, after_id: int, limit: int) -> Jso
     """
     if user_id is None:
         raise InvalidInput(MISSING_USER_ID)
-    if pg.enabled():
-        items, count, last, found = _run(CONVERSATIONS_PAGE_SQL, {"user": user_id, "after": after_id, "limit": limit})
-        if not found:
-            raise unknown_user(user_id)
-        return JsonPage(items=items or "", more=count > limit, last=last)
-
-    rows = conversations_for_user(user_id=user_id, after_id=after_id, limit=limit + 1)
-    # An empty page may mean "no such user": only then is it worth a query.
-    if not rows and not User.objects.filter(pk=user_id).exists():
+    items, count, last, found = _run(CONVERSATIONS_PAGE_SQL, {"user": user_id, "after": after_id, "limit": limit})
+    if not found:
         raise unknown_user(user_id)
-    items = [
-        {"id": row["id"], "inserted_at": presenters.timestamp(row["inserted_at"]), "name": row["name"]} for row in rows
-    ]
-    return _rendered(items, limit, "id")
+    return JsonPage(items=items or "", more=count > limit, last=last)

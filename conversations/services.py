@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Value
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from conversations import events
-from conversations.models import Conversation, IdempotencyKey, Message, Participant, User
+from conversations.models import Conversation, IdempotencyKey, Participant, User
 from conversations.refusals import (
     CONVERSATION_NEEDS_TWO_USERS,
     IDEMPOTENCY_KEY_REUSED,
@@ -32,6 +32,7 @@ from conversations.refusals import (
 )
 from core.db import pg
 from core.http.errors import InvalidInput, Unprocessable
+from outbox.services import events_stored
 
 
 def user_create(*, name: str) -> User:
@@ -73,12 +74,6 @@ def _membership_error(conversation_id: int, user_id: int) -> Exception:
     return not_in_conversation(user_id)
 
 
-def check_member(*, conversation_id: int, user_id: int) -> None:
-    """Raise the contract's error unless the user is a participant of the conversation."""
-    if not Participant.objects.filter(conversation_id=conversation_id, user_id=user_id).exists():
-        raise _membership_error(conversation_id, user_id)
-
-
 @dataclass(frozen=True)
 class PostedMessage:
     id: int
@@ -91,22 +86,15 @@ class PostedMessage:
     # True when an Idempotency-Key repeat returned the message posted before.
     replayed: bool = False
 
-    @classmethod
-    def of(cls, message: Message, author: User, *, replayed: bool = False) -> PostedMessage:
-        """The answer for a stored message row and its author."""
-        return cls(id=message.pk, content=message.content, index=message.index, user_id=author.pk,
-                   username=author.name, conversation_id=message.conversation_id,
-                   inserted_at=message.inserted_at, replayed=replayed)  # fmt: skip
-
 
 def _message_fingerprint(conversation_id: int, content: str) -> str:
     """What a keyed post asked for, so a repeat can be told from a different request."""
     return hashlib.sha256(json.dumps([conversation_id, content]).encode()).hexdigest()
 
 
-def _idempotent_replay(*, user: User, key: str, fingerprint: str) -> PostedMessage | None:
+def _idempotent_replay(*, user_id: int, key: str, fingerprint: str) -> PostedMessage | None:
     """The message a live key already produced; None for an unknown (or expired, now purged) key."""
-    record = IdempotencyKey.objects.filter(user_id=user.pk, key=key).select_related("message").first()
+    record = IdempotencyKey.objects.filter(user_id=user_id, key=key).select_related("message", "user").first()
     if record is None:
         return None
     if record.created_at < _idempotency_cutoff():
@@ -114,7 +102,10 @@ def _idempotent_replay(*, user: User, key: str, fingerprint: str) -> PostedMessa
         return None
     if record.fingerprint != fingerprint:
         raise Unprocessable(IDEMPOTENCY_KEY_REUSED)
-    return PostedMessage.of(record.message, user, replayed=True)
+    message = record.message
+    return PostedMessage(id=message.pk, content=message.content, index=message.index, user_id=user_id,
+                         username=record.user.name, conversation_id=message.conversation_id,
+                         inserted_at=message.inserted_at, replayed=True)  # fmt: skip
 
 
 def _idempotency_cutoff() -> datetime:
@@ -132,22 +123,15 @@ def idempotency_keys_purge() -> int:
     return deleted
 
 
-# Takes the next index and returns the pair, in one statement; the counter row
-# stays locked until commit, so concurrent posters queue on it and indexes are
-# gap-free. Works on PostgreSQL and SQLite (3.35+).
-_NEXT_INDEX_SQL = (
-    "UPDATE channels SET last_index = last_index + 1 WHERE id = %s RETURNING last_index, user_low_id, user_high_id"
-)
-
-
 # The whole post as one statement, which also decides its refusals. When the
-# user is a participant it writes and returns the message; otherwise it writes
-# nothing and its one row says why: no such user (no name), else no such
-# conversation (`found` false), else not a participant. In autocommit it is its
-# own transaction: the conversation's counter row is locked from the UPDATE to
-# the commit of this one statement, with no client round trip in between. The
-# timestamps are taken after the lock (clock_timestamp(), not now()), so they
-# follow index order.
+# user is a participant it takes the conversation's next index, writes the
+# message and its `new_message` event, and returns the message; otherwise it
+# writes nothing and its one row says why: no such user (no name), else no such
+# conversation (`found` false), else not a participant. The conversation's
+# counter row is locked from the UPDATE to the commit, so concurrent posters
+# queue on it and indexes are gap-free; in autocommit that commit ends this one
+# statement, with no client round trip in between. The timestamps are taken
+# after the lock (clock_timestamp(), not now()), so they follow index order.
 POST_MESSAGE_SQL = f"""
 WITH bumped AS (
     UPDATE channels SET last_index = last_index + 1
@@ -159,26 +143,19 @@ WITH bumped AS (
     SELECT %(content)s::text, %(user)s, id, last_index, clock_timestamp() FROM bumped
     RETURNING id, index, inserted_at
 ), event AS (
-    INSERT INTO outbox (event_id, event_type, payload, created_at, attempts)
-    SELECT id || ':' || last_index, '{events.NEW_MESSAGE}',
-           jsonb_build_object('type', '{events.NEW_MESSAGE}'::text, 'channel_id', id, 'user_id', %(user)s::bigint,
-                              'index', last_index, 'participant_ids', jsonb_build_array(user_low_id, user_high_id)),
-           clock_timestamp(), 0
-    FROM bumped
+    {events.new_message_insert_sql(rows="bumped", channel_id="id", user_id="%(user)s::bigint", index="last_index",
+                                   participant_ids="jsonb_build_array(user_low_id, user_high_id)")}
 )
 SELECT message.id, message.index, message.inserted_at, (SELECT name FROM users WHERE id = %(user)s),
        message.id IS NOT NULL OR EXISTS (SELECT 1 FROM channels WHERE id = %(conversation)s)
 FROM (SELECT) AS one LEFT JOIN message ON true
-"""
+"""  # fmt: skip
 
 
 def _message_post(*, conversation_id: int, user_id: int, content: str) -> PostedMessage:
-    """`message_create` without an idempotency key on PostgreSQL: the check and the writes in one statement."""
+    """Run POST_MESSAGE_SQL: the message and its event stored, or the refusal it decided raised."""
     with pg.prepared_cursor() as cursor:
-        cursor.execute(
-            POST_MESSAGE_SQL,
-            {"conversation": conversation_id, "user": user_id, "content": content},
-        )
+        cursor.execute(POST_MESSAGE_SQL, {"conversation": conversation_id, "user": user_id, "content": content})
         message_id, index, inserted_at, username, found = cursor.fetchone()
     if username is None:
         raise unknown_user(user_id)
@@ -186,7 +163,7 @@ def _message_post(*, conversation_id: int, user_id: int, content: str) -> Posted
         raise conversation_not_found(conversation_id)
     if message_id is None:
         raise not_in_conversation(user_id)
-    transaction.on_commit(events.relay_after_commit)
+    events_stored()
     return PostedMessage(id=message_id, content=content, index=index, user_id=user_id, username=username,
                          conversation_id=conversation_id, inserted_at=inserted_at)  # fmt: skip
 
@@ -197,57 +174,34 @@ def message_create(
     """Store a message with the conversation's next index and its outbox event.
 
     Refuses, in this order: a `user_id` naming no user, no such conversation,
-    a user outside it. On PostgreSQL a post without a key is one statement
-    (`POST_MESSAGE_SQL`) that decides all three and does the writes.
+    a user outside it. Without a key the post is one statement
+    (`POST_MESSAGE_SQL`, in autocommit) that decides all three and does the writes.
 
     With an `idempotency_key`, a repeat of the same post by the same user
     returns the first message (no second message, no second event); the key is
-    stored in the message's transaction, so two concurrent repeats are decided
-    by its unique constraint and the loser answers with the winner's message.
+    stored in the same statement's transaction, so two concurrent repeats are
+    decided by its unique constraint and the loser answers with the winner's message.
     """
-    if idempotency_key is None and pg.enabled():
+    if idempotency_key is None:
         return _message_post(conversation_id=conversation_id, user_id=user_id, content=content)
-    user = User.objects.filter(pk=user_id).only("id", "name").first()
-    if user is None:
-        raise unknown_user(user_id)
-    check_member(conversation_id=conversation_id, user_id=user.pk)
-    fingerprint = ""  # set, and read, only with an idempotency key
-    if idempotency_key is not None:
-        fingerprint = _message_fingerprint(conversation_id, content)
-        replay = _idempotent_replay(user=user, key=idempotency_key, fingerprint=fingerprint)
-        if replay is not None:
-            return replay
-
+    fingerprint = _message_fingerprint(conversation_id, content)
+    replay = _idempotent_replay(user_id=user_id, key=idempotency_key, fingerprint=fingerprint)
+    if replay is not None:
+        return replay
     try:
         with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute(_NEXT_INDEX_SQL, [conversation_id])
-                row = cursor.fetchone()
-            if row is None:  # deleted since the membership check
-                raise conversation_not_found(conversation_id)
-            index, low, high = row
-            message = Message.objects.create(
-                content=content, user_id=user.pk, conversation_id=conversation_id, index=index
+            message = _message_post(conversation_id=conversation_id, user_id=user_id, content=content)
+            IdempotencyKey.objects.create(
+                user_id=user_id, key=idempotency_key, fingerprint=fingerprint, message_id=message.id
             )
-            events.record_new_message(
-                conversation_id=conversation_id, user_id=user.pk, index=index, participant_ids=[low, high]
-            )
-            if idempotency_key is not None:
-                IdempotencyKey.objects.create(
-                    user_id=user.pk, key=idempotency_key, fingerprint=fingerprint, message=message
-                )
-            transaction.on_commit(events.relay_after_commit)
     except IntegrityError:
         # A concurrent post with the same key committed first (the whole
         # transaction, index included, rolled back): answer with its message.
-        replay = None
-        if idempotency_key is not None:
-            replay = _idempotent_replay(user=user, key=idempotency_key, fingerprint=fingerprint)
+        replay = _idempotent_replay(user_id=user_id, key=idempotency_key, fingerprint=fingerprint)
         if replay is None:
             raise
         return replay
-
-    return PostedMessage.of(message, user)
+    return message
 
 
 def view_horizon_set(*, conversation_id: int, user: User, index: int) -> None:

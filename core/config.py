@@ -98,6 +98,7 @@ PARSERS: dict[str, Callable[[str], Any]] = {
     "str": str,
     "int": lambda raw: environ.Env.parse_value(raw.strip(), int),
     "port": _ranged(int, "expected a port between 1 and 65535", 1, 65535),
+    "listen_port": _ranged(int, "expected a port between 0 (a free one) and 65535", 0, 65535),
     "positive_int": _ranged(int, "expected a positive integer", 1),
     "float": _ranged(float, "expected a number >= 0", 0),
     "bool": _parse_bool,
@@ -136,7 +137,8 @@ SCHEMA: tuple[Setting, ...] = (
     # --- the service -------------------------------------------------------
     Setting("APP_ENV", "str", "Environment that selects defaults: development, test or production.",
             default="development", choices=ENVIRONMENTS, aliases=("NODE_ENV",)),
-    Setting("PORT", "port", "TCP port the HTTP server listens on.", default=4000),
+    Setting("PORT", "listen_port", "TCP port the HTTP server listens on; 0: a free port, chosen at start, registered in Consul and written to PORT_FILE (several instances on one host network).", default=4000),
+    Setting("PORT_FILE", "str", "File the serving instance writes the port it listens on to, for a health check that cannot know it beforehand (PORT=0); unset: none.", default=""),
     Setting("BIND_HOST", "str", "Address the HTTP server binds to.", default="0.0.0.0"),
     Setting("JSON_BODY_LIMIT", "bytes", "Largest request body accepted, with unit (20b, 100kb, 1mb); larger is refused with 413.",
             default="100kb"),
@@ -148,7 +150,7 @@ SCHEMA: tuple[Setting, ...] = (
             env_defaults={"test": "WARNING"}, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")),
     Setting("LOG_FORMAT", "str", "Log line format on stdout and stderr: json (one object per line) or text (readable, for make run).",
             default="json", env_defaults={"development": "text"}, choices=("json", "text")),
-    Setting("DATA_DIR", "str", "Folder for the embedded SQLite database used when PGHOST is unset.", default="var"),
+    Setting("DATA_DIR", "str", "Folder of make run's embedded PostgreSQL (its cluster in DATA_DIR/postgres), used when PGHOST is unset.", default="var"),
     Setting("WEB_CONCURRENCY", "positive_int", "gunicorn worker processes per instance; one by default: scale out with more instances (each process costs ~70 MiB).",
             default=1),
     Setting("WEB_THREADS", "positive_int", "Threads per gunicorn worker, each with its own PostgreSQL connection.", default=4),
@@ -160,8 +162,8 @@ SCHEMA: tuple[Setting, ...] = (
             default=30),
     Setting("LIVE_HEARTBEAT", "duration", "How often an idle event stream gets a comment line, so proxies keep it open.",
             default="15s"),
-    # --- PostgreSQL (unset PGHOST: embedded SQLite) -------------------------
-    Setting("PGHOST", "str", "PostgreSQL host; unset runs on the embedded SQLite database."),
+    # --- PostgreSQL (unset PGHOST: the embedded one under DATA_DIR) ----------
+    Setting("PGHOST", "str", "PostgreSQL host (or the folder of its Unix socket); unset: the embedded PostgreSQL that make run starts under DATA_DIR."),
     Setting("PGPORT", "port", "PostgreSQL port.", default=5432),
     Setting("PGUSER", "str", "PostgreSQL role the service connects as.", default="postgres"),
     Setting("PGPASSWORD", "str", "Password of PGUSER (or PGPASSWORD_FILE: a file holding it).", secret=True, from_file=True),
@@ -174,7 +176,7 @@ SCHEMA: tuple[Setting, ...] = (
             default="5s"),
     Setting("PG_STATEMENT_TIMEOUT", "duration", "Longest a single SQL statement may run before PostgreSQL cancels it (0 disables).",
             default="5s"),
-    Setting("PG_FAST_PATHS", "bool", "On PostgreSQL, answer message posts, message pages and conversation lists with one prepared statement each (off: the portable ORM path; needed behind a transaction-pooling pgbouncer).",
+    Setting("PG_PREPARED_STATEMENTS", "bool", "Prepare the hot requests' statements (a message post, a page of messages, a page of conversations) once per connection; off behind a transaction-pooling pgbouncer, which cannot keep them.",
             default=True),
     # --- RabbitMQ (unset AMQPHOST: no broker, events wait in the outbox) ---
     Setting("AMQPHOST", "str", "RabbitMQ host; unset means no broker (events stay in the outbox)."),

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from core import config as config_schema
+from core.db import embedded
 from core.logging import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -60,48 +61,39 @@ TEMPLATES = [
 ]
 
 # --- database --------------------------------------------------------------
-if CONFIG.PGHOST:
-    DATABASES = {
-        "default": {
-            # Django's backend with a cheaper per-request health check (core/db/postgresql).
-            "ENGINE": "core.db.postgresql",
-            "HOST": CONFIG.PGHOST,
-            "PORT": CONFIG.PGPORT,
-            "USER": CONFIG.PGUSER,
-            "PASSWORD": CONFIG.PGPASSWORD or "",
-            "NAME": CONFIG.PGDATABASE,
-            "CONN_MAX_AGE": 60,
-            "CONN_HEALTH_CHECKS": True,
-            "OPTIONS": {
-                "application_name": "messenger",
-                # A lost database must fail requests quickly (503), not hang them:
-                # libpq's connect timeout counts whole seconds, 2 at least.
-                "connect_timeout": max(2, math.ceil(CONFIG.PG_CONNECT_TIMEOUT)),
-                "options": f"-c statement_timeout={int(CONFIG.PG_STATEMENT_TIMEOUT * 1000)}",
-                # The hot requests' statements (core.db.pg) are prepared on
-                # first use; Django's own client-side-bound queries never are.
-                "prepare_threshold": 0,
-                # A peer that vanishes without closing the connection (a partition)
-                # is detected by TCP keepalives and the unacknowledged-data timeout.
-                "keepalives": 1,
-                "keepalives_idle": 10,
-                "keepalives_interval": 2,
-                "keepalives_count": 3,
-                "tcp_user_timeout": 15000,
-            },
-        }
+# PGHOST unset: the embedded PostgreSQL that `make run` starts under DATA_DIR
+# (core/db/embedded.py), reached on its Unix socket.
+DATA_DIR = (BASE_DIR / CONFIG.DATA_DIR).resolve()
+DATABASES = {
+    "default": {
+        # Django's backend with a cheaper per-request health check (core/db/postgresql).
+        "ENGINE": "core.db.postgresql",
+        "HOST": CONFIG.PGHOST or embedded.socket_dir(DATA_DIR),
+        "PORT": CONFIG.PGPORT,
+        "USER": CONFIG.PGUSER,
+        "PASSWORD": CONFIG.PGPASSWORD or "",
+        "NAME": CONFIG.PGDATABASE,
+        "CONN_MAX_AGE": 60,
+        "CONN_HEALTH_CHECKS": True,
+        "OPTIONS": {
+            "application_name": "messenger",
+            # A lost database must fail requests quickly (503), not hang them:
+            # libpq's connect timeout counts whole seconds, 2 at least.
+            "connect_timeout": max(2, math.ceil(CONFIG.PG_CONNECT_TIMEOUT)),
+            "options": f"-c statement_timeout={int(CONFIG.PG_STATEMENT_TIMEOUT * 1000)}",
+            # The hot requests' statements (core.db.pg) are prepared on
+            # first use; Django's own client-side-bound queries never are.
+            "prepare_threshold": 0,
+            # A peer that vanishes without closing the connection (a partition)
+            # is detected by TCP keepalives and the unacknowledged-data timeout.
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 15000,
+        },
     }
-else:
-    DATA_DIR = (BASE_DIR / CONFIG.DATA_DIR).resolve()
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    DATABASES = {
-        "default": {
-            "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "messenger.sqlite3",
-            # Concurrent writers wait for the lock instead of failing at once.
-            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
-        }
-    }
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # A request still waiting on PostgreSQL this long has its connection cut (a hung
 # server or a partition that the two timeouts cannot see): core.db.deadline.
@@ -166,7 +158,7 @@ REST_FRAMEWORK = {
 
 # --- API behaviour -----------------------------------------------------------
 READS_REQUIRE_MEMBER = CONFIG.READS_REQUIRE_MEMBER
-PG_FAST_PATHS = CONFIG.PG_FAST_PATHS  # core.db.pg
+PG_PREPARED_STATEMENTS = CONFIG.PG_PREPARED_STATEMENTS  # core.db.pg
 IDEMPOTENCY_KEY_TTL = CONFIG.IDEMPOTENCY_KEY_TTL  # seconds
 METRICS_TOKEN = CONFIG.METRICS_TOKEN
 PROMETHEUS_MULTIPROC_DIR = CONFIG.PROMETHEUS_MULTIPROC_DIR

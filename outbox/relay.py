@@ -158,7 +158,7 @@ def relay_pending(*, batch_size: int | None = None, broker_url: str | None = Non
     FOR UPDATE without SKIP LOCKED on purpose: a second relay waits for the
     first one's batch instead of publishing later events of the same
     conversation ahead of it, so two relays never send a row twice and order
-    holds per conversation. (SQLite serialises the transactions instead.)
+    holds per conversation.
     """
     url = broker_url or settings.CELERY_BROKER_URL
     if not url:

@@ -83,10 +83,10 @@ def _manage(*args, env_extra):
 
 
 def test_startup_with_invalid_config_exits_non_zero_naming_each_problem():
-    result = _manage("check", env_extra={"PORT": "0", "AMQPPORT": "abc"})
+    result = _manage("check", env_extra={"PORT": "70000", "AMQPPORT": "abc"})
     assert result.returncode == 2
     assert "Invalid configuration (2 problem(s))" in result.stderr
-    assert "PORT: '0' is invalid" in result.stderr
+    assert "PORT: '70000' is invalid" in result.stderr
     assert "AMQPPORT: 'abc' is invalid" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -535,23 +535,6 @@ def test_the_migrator_instance_starts_on_an_unmigrated_database(roles, created_d
         assert service.stop() == 0
 
 
-def test_without_postgresql_the_jobs_need_no_lock_and_the_check_still_guards_start_up(tmp_path):
-    """The embedded SQLite database (`make run`): an unmigrated one is refused, migrate and seed work unlocked."""
-    sqlite = {"DATA_DIR": str(tmp_path / "data"), "DB_APPLICATION_USER": APP_USER}
-    status, log = ServiceProcess({**sqlite, "REQUIRE_MIGRATED_DB": "true"}, tmp_path / "refused.log").run_until_exit()
-    assert status == 1
-    assert "has unapplied migrations (contenttypes.0001_initial, " in log
-
-    migrated = ok(manage("migrate", "--no-input", "--lock-timeout", "0", env=sqlite))
-    assert "Application role" not in migrated.stdout  # no roles to grant to in SQLite
-    assert "Seed users: 3 created" in ok(manage("seed", env=sqlite)).stdout
-    service = ServiceProcess({**sqlite, "REQUIRE_MIGRATED_DB": "true"}, tmp_path / "serving.log").start()
-    try:
-        assert service.request("POST", "/conversations", {"participant_ids": [1, 2]})[0] == 201
-    finally:
-        service.stop()
-
-
 # --- the seed's sequence, through the deploy scripts ----------------------------------
 
 

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_swagger_ui_shows_every_operation_with_only_loopback_reachable(tmp_path):
-    # The page and the description need no database: the embedded SQLite one, never created, will do.
+    # The page and the description need no database: PGHOST unset names make run's embedded one, not running here.
     service = ServiceProcess({"DATA_DIR": str(tmp_path / "data")}, tmp_path / "service.log").start()
     try:
         # Virtual time lets the page's scripts fetch /schema and render before the DOM is taken.

@@ -3,7 +3,8 @@
 The views are plain `APIView`s that parse by hand (see `validation`), so
 nothing here is introspected: each operation's parameters, body and responses
 are written out as JSON Schema, with every limit and refusal text taken from
-the code that enforces it (`validation`, `services`, the config schema). `conversations/tests/test_openapi.py` checks real responses against this description,
+the code that enforces it (`validation`, `services`, the config schema), and
+each response object from its one declaration (`presenters`). `conversations/tests/test_openapi.py` checks real responses against this description,
 and `tests/test_fuzz.py` fuzzes a live server with it.
 
 Views take their description from the decorators at the bottom
@@ -19,7 +20,7 @@ from typing import Any, Final
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 
-from conversations import refusals
+from conversations import presenters, refusals
 from conversations.refusals import MISSING_USER_ID
 from conversations.validation import DEFAULT_PAGE, IDEMPOTENCY_KEY_MAX, MAX_ID, MAX_PAGE, USER_NAME_MAX
 from core.config import SCHEMA_BY_NAME
@@ -35,13 +36,7 @@ def ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-_ID = {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID, "example": 1}
-_TIMESTAMP = {
-    "type": "string",
-    "format": "date-time",
-    "description": "UTC, with milliseconds.",
-    "example": "2026-11-29T06:41:59.000Z",
-}
+_ID = presenters.ID_SCHEMA
 _NEXT = {"type": "string", "format": "uri", "description": "The next page; absent on the last page."}
 # Text the service stores: not blank, no NUL characters (PostgreSQL text cannot hold them).
 _TEXT_PATTERN = r"^[^\u0000]*[^\s\u0000][^\u0000]*$"
@@ -60,7 +55,8 @@ def _page(key: str, item: str) -> dict:
 
 COMPONENTS: dict[str, dict] = {
     "Error": _object({"error": {"type": "string", "description": "What went wrong, in a sentence."}}),
-    "User": _object({"id": _ID, "name": {"type": "string"}, "inserted_at": _TIMESTAMP}),
+    # The response objects, each from its one declaration (conversations/presenters.py).
+    **{shape.component: shape.schema() for shape in presenters.SHAPES},
     "UserPage": _page("users", "User"),
     "UserCreated": _object({"user": ref("User")}),
     "UserCreate": _object(
@@ -75,7 +71,6 @@ COMPONENTS: dict[str, dict] = {
         },
         closed=False,
     ),
-    "Conversation": _object({"id": _ID, "inserted_at": _TIMESTAMP}),
     "ConversationCreated": _object({"conversation": ref("Conversation")}),
     "ConversationCreate": _object(
         {
@@ -91,37 +86,8 @@ COMPONENTS: dict[str, dict] = {
         },
         closed=False,
     ),
-    "ConversationListItem": _object(
-        {
-            "id": _ID,
-            "inserted_at": _TIMESTAMP,
-            "name": {"type": "string", "description": "The other participant's name."},
-        }
-    ),
     "ConversationPage": _page("conversations", "ConversationListItem"),
-    "MessageListItem": _object(
-        {
-            "id": _ID,
-            "content": {"type": "string"},
-            "user_id": _ID,
-            "channel_id": {**_ID, "description": "The conversation's id (the reference's name)."},
-            "index": {**_ID, "description": "Position in the conversation: 1, 2, 3... with no gaps."},
-            "inserted_at": _TIMESTAMP,
-            "username": {"type": "string"},
-        }
-    ),
     "MessagePage": _page("messages", "MessageListItem"),
-    "Message": _object(
-        {
-            "id": _ID,
-            "content": {"type": "string"},
-            "index": _ID,
-            "user_id": _ID,
-            "username": {"type": "string"},
-            "conversation_id": _ID,
-            "inserted_at": _TIMESTAMP,
-        }
-    ),
     "MessageCreated": _object({"message": ref("Message")}),
     "MessageCreate": _object(
         {

@@ -7,11 +7,9 @@ browser asks for HTML.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlencode
 
-from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse
 from rest_framework import status
@@ -21,8 +19,10 @@ from rest_framework.views import APIView
 from conversations import presenters, selectors, services, validation
 from conversations.api import openapi
 from conversations.api.authentication import require_user
+from conversations.refusals import MISSING_USER_ID
 from conversations.validation import DEFAULT_PAGE, MAX_PAGE
 from core.http import errors, plain_json
+from core.http.errors import InvalidInput
 
 
 @errors.safe_methods_only
@@ -36,7 +36,7 @@ def health(request):
     return HttpResponse("OK", content_type="text/plain")
 
 
-# `request.GET` is DRF's `query_params` too, so these serve both the DRF and the plain paths.
+# `request.GET` is DRF's `query_params` too, so these serve both ways of answering.
 def _page_limit(request) -> int:
     return validation.query_int(request.GET, "limit", default=DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
 
@@ -61,28 +61,26 @@ def _paged(request, key: str, items: list, cursor_name: str, cursor_of, limit: i
     return body
 
 
-def _page_body(request, key: str, cursor_name: str, page: selectors.JsonPage, limit: int) -> bytes:
+def _page_answer(request, key: str, cursor_name: str, page: selectors.JsonPage, limit: int) -> plain_json.JsonAnswer:
     """`{key: [items], "next": ...}` around a page's JSON text, byte for byte as DRF renders it."""
     body = b'{"' + key.encode() + b'":[' + page.items.encode() + b"]"
     if page.more and page.last is not None:  # a further page follows a non-empty one
         body += b',"next":' + plain_json.json_string(_next_link(request, cursor_name, page.last, limit))
-    return body + b"}"
+    return plain_json.JsonAnswer(body + b"}")
 
 
-def _page_response(request, key: str, cursor_name: str, page: selectors.JsonPage, limit: int) -> Response:
-    """The same page for DRF's renderers (the browsable API, `?format=`, an `indent`)."""
-    return Response(json.loads(_page_body(request, key, cursor_name, page, limit)))
-
-
-def _header_user_id(request) -> int | None:
-    """The User-Id header's id as authentication parses it; None when absent (its unknown user is the selector's to report)."""
+def _caller_id(request) -> int | None:
+    """The User-Id header's id, None when absent (a malformed one is a 400); whether it names a user is the statement's to decide."""
     raw = request.META.get("HTTP_USER_ID")
     return None if raw is None else validation.positive_id(raw.strip(), "User-Id header")
 
 
-def _caller_id(request) -> int | None:
-    """The caller's id on DRF's path, where authentication has already checked the user exists."""
-    return None if request.user is None else request.user.pk
+def _required_caller_id(request) -> int:
+    """The User-Id header's id; the contract's 400 when the header is missing."""
+    user_id = _caller_id(request)
+    if user_id is None:
+        raise InvalidInput(MISSING_USER_ID)
+    return user_id
 
 
 class UsersView(APIView):
@@ -104,24 +102,15 @@ class UsersView(APIView):
 class ConversationsView(plain_json.PlainJsonMixin, APIView):
     """Two-person conversations. `GET` lists the caller's (header `User-Id`)."""
 
-    def plain_get(self, request):
-        """The caller's page: input checked here (a refusal of it is DRF's), the rest in the selector."""
-        try:
-            user_id = _header_user_id(request)
-            limit, after = _page_limit(request), _cursor(request, "after_id")
-        except errors.ServiceError:
-            return None
-        if user_id is None:
-            return None
-        page = selectors.conversations_page(user_id=user_id, after_id=after, limit=limit)
-        return self.plain_response(_page_body(request, "conversations", "after_id", page, limit), status.HTTP_200_OK)
+    plain_methods = ("get",)
+    authentication_classes = ()  # the caller is the page statement's to check (selectors.conversations_page)
 
     @openapi.conversations_list
     def get(self, request):
-        user = require_user(request)
+        user_id = _required_caller_id(request)
         limit = _page_limit(request)
-        page = selectors.conversations_page(user_id=user.pk, after_id=_cursor(request, "after_id"), limit=limit)
-        return _page_response(request, "conversations", "after_id", page, limit)
+        page = selectors.conversations_page(user_id=user_id, after_id=_cursor(request, "after_id"), limit=limit)
+        return _page_answer(request, "conversations", "after_id", page, limit)
 
     @openapi.conversations_create
     def post(self, request):
@@ -129,79 +118,36 @@ class ConversationsView(plain_json.PlainJsonMixin, APIView):
         return Response({"conversation": presenters.conversation(conversation)}, status=status.HTTP_201_CREATED)
 
 
-def _message_body(message: services.PostedMessage) -> dict:
-    return {
-        "message": {
-            "id": message.id,
-            "content": message.content,
-            "index": message.index,
-            "user_id": message.user_id,
-            "username": message.username,
-            "conversation_id": message.conversation_id,
-            "inserted_at": presenters.timestamp(message.inserted_at),
-        }
-    }
-
-
 class MessagesView(plain_json.PlainJsonMixin, APIView):
-    """A conversation's messages in index order, paged by `after_index` and `limit`."""
+    """A conversation's messages in index order, paged by `after_index` and `limit`; `POST` adds one."""
 
-    def plain_get(self, request, conversation_id: str):
-        """The page: input checked here (a refusal of it is DRF's), the caller and the page in one selector."""
-        try:
-            user_id = _header_user_id(request)
-            conversation_pk = validation.positive_id(conversation_id, "Conversation id")
-            limit, after = _page_limit(request), _cursor(request, "after_index")
-            validation.wait_seconds(request.GET)  # waiting is the live listener's (conversations/live)
-        except errors.ServiceError:
-            return None
-        if user_id is None and settings.READS_REQUIRE_MEMBER:
-            return None
-        page = selectors.messages_page(conversation_id=conversation_pk, after_index=after, limit=limit, user_id=user_id)
-        return self.plain_response(_page_body(request, "messages", "after_index", page, limit), status.HTTP_200_OK)
-
-    def plain_post(self, request, conversation_id: str):
-        """The post: input checked here (a refusal of it is DRF's), the caller, the checks and the writes in the service."""
-        if "HTTP_IDEMPOTENCY_KEY" in request.META:
-            return None
-        data = plain_json.json_body(request)
-        try:
-            user_id = _header_user_id(request)
-            conversation_pk = validation.positive_id(conversation_id, "Conversation id")
-            content = validation.message_content(data)
-        except errors.ServiceError:
-            return None
-        if user_id is None:
-            return None
-        message = services.message_create(conversation_id=conversation_pk, user_id=user_id, content=content)
-        return self.plain_response(plain_json.render(_message_body(message)), status.HTTP_201_CREATED)
+    plain_methods = ("get", "post")
+    authentication_classes = ()  # the caller is the page's or the post's statement to check
 
     @openapi.messages_list
     def get(self, request, conversation_id: str):
+        user_id = _caller_id(request)
         conversation_pk = validation.positive_id(conversation_id, "Conversation id")
-        if settings.READS_REQUIRE_MEMBER:
-            require_user(request)
         limit = _page_limit(request)
-        validation.wait_seconds(request.GET)
+        validation.wait_seconds(request.GET)  # waiting is the live listener's (conversations/live)
         page = selectors.messages_page(
-            conversation_id=conversation_pk,
-            after_index=_cursor(request, "after_index"),
-            limit=limit,
-            user_id=_caller_id(request),
+            conversation_id=conversation_pk, after_index=_cursor(request, "after_index"), limit=limit, user_id=user_id
         )
-        return _page_response(request, "messages", "after_index", page, limit)
+        return _page_answer(request, "messages", "after_index", page, limit)
 
     @openapi.messages_create
     def post(self, request, conversation_id: str):
-        user = require_user(request)
+        user_id = _required_caller_id(request)
         conversation_pk = validation.positive_id(conversation_id, "Conversation id")
         content = validation.message_content(request.data)
         key = validation.idempotency_key(request.headers.get("Idempotency-Key"))
         message = services.message_create(
-            conversation_id=conversation_pk, user_id=user.pk, content=content, idempotency_key=key
+            conversation_id=conversation_pk, user_id=user_id, content=content, idempotency_key=key
         )
         headers = {"Idempotent-Replayed": "true"} if message.replayed else None
-        return Response(_message_body(message), status=status.HTTP_201_CREATED, headers=headers)
+        return plain_json.JsonAnswer(
+            plain_json.render({"message": presenters.message(message)}), status.HTTP_201_CREATED, headers
+        )
 
 
 class ViewHorizonView(APIView):

@@ -41,6 +41,10 @@ class Hub:
         self._task: asyncio.Task | None = None
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
         self.draining = asyncio.Event()  # set on shutdown: every waiter answers now
+        # How many wake-ups (notifications, reconnects, the drain) this hub has
+        # had, whoever they were for: a read begun at generation g has seen every
+        # commit whose wake-up came before it (see `generation`).
+        self.generation = 0
 
     @contextmanager
     def subscription(self, key: str) -> Iterator[asyncio.Event]:
@@ -62,6 +66,7 @@ class Hub:
         return sum(len(events) for events in self._waiters.values())
 
     def _wake(self, key: str | None = None) -> None:
+        self.generation += 1
         groups = self._waiters.values() if key is None else [self._waiters.get(key, ())]
         for events in groups:
             for event in events:

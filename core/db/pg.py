@@ -1,35 +1,21 @@
 """PostgreSQL's share of the hot requests: one prepared statement each, JSON built by the database.
 
 A message post, a page of messages and a page of conversations are what a chat
-does all day. On PostgreSQL each is one statement, prepared once per
-connection (PostgreSQL then skips parsing and planning), and the two reads
-come back as the JSON text of their items, which the view hands through
-without building a Python object per row. The ORM paths in `services` and
-`selectors` stay the portable ones: SQLite runs them, the browsable API uses
-them, and the tests hold both to the same bytes.
+does all day. Each is one statement, prepared once per connection (PostgreSQL
+then skips parsing and planning), and the two reads come back as the JSON text
+of their items, which the view hands through without building a Python object
+per row.
 
-`PG_FAST_PATHS=false` switches all of this off, for instance behind a
-transaction-pooling proxy (pgbouncer), which cannot keep prepared statements.
+`PG_PREPARED_STATEMENTS=false` runs the same statements unprepared (bound on
+the client, as Django's own queries are), for instance behind a
+transaction-pooling proxy (pgbouncer) that cannot keep prepared statements.
 """
 
 from __future__ import annotations
 
-import functools
-
 import psycopg
 from django.conf import settings
 from django.db import connection
-
-
-@functools.cache
-def _vendor() -> str:
-    """The default database's vendor: fixed by the settings, so asked once (the lookup costs a thread-local)."""
-    return connection.vendor
-
-
-def enabled() -> bool:
-    """True when the single-statement paths apply: PostgreSQL, and not switched off."""
-    return settings.PG_FAST_PATHS and _vendor() == "postgresql"
 
 
 def prepared_cursor():
@@ -38,8 +24,11 @@ def prepared_cursor():
     Django's own cursors bind parameters client-side, which never prepares; this
     one binds them server-side (the connection's `prepare_threshold` is 0, so
     psycopg prepares at once). It is still Django's cursor wrapper: errors are
-    Django's, queries are counted and logged as any other.
+    Django's, queries are counted and logged as any other. With
+    PG_PREPARED_STATEMENTS off it is Django's own cursor.
     """
+    if not settings.PG_PREPARED_STATEMENTS:
+        return connection.cursor()
     connection.close_if_health_check_failed()
     connection.ensure_connection()
     with connection.wrap_database_errors:

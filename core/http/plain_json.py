@@ -1,27 +1,28 @@
 """Answering a plain JSON request on the hot routes without DRF's per-request machinery.
 
-DRF's request wrapping, content negotiation, authentication query and
-renderer cost more than the work of a message post or a page read. A view
-tries its plain path first (`PlainJsonMixin.plain_<method>`) when the request
-is one DRF would answer with its JSON renderer. The plain path parses the
-request's input; if that input is refused it returns None having done nothing,
-and DRF handles the request from the start (so bad input is refused with DRF's
-texts and order of checks). Otherwise it calls the route's one service or
-selector, which does the work or raises the refusal it decided (unknown user,
-not a participant, no such conversation): the answer, or that refusal as DRF's
-exception handler renders it, is the response, with exactly DRF's status, body
-bytes and headers. The work is never done a second time on DRF's path.
+DRF's request wrapping, content negotiation and renderer cost more than the
+work of a message post or a page read. A view lists the handlers that answer
+with a `JsonAnswer` (`PlainJsonMixin.plain_methods`): the JSON text of the
+answer, which the route's one service or selector (and PostgreSQL) wrote.
+When the request is one DRF would answer with its JSON renderer and its body
+reads as JSON, the mixin calls that handler itself and sends the text as it
+is; a refusal the handler raises is rendered by DRF's exception handler.
+Anything else (a browser asking for HTML, `?format=`, a body DRF must judge)
+goes through DRF's dispatch to the same handler, and DRF renders the same
+answer from the same text. Either way the status, body bytes and headers are
+DRF's: there is one handler per operation, and two ways to deliver its answer.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from django.db import DatabaseError
 from django.http import HttpResponse
 from rest_framework.renderers import JSONRenderer
+from rest_framework.response import Response
 
-from core.db import pg
 from core.http import errors
 
 # Accept headers DRF answers with JSONRenderer; anything else (a browser's
@@ -31,6 +32,15 @@ _JSON_CONTENT_TYPES = frozenset(
     {"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"}
 )
 _RENDERER = JSONRenderer()
+
+
+@dataclass(frozen=True)
+class JsonAnswer:
+    """A handler's answer as JSON text, exactly as DRF's JSON renderer would write it."""
+
+    body: bytes
+    status: int = 200
+    headers: dict[str, str] | None = None
 
 
 def wants_plain_json(request) -> bool:
@@ -64,31 +74,41 @@ def json_string(value: str) -> bytes:
 
 
 class PlainJsonMixin:
-    """For an APIView: try `plain_get`/`plain_post` before DRF's dispatch."""
+    """For an APIView: its `plain_methods` handlers return a `JsonAnswer`, sent without DRF when DRF would send JSON."""
 
+    plain_methods: tuple[str, ...] = ()
     default_response_headers: dict[str, str]  # DRF's APIView, which this mixin precedes, provides it
 
     def dispatch(self, request, *args, **kwargs):
-        plain = getattr(self, f"plain_{request.method.lower()}", None)
-        if plain is not None and pg.enabled() and wants_plain_json(request):
+        method = request.method.lower()
+        if method in self.plain_methods and wants_plain_json(request):
+            if request.method == "POST":
+                data = json_body(request)
+                if data is None:  # no body DRF would parse the same way: DRF's parser answers
+                    return super().dispatch(request, *args, **kwargs)
+                request.data = data  # as DRF's Request has it
             try:
-                response = plain(request, *args, **kwargs)
+                answer = getattr(self, method)(request, *args, **kwargs)
+                response = HttpResponse(answer.body, status=answer.status, content_type=_RENDERER.media_type)
+                for header, value in (answer.headers or {}).items():
+                    response[header] = value
             except (errors.ServiceError, DatabaseError) as exc:
-                # Never retried on the DRF path: the service decided, and a post may have reached the database.
                 response = self._refusal(request, exc, *args, **kwargs)
-            if response is not None:
-                return self._as_drf_would(response)
+            return self._as_drf_would(response)
         return super().dispatch(request, *args, **kwargs)
 
-    def plain_response(self, body: bytes, status: int) -> HttpResponse:
-        return HttpResponse(body, status=status, content_type=_RENDERER.media_type)
+    def finalize_response(self, request, response, *args, **kwargs):
+        """On DRF's path, a handler's `JsonAnswer` becomes the same data for DRF's renderers."""
+        if isinstance(response, JsonAnswer):
+            response = Response(json.loads(response.body), status=response.status, headers=response.headers)
+        return super().finalize_response(request, response, *args, **kwargs)
 
     def _refusal(self, request, exc, *args, **kwargs) -> HttpResponse:
         """What DRF's exception handler answers: a service's refusal, or a lost or refusing database's 503 (and its log line)."""
         answer = errors.exception_handler(exc, {"view": self, "args": args, "kwargs": kwargs, "request": request})
         if answer is None:
             raise exc
-        response = self.plain_response(render(answer.data), answer.status_code)
+        response = HttpResponse(render(answer.data), status=answer.status_code, content_type=_RENDERER.media_type)
         for header, value in answer.items():
             if header.lower() != "content-type":
                 response[header] = value

@@ -44,7 +44,7 @@ def test_with_no_broker_configured_a_post_succeeds_and_its_event_waits_enqueuein
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = post(api, conversation, users[0])
     assert response.status_code == 201
-    assert callbacks == [events.relay_after_commit]
+    assert callbacks == [kicker.relay_after_commit]
     assert kicks == []
     assert OutboxEvent.objects.filter(sent_at__isnull=True).count() == 1
 

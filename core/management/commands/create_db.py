@@ -24,9 +24,7 @@ class Command(BaseCommand):
         if not name:
             raise CommandError("Set CREATE_DB_NAME (or pass --name) to the database to create.")
         if not config.PGHOST:
-            raise CommandError(
-                "create_db needs PostgreSQL: set PGHOST (the embedded SQLite database needs no creating)."
-            )
+            raise CommandError("create_db needs PGHOST: make run creates the embedded PostgreSQL's database itself.")
         params = {
             "host": config.PGHOST,
             "port": config.PGPORT,

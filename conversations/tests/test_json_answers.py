@@ -1,13 +1,14 @@
-"""The one-statement paths (core.db.pg) answer exactly as the portable ORM path does.
+"""The hot routes' answers, sent plainly and through DRF's renderers, are the same bytes.
 
-On PostgreSQL a message post, a page of messages and a page of conversations
-are one prepared statement each, which also decides the request's refusals
-(unknown user, not a participant, no such conversation), and the two pages
-come back as JSON text that PostgreSQL wrote. `PG_FAST_PATHS=false` runs the
-portable path (DRF, the ORM, Python's JSON encoder), which SQLite and the
-browsable API use. Each test runs the same requests both ways and compares
-status, headers and body bytes, and the rows left behind; and it checks that
-the fast way ran its one statement and nothing else.
+A message post, a page of messages and a page of conversations are one
+prepared statement each (core.db.pg), which also decides the request's
+refusals (unknown user, not a participant, no such conversation); the two
+pages come back as JSON text that PostgreSQL wrote, escaped as DRF's renderer
+escapes. A plain JSON request is answered without DRF's dispatch
+(core/http/plain_json.py); any other Accept header, `?format=json` or the
+browsable API goes through DRF's, to the same handler. Each test sends the same
+requests both ways and compares status, headers and body bytes, and the rows
+left behind; and it checks that each way ran the one statement and nothing else.
 """
 
 from datetime import datetime, timedelta, timezone
@@ -40,21 +41,24 @@ def answer(response) -> tuple:
     return (response.status_code, {h: response.get(h) for h in HEADERS_COMPARED}, response.content)
 
 
-def both_ways(settings, request, fast_statements: int = 1):
-    """`request()` answered by the one-statement path, then by the portable path.
+# The Accept header of each way: exactly `application/json` is answered plainly; a
+# list naming it too is DRF's content negotiation, which picks the same JSON renderer.
+PLAIN = {"HTTP_ACCEPT": "application/json"}
+THROUGH_DRF = {"HTTP_ACCEPT": "application/json, */*"}
 
-    The fast way must run exactly `fast_statements` statements: one that does the
-    work and decides the refusals; when bad input leaves the request to DRF, none
-    but DRF's authentication query.
+
+def both_ways(request, statements: int = 1):
+    """`request(**accept)` answered plainly, then through DRF's dispatch and renderer.
+
+    Each way must run exactly `statements` statements: one that does the
+    work and decides the refusals; none when the input itself is refused.
     """
-    assert connection.vendor == "postgresql"
-    settings.PG_FAST_PATHS = True
-    with CaptureQueriesContext(connection) as fast_queries:
-        fast = request()
-    assert len(fast_queries) == fast_statements, [q["sql"] for q in fast_queries]
-    settings.PG_FAST_PATHS = False
-    portable = request()
-    return fast, portable
+    results = []
+    for accept in (PLAIN, THROUGH_DRF):
+        with CaptureQueriesContext(connection) as queries:
+            results.append(request(**accept))
+        assert len(queries) == statements, [q["sql"] for q in queries]
+    return tuple(results)
 
 
 @pytest.fixture
@@ -95,11 +99,11 @@ def awkward_chat(users):
         "?after_index=0&limit=21",
     ],
 )
-def test_a_page_of_messages_is_the_same_bytes_both_ways(api, settings, awkward_chat, query):
+def test_a_page_of_messages_is_the_same_bytes_both_ways(api, awkward_chat, query):
     conversation, _ = awkward_chat
-    fast, portable = both_ways(settings, lambda: api.get(f"/conversations/{conversation.pk}/messages{query}"))
-    assert answer(fast) == answer(portable)
-    assert fast.status_code == 200
+    plain, through_drf = both_ways(lambda **a: api.get(f"/conversations/{conversation.pk}/messages{query}", **a))
+    assert answer(plain) == answer(through_drf)
+    assert plain.status_code == 200
 
 
 @pytest.mark.parametrize("members_only", [False, True], ids=["reads-open", "reads-members-only"])
@@ -111,14 +115,13 @@ def test_a_page_read_with_a_user_id_is_the_same_bytes_both_ways(
     settings.READS_REQUIRE_MEMBER = members_only
     conversation, alice = awkward_chat
     for reader in (alice, users[0]):
-        fast, portable = both_ways(
-            settings,
-            lambda reader=reader: api.get(
-                f"/conversations/{conversation.pk}/messages{query}", HTTP_USER_ID=str(reader.pk)
+        plain, through_drf = both_ways(
+            lambda reader=reader, **a: api.get(
+                f"/conversations/{conversation.pk}/messages{query}", HTTP_USER_ID=str(reader.pk), **a
             ),
         )
-        assert answer(fast) == answer(portable)
-        assert fast.status_code == 200
+        assert answer(plain) == answer(through_drf)
+        assert plain.status_code == 200
 
 
 @pytest.mark.parametrize("members_only", [False, True], ids=["reads-open", "reads-members-only"])
@@ -148,15 +151,15 @@ def test_a_page_read_refused_is_refused_the_same_both_ways(api, settings, awkwar
         "no User-Id": (None, 0 if members_only else 1),
         "malformed User-Id": ("x1", 0),
         "empty User-Id": ("", 0),
-        "bad limit": (str(outsider.pk), 1),  # DRF's: its authentication asks for the user
+        "bad limit": (str(outsider.pk), 0),
     }[case]
     if "no conversation" in case or case == "no such conversation":
         path = "/conversations/987654321/messages"
     if case == "bad limit":
         path += "?limit=0"
     headers = {} if header is None else {"HTTP_USER_ID": header}
-    fast, portable = both_ways(settings, lambda: api.get(path, **headers), fast_statements=statements)
-    assert answer(fast) == answer(portable)
+    plain, through_drf = both_ways(lambda **a: api.get(path, **headers, **a), statements=statements)
+    assert answer(plain) == answer(through_drf)
 
 
 @pytest.mark.parametrize(
@@ -168,13 +171,13 @@ def test_a_page_read_refused_is_refused_the_same_both_ways(api, settings, awkwar
         ("/conversations/1/messages?after_index=x", 0),
     ],
 )
-def test_a_page_request_refused_is_refused_the_same_both_ways(api, settings, db, path, statements):
-    fast, portable = both_ways(settings, lambda: api.get(path), fast_statements=statements)
-    assert answer(fast) == answer(portable)
-    assert fast.status_code in (400, 404)
+def test_a_page_request_refused_is_refused_the_same_both_ways(api, db, path, statements):
+    plain, through_drf = both_ways(lambda **a: api.get(path, **a), statements=statements)
+    assert answer(plain) == answer(through_drf)
+    assert plain.status_code in (400, 404)
 
 
-def test_a_page_of_conversations_is_the_same_bytes_both_ways(api, settings, users, awkward_chat):
+def test_a_page_of_conversations_is_the_same_bytes_both_ways(api, users, awkward_chat):
     _, alice = awkward_chat
     names = AWKWARD_TEXTS + ["zed"]
     for name in names:  # conversations where the caller is the lower id, and the higher
@@ -190,21 +193,22 @@ def test_a_page_of_conversations_is_the_same_bytes_both_ways(api, settings, user
         (users[2], ""),
         (users[1], "?limit=100"),
     ]:
-        fast, portable = both_ways(
-            settings, lambda user=user, query=query: api.get(f"/conversations{query}", HTTP_USER_ID=str(user.pk))
+        plain, through_drf = both_ways(
+            lambda user=user, query=query, **a: api.get(f"/conversations{query}", HTTP_USER_ID=str(user.pk), **a),
         )
-        assert answer(fast) == answer(portable), (user.name, query)
-        assert fast.status_code == 200
+        assert answer(plain) == answer(through_drf), (user.name, query)
+        assert plain.status_code == 200
 
 
 @pytest.mark.parametrize("header, statements", [(None, 0), ("", 0), ("abc", 0), ("0", 0), ("999999", 1), (" 1 ", 1)])
-def test_a_conversation_list_refused_is_refused_the_same_both_ways(api, settings, users, header, statements):
+def test_a_conversation_list_refused_is_refused_the_same_both_ways(api, users, header, statements):
     headers = {} if header is None else {"HTTP_USER_ID": header}
-    fast, portable = both_ways(settings, lambda: api.get("/conversations", **headers), fast_statements=statements)
-    assert answer(fast) == answer(portable)
+    plain, through_drf = both_ways(lambda **a: api.get("/conversations", **headers, **a), statements=statements)
+    assert answer(plain) == answer(through_drf)
 
 
 def _post(api, conversation_id, user_id, body=None, **headers):
+    headers.setdefault("HTTP_ACCEPT", "application/json")
     if user_id is not None:
         headers["HTTP_USER_ID"] = str(user_id)
     return api.post(
@@ -257,11 +261,10 @@ def _comparable(response, roles) -> tuple:
     return status, headers, body
 
 
-def test_message_posts_answer_and_store_the_same_both_ways(api, settings, users, django_capture_on_commit_callbacks):
-    """The same posts (and refusals) into two fresh conversations, one per path."""
+def test_message_posts_answer_and_store_the_same_both_ways(api, users, django_capture_on_commit_callbacks):
+    """The same posts (and refusals) into two fresh conversations, one per way of answering."""
     outcomes = {}
-    for fast_paths in (True, False):
-        settings.PG_FAST_PATHS = fast_paths
+    for way, accept in (("plain", PLAIN), ("through DRF", THROUGH_DRF)):
         extra = User.objects.create(name="a third user")
         roles = {users[0].pk: "first", extra.pk: "extra"}
         conversation = Conversation.objects.create(user_low_id=users[0].pk, user_high_id=extra.pk)
@@ -269,27 +272,29 @@ def test_message_posts_answer_and_store_the_same_both_ways(api, settings, users,
         cid = conversation.pk
         with django_capture_on_commit_callbacks() as callbacks:
             responses = [
-                *[_post(api, cid, users[0].pk, {"content": text}) for text in AWKWARD_TEXTS],
-                _post(api, cid, extra.pk, {"content": "from the other side"}),
-                _post(api, cid, users[2].pk),  # not a participant
-                _post(api, 999_999_999, users[0].pk),  # no such conversation
-                _post(api, cid, 999_999),  # no such user
-                _post(api, cid, None),  # no User-Id
-                _post(api, cid, "x1"),  # malformed User-Id
-                _post(api, cid, users[0].pk, {"content": "   "}),
-                _post(api, cid, users[0].pk, {"text": "hi"}),
-                _post(api, cid, users[0].pk, {"content": 5}),
-                _post(api, cid, users[0].pk, '{"content": NaN}', content_type="application/json"),
-                _post(api, cid, users[0].pk, '{"content": "x"', content_type="application/json"),
-                _post(api, cid, users[0].pk, "content=form", content_type="application/x-www-form-urlencoded"),
-                _post(api, "abc", users[0].pk),
+                *[_post(api, cid, users[0].pk, {"content": text}, **accept) for text in AWKWARD_TEXTS],
+                _post(api, cid, extra.pk, {"content": "from the other side"}, **accept),
+                _post(api, cid, users[2].pk, **accept),  # not a participant
+                _post(api, 999_999_999, users[0].pk, **accept),  # no such conversation
+                _post(api, cid, 999_999, **accept),  # no such user
+                _post(api, cid, None, **accept),  # no User-Id
+                _post(api, cid, "x1", **accept),  # malformed User-Id
+                _post(api, cid, users[0].pk, {"content": "   "}, **accept),
+                _post(api, cid, users[0].pk, {"text": "hi"}, **accept),
+                _post(api, cid, users[0].pk, {"content": 5}, **accept),
+                _post(api, cid, users[0].pk, '{"content": NaN}', content_type="application/json", **accept),
+                _post(api, cid, users[0].pk, '{"content": "x"', content_type="application/json", **accept),
+                _post(
+                    api, cid, users[0].pk, "content=form", content_type="application/x-www-form-urlencoded", **accept
+                ),
+                _post(api, "abc", users[0].pk, **accept),
             ]
         answers = [_comparable(response, roles) for response in responses]
-        outcomes[fast_paths] = (answers, _stored(conversation, roles), len(callbacks))
-    for fast, portable in zip(outcomes[True][0], outcomes[False][0], strict=True):
-        assert fast == portable
-    assert outcomes[True][1:] == outcomes[False][1:]
-    answers, (messages, events, last_index), relay_kicks = outcomes[True]
+        outcomes[way] = (answers, _stored(conversation, roles), len(callbacks))
+    for plain, through_drf in zip(outcomes["plain"][0], outcomes["through DRF"][0], strict=True):
+        assert plain == through_drf
+    assert outcomes["plain"][1:] == outcomes["through DRF"][1:]
+    answers, (messages, events, last_index), relay_kicks = outcomes["plain"]
     assert [status for status, _, _ in answers] == [201] * 8 + [
         400,
         404,
@@ -307,8 +312,7 @@ def test_message_posts_answer_and_store_the_same_both_ways(api, settings, users,
     assert last_index == len(messages) == len(events) == relay_kicks == 8
 
 
-def test_a_post_is_one_statement_and_a_page_one_more(api, users, conversation, settings, django_assert_num_queries):
-    settings.PG_FAST_PATHS = True
+def test_a_post_is_one_statement_and_a_page_one_more(api, users, conversation, django_assert_num_queries):
     with django_assert_num_queries(1):
         response = _post(api, conversation.pk, users[0].pk)
     assert response.status_code == 201
@@ -319,10 +323,9 @@ def test_a_post_is_one_statement_and_a_page_one_more(api, users, conversation, s
 
 @pytest.mark.parametrize("case", ["not a participant", "no such conversation", "no such user"])
 def test_a_post_refused_by_its_statement_costs_that_one_statement(
-    api, users, conversation, settings, django_assert_num_queries, case
+    api, users, conversation, django_assert_num_queries, case
 ):
     """The statement that would have written decides the refusal: nothing is tried a second time."""
-    settings.PG_FAST_PATHS = True
     target, author = {
         "not a participant": (conversation.pk, users[2].pk),
         "no such conversation": (999_999_999, users[0].pk),
@@ -334,8 +337,7 @@ def test_a_post_refused_by_its_statement_costs_that_one_statement(
     assert not Message.objects.exists()
 
 
-def test_the_post_timestamp_follows_the_stored_row(api, users, conversation, settings):
-    settings.PG_FAST_PATHS = True
+def test_the_post_timestamp_follows_the_stored_row(api, users, conversation):
     body = _post(api, conversation.pk, users[0].pk).json()["message"]
     stored = Message.objects.get(pk=body["id"])
     assert (
@@ -346,8 +348,7 @@ def test_the_post_timestamp_follows_the_stored_row(api, users, conversation, set
     assert body["username"] == users[0].name
 
 
-def test_the_browsable_api_still_answers_html_on_the_hot_routes(api, users, conversation, settings):
-    settings.PG_FAST_PATHS = True
+def test_the_browsable_api_still_answers_html_on_the_hot_routes(api, users, conversation):
     _post(api, conversation.pk, users[0].pk)
     page = api.get(f"/conversations/{conversation.pk}/messages", HTTP_ACCEPT="text/html")
     listing = api.get("/conversations", HTTP_ACCEPT="text/html", HTTP_USER_ID=str(users[0].pk))
@@ -358,12 +359,25 @@ def test_the_browsable_api_still_answers_html_on_the_hot_routes(api, users, conv
     assert users[1].name.encode() in listing.content
 
 
-def test_drf_renders_the_one_statement_page_to_the_same_bytes(api, settings, awkward_chat):
-    """`?format=json` takes DRF's path over the same selector: its renderer writes what the plain path sends."""
-    settings.PG_FAST_PATHS = True
+def test_drf_renders_the_one_statement_page_to_the_same_bytes(api, awkward_chat):
+    """`?format=json` takes DRF's path to the same handler: its renderer writes what the plain path sends."""
     conversation, alice = awkward_chat
     path = f"/conversations/{conversation.pk}/messages"
     plain = api.get(f"{path}?limit=5", HTTP_USER_ID=str(alice.pk))
     through_drf = api.get(f"{path}?limit=5&format=json", HTTP_USER_ID=str(alice.pk))
     assert through_drf.status_code == plain.status_code == 200
     assert through_drf.content == plain.content
+
+
+def test_a_keyed_post_and_its_repeats_answer_the_same_both_ways(api, users, conversation):
+    """A post with an Idempotency-Key is the same statement with its key; a repeat is replayed whichever way it is answered."""
+    key = {"HTTP_IDEMPOTENCY_KEY": "retry-1"}
+    first = _post(api, conversation.pk, users[0].pk, **key, **PLAIN)
+    again_plain = _post(api, conversation.pk, users[0].pk, **key, **PLAIN)
+    again_through_drf = _post(api, conversation.pk, users[0].pk, **key, **THROUGH_DRF)
+    assert (first.status_code, first.get("Idempotent-Replayed")) == (201, None)
+    assert answer(again_plain) == answer(again_through_drf)
+    assert (again_plain.status_code, again_plain["Idempotent-Replayed"]) == (201, "true")
+    assert again_plain.content == first.content
+    assert list(OutboxEvent.objects.values_list("event_id", flat=True)) == [f"{conversation.pk}:1"]
+    assert Message.objects.count() == 1
