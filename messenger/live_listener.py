@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import http.client
 import signal
 import socket
 import subprocess
@@ -48,12 +49,13 @@ class LiveListener:
         self.socket.listen(2048)
         self.socket.set_inheritable(True)
         self.port: int = self.socket.getsockname()[1]
+        self.host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.BIND_HOST, config.BIND_HOST)
         self.graceful_timeout = float(config.GRACEFUL_TIMEOUT)
         self.process: subprocess.Popen | None = None
 
     @staticmethod
     def wanted(config: Config) -> bool:
-        """Live delivery needs PostgreSQL's LISTEN: on the embedded SQLite database there is none."""
+        """Live delivery serves instances behind the load balancer: `make run` (PGHOST unset, the embedded PostgreSQL) starts none."""
         return bool(config.PGHOST)
 
     def start(self) -> None:
@@ -69,9 +71,22 @@ class LiveListener:
         """Answer every waiter, then stop (SIGTERM: conversations.live drains, gunicorn finishes gracefully)."""
         if self.process is None or self.process.poll() is not None:
             return
+        self._wait_serving()
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=self.graceful_timeout + 5)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+    def _wait_serving(self) -> None:
+        """Until the live server answers a request (bounded): a SIGTERM while it still starts would stop it
+        before it drains, and reset the connections queued on its socket (waiters NGINX already sent)."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.graceful_timeout)
+        try:
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            pass  # not serving and not going to: it is stopped all the same
+        finally:
+            conn.close()

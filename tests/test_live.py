@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from core import config as config_schema
+from messenger.live_listener import LiveListener
 from tests.support.load_balancer import Topology
 from tests.support.processes import wait_until
 
@@ -268,6 +270,24 @@ def test_a_waiter_on_a_draining_instance_is_answered_not_cut(topology, conversat
     # Answered by the stop, not cut (a 502 through NGINX, a reset here) after gunicorn's graceful timeout.
     assert [(status, body) for status, body, _ in results] == [(200, b'{"messages":[]}')] * 2
     topology.ensure_instances(2)
+
+
+def test_a_waiter_queued_while_the_live_listener_starts_is_answered_when_it_stops(topology, conversation, monkeypatch):
+    """A waiter that connected before the live server served (it queues on the socket the WSGI master
+    bound) gets its page from a stop that comes before the server is up, not a reset."""
+    database = {"PGHOST": "127.0.0.1", "PGPORT": "5432", "PGUSER": "postgres", "PGDATABASE": topology.database}
+    for name, value in {**database, "BIND_HOST": "127.0.0.1", "LOG_LEVEL": "WARNING"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("LIVE_PORT", raising=False)
+    live = LiveListener(config_schema.load())
+    live.start()
+    try:
+        # Sent a moment after the server's process began: it is still starting.
+        [held] = _held_waiters(live.port, f"/conversations/{conversation}/messages?wait=30", 1)
+    finally:
+        live.stop()
+    answer = _answer_of(held)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'\r\n\r\n{"messages":[]}'), answer
 
 
 def _established_to(addresses: list[tuple[str, int]]) -> int:

@@ -58,6 +58,37 @@ class LiveApp:
         # page a waiter answers is that application's own answer.
         self.bridge = WsgiBridge(wsgi_application)
         self.hub: Hub | None = None
+        # Page reads under way, by the request they answer: (the hub's
+        # generation when the read began, its answer).
+        self._reads: dict[tuple, tuple[int, asyncio.Future[WsgiAnswer]]] = {}
+
+    async def _read(
+        self, hub: Hub, scope: dict, since: int, environ: dict[str, Any] | None = None
+    ) -> tuple[WsgiAnswer, bool]:
+        """The page this request asks for, as the ordinary route answers it now; one read for all alike.
+
+        Waiters asking the same page (the same path, query and headers: a
+        thousand clients of one conversation) share one read, when it
+        began at or after the caller's `since` (the hub's generation when it
+        subscribed or was woken): such a read sees every commit whose wake-up
+        the caller has had, and a commit it misses wakes the caller later, as
+        it is still subscribed. Returns the answer and whether it was another
+        request's (then its X-Request-Id is that request's: `_own_id` is this one's).
+        """
+        environ = environ or environ_for(scope)
+        key = _same_answer(environ)
+        under_way = self._reads.get(key)
+        if under_way is None or under_way[0] < since:
+            read = asyncio.ensure_future(self.bridge.call(environ))
+            self._reads[key] = (hub.generation, read)
+
+            def finished(done: asyncio.Future) -> None:
+                if self._reads.get(key, (0, None))[1] is done:
+                    del self._reads[key]
+
+            read.add_done_callback(finished)
+            return await asyncio.shield(read), False
+        return await asyncio.shield(under_way[1]), True
 
     # -- ASGI
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
@@ -119,18 +150,19 @@ class LiveApp:
         # Subscribed before the first read: a message committed between the
         # read and the wait still wakes it.
         with hub.subscription(_key(raw_id)) as woken:
-            answer = await self.bridge.call(environ_for(scope))
+            disconnected.add_done_callback(lambda _: woken.set())  # a client gone wakes it too
+            answer, shared = await self._read(hub, scope, since=hub.generation)
             while _empty_page(answer) and not hub.draining.is_set() and not disconnected.done():
                 left = deadline - loop.time()
                 if left <= 0:
                     break
-                await _first(woken.wait(), disconnected, timeout=min(left, RECHECK_SECONDS))
+                await _woken(woken, timeout=min(left, RECHECK_SECONDS))
                 if disconnected.done():
                     break
                 woken.clear()
-                answer = await self.bridge.call(environ_for(scope))
+                answer, shared = await self._read(hub, scope, since=hub.generation)
         disconnected.cancel()
-        await _answer(send, answer)
+        await _answer(send, answer, _own_id(scope) if shared else None)
 
     # -- the stream
     async def _stream(self, scope: dict, receive: Receive, send: Send, raw_id: str, after: int) -> None:
@@ -138,21 +170,24 @@ class LiveApp:
         loop = asyncio.get_running_loop()
         path = f"/conversations/{raw_id}/messages"
 
-        def read(cursor: int) -> Awaitable[WsgiAnswer]:
+        def read(cursor: int) -> Awaitable[tuple[WsgiAnswer, bool]]:
             query = urlencode({"after_index": cursor, "limit": STREAM_PAGE}).encode()
-            return self.bridge.call(environ_for(scope, path=path, query_string=query))
+            return self._read(hub, scope, since, environ_for(scope, path=path, query_string=query))
 
         with hub.subscription(_key(raw_id)) as woken:
-            answer = await read(after)
+            since = hub.generation
+            answer, shared = await read(after)
+            request_id = _own_id(scope) if shared else dict(answer.headers).get(_REQUEST_ID)
             if answer.status != 200:
-                await _answer(send, answer)
+                await _answer(send, answer, request_id)
                 return
             disconnected = loop.create_task(_disconnect(receive))
+            disconnected.add_done_callback(lambda _: woken.set())  # a client gone wakes it too
             headers = [
                 (b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no"),  # NGINX: pass each event on at once
-                *((name, value) for name, value in answer.headers if name == b"x-request-id"),
+                *([(_REQUEST_ID, request_id)] if request_id else []),
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             # How long a browser waits before it reconnects with Last-Event-ID.
@@ -168,20 +203,32 @@ class LiveApp:
                     await send({"type": "http.response.body", "body": events, "more_body": True})
                     cursor = page["messages"][-1]["index"]
                 if "next" in page:
-                    answer = await read(cursor)
+                    answer, _ = await read(cursor)
                     continue
                 if hub.draining.is_set():
                     break
-                while not await _first(woken.wait(), disconnected, timeout=heartbeat):
+                while not await _woken(woken, timeout=heartbeat):
                     await send({"type": "http.response.body", "body": b": heartbeat\n\n", "more_body": True})
                     if loop.time() - read_at >= RECHECK_SECONDS:
                         break
                 if disconnected.done():
                     break
                 woken.clear()
-                answer, read_at = await read(cursor), loop.time()
+                since = hub.generation
+                (answer, _), read_at = await read(cursor), loop.time()
             disconnected.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+_REQUEST_ID = observability.REQUEST_ID_HEADER.lower().encode()
+# What tells one request from another without changing the page it gets.
+_PER_REQUEST = {"HTTP_X_REQUEST_ID", "HTTP_X_FORWARDED_FOR", "HTTP_X_REAL_IP", "HTTP_CONNECTION", "REMOTE_ADDR"}
+
+
+def _same_answer(environ: dict[str, Any]) -> tuple:
+    """Requests with equal keys get the same page: the path, the query string (`wait` too: a bad one
+    is refused), every header but those that only tell one request from another."""
+    return tuple(sorted((k, v) for k, v in environ.items() if isinstance(v, str) and k not in _PER_REQUEST))
 
 
 def _key(raw_id: str) -> str:
@@ -207,10 +254,9 @@ def _resume_from(scope: dict, query: dict[str, str]) -> int:
 
 
 def _empty_page(answer: WsgiAnswer) -> bool:
-    """An allowed read with nothing after the cursor: the only answer worth waiting on."""
-    if answer.status != 200 or not answer.body.startswith(b'{"messages":['):
-        return False
-    return json.loads(answer.body)["messages"] == []
+    """An allowed read with nothing after the cursor: the only answer worth waiting on (the page's
+    JSON is compact and starts with its messages, so the bytes tell without parsing them)."""
+    return answer.status == 200 and answer.body.startswith(b'{"messages":[]')
 
 
 def _event(message: dict) -> bytes:
@@ -224,13 +270,15 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-async def _first(wake: Awaitable[Any], disconnected: asyncio.Task, timeout: float) -> bool:
-    """Until woken, disconnected or `timeout` seconds: True unless it timed out."""
-    waking = asyncio.ensure_future(wake)
-    done, _ = await asyncio.wait({waking, disconnected}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    if waking not in done:
-        waking.cancel()
-    return bool(done)
+async def _woken(woken: asyncio.Event, timeout: float) -> bool:
+    """Until woken (a notification, the drain, the client gone) or `timeout` seconds: True unless it
+    timed out. No task of its own: ten thousand idle waiters each hold only the event's future."""
+    try:
+        async with asyncio.timeout(timeout):
+            await woken.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def _refusal(scope: dict, status: int, text: str, *headers: tuple[bytes, bytes]) -> WsgiAnswer:
@@ -244,9 +292,19 @@ def _refusal(scope: dict, status: int, text: str, *headers: tuple[bytes, bytes])
     return WsgiAnswer(status, list(headers), plain_json.render({"error": text}))
 
 
-async def _answer(send: Send, answer: WsgiAnswer) -> None:
-    """One whole HTTP answer, with the Content-Length of its body."""
-    headers = [(name, value) for name, value in answer.headers if name != b"content-length"]
+def _own_id(scope: dict) -> bytes:
+    """This request's X-Request-Id, for an answer read for another request: the one it sent, or a new one."""
+    offered = next((v for k, v in scope.get("headers", []) if k.lower() == _REQUEST_ID), b"")
+    return observability.request_id({"HTTP_X_REQUEST_ID": offered.decode("latin-1")}).encode()
+
+
+async def _answer(send: Send, answer: WsgiAnswer, request_id: bytes | None = None) -> None:
+    """One whole HTTP answer, with the Content-Length of its body (and `request_id`, if given, as its id)."""
+    headers = [
+        (name, request_id if name == _REQUEST_ID and request_id else value)
+        for name, value in answer.headers
+        if name != b"content-length"
+    ]
     headers.append((b"content-length", str(len(answer.body)).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})

@@ -155,6 +155,39 @@ def test_a_member_waiting_gets_the_message_committed_meanwhile(api, users, conve
     assert b'"content":"while you wait"' in body
 
 
+def test_waiters_of_one_page_woken_by_one_commit_share_one_read(api, users, conversation):
+    """A hundred waiters asking the same page: one read for the wake-up, each answer with its own request id."""
+    reads = 0
+
+    async def work(app):
+        nonlocal reads
+        call = app.bridge.call
+
+        async def counted(environ):
+            nonlocal reads
+            reads += 1
+            return await call(environ)
+
+        app.bridge.call = counted
+        await app.start().listening.wait()  # its own wake-up (everyone reads again) is behind us
+        path = f"/conversations/{conversation.pk}/messages"
+        waiters = [asyncio.ensure_future(_request(app, path, f"wait={LONG_WAIT}")) for _ in range(100)]
+        await _subscribed(app, 100)
+        while app._reads:  # the first reads are done: every waiter waits
+            await asyncio.sleep(0.01)
+        reads = 0
+        poster = threading.Thread(target=post_message, args=(api, conversation.pk, users[0].pk, "to a hundred"))
+        await asyncio.get_running_loop().run_in_executor(None, lambda: (poster.start(), poster.join()))
+        return await asyncio.gather(*waiters)
+
+    answers = _with_app(work)
+    assert reads == 1
+    assert {(status, body) for status, _, body in answers} == {
+        (200, _ordinary(f"/conversations/{conversation.pk}/messages")[1])
+    }
+    assert len({headers["x-request-id"] for _, headers, _ in answers}) == 100
+
+
 def test_without_wait_the_live_listener_answers_the_ordinary_bytes(api, users, conversation):
     post_message(api, conversation.pk, users[0].pk, "hello")
     path = f"/conversations/{conversation.pk}/messages"
