@@ -15,7 +15,7 @@ PYTEST_WORKERS ?= 3
 # The event worker: relays the outbox to RabbitMQ, with beat's periodic sweep embedded.
 WORKER := $(VENV)/bin/celery -A messenger worker --beat --loglevel INFO
 
-.PHONY: help venv system-deps run worker test docs bench docker-images up down ps scale reset-db
+.PHONY: help venv system-deps run worker test docs bench docker-images up down ps scale reset-db deploy
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -31,16 +31,9 @@ venv: $(STAMP) ## Create .venv and install the Python packages
 system-deps: ## Install NGINX, Consul, Chromium, the benchmark tools and Docker (Debian packages)
 	@bash scripts/install-system-deps.sh
 
-run: $(STAMP) ## Serve on port 4000 (embedded SQLite, no broker, no Consul); with AMQPHOST set, the event worker too
-	$(PY) manage.py migrate --no-input
-	$(PY) manage.py seed
-	@echo "messenger: serving on http://localhost:$${PORT:-4000} (Ctrl+C to stop)"
-	@if [ -z "$${AMQPHOST:-}" ]; then exec $(VENV)/bin/gunicorn -c messenger/gunicorn_conf.py messenger.wsgi; fi; \
-	mkdir -p var; \
-	echo "messenger: event worker ($(WORKER)) logging to var/celery-worker.log"; \
-	$(WORKER) >> var/celery-worker.log 2>&1 & worker=$$!; \
-	trap 'kill $$worker 2>/dev/null; wait $$worker' EXIT; \
-	$(VENV)/bin/gunicorn -c messenger/gunicorn_conf.py messenger.wsgi
+run: $(STAMP) ## Serve on port 4000 (an embedded PostgreSQL under var/ unless PGHOST is set; no broker, no Consul); with AMQPHOST set, the event worker too
+	@export WORKER="$(WORKER)"; if [ -n "$${PGHOST:-}" ]; then exec bash scripts/run.sh; fi; \
+	exec $(PY) -m core.db.embedded -- bash scripts/run.sh
 
 worker: $(STAMP) ## Run the event worker (Celery, with its beat sweep) in the foreground; needs AMQPHOST
 	@test -n "$${AMQPHOST:-}" || { echo "worker: set AMQPHOST (and AMQPPORT, AMQPUSER, ...) to a RabbitMQ first" >&2; exit 1; }
@@ -66,8 +59,9 @@ bench: $(STAMP) ## Run every benchmark scenario against the running stack (make 
 	$(PY) bench/live.py
 
 # --- the whole topology (infrastructure/stack.sh) ---------------------------------
-# HOSTS=3 (up, down, ps, scale, reset-db): the same system over three hosts of
-# this machine (network namespaces; docs/hosts.md). stack.sh reads it from the
+# HOSTS=3 (up, down, ps, scale, reset-db, deploy): the same system over three
+# hosts of this machine, each with its own Docker engine, deployed on Docker
+# Swarm (infrastructure/swarm.sh; docs/hosts.md). stack.sh reads it from the
 # environment, where make puts a variable given on its command line.
 STACK := infrastructure/stack.sh
 # With MESSENGER_RUNTIME=docker, an engine must answer: started when none does.
@@ -77,7 +71,7 @@ docker-images: system-deps ## Build every image the Docker topology uses (stand-
 	@bash scripts/ensure-docker.sh start
 	@bash scripts/build-docker-images.sh
 
-up: $(STAMP) system-deps ## Bring up the whole system: Consul, RabbitMQ, PostgreSQL, migrator job, 3 instances, worker, NGINX on 8085 (HOSTS=3: over three hosts)
+up: $(STAMP) system-deps ## Bring up the whole system: Consul, RabbitMQ, PostgreSQL, migrator job, 3 instances, worker, NGINX on 8085 (HOSTS=3: over three hosts, on Docker Swarm)
 	@$(ENSURE_DOCKER)
 	@bash $(STACK) up
 
@@ -93,3 +87,7 @@ scale: $(STAMP) ## Run N serving instances (make scale N=5); they take traffic w
 
 reset-db: $(STAMP) ## Empty the stack's database and seed it again, through the migrator job
 	@bash $(STACK) reset-db
+
+deploy: $(STAMP) ## Roll a new messenger image out over the swarm (HOSTS=3), one instance at a time, rolled back if unhealthy; IMAGE=name:tag, or the image built from this tree
+	@test -n "$${HOSTS:-}" || { echo "deploy: rolling updates run on the swarm: make deploy HOSTS=3 (make up HOSTS=3 first)" >&2; exit 2; }
+	@bash $(STACK) deploy $(IMAGE)

@@ -32,7 +32,7 @@ PROCESS_TESTS = ROOT / "tests"
 # Where the tests that need a fixed-name resource live, and the marks they get:
 # a folder (every file under it) or one file of tests/.
 LOCATION_MARKS = {
-    "docker": ("docker/",),
+    "docker": ("docker/", "test_hosts.py"),
     "netns": ("test_hosts.py",),
     "stack": (
         "test_stack_e2e.py",

@@ -36,15 +36,6 @@ MESSENGER_STATE_DIR="${MESSENGER_STATE_DIR:-${REPO_ROOT}/.state}"
 # The project's virtualenv (`make venv`), whose gunicorn runs local instances.
 MESSENGER_VENV="${MESSENGER_VENV:-${REPO_ROOT}/.venv}"
 
-# Local runtime, several hosts (infrastructure/hosts.sh): the host this script
-# deploys onto, named by its caller (DEPLOY_HOST=messenger-host-2). Unset: this
-# machine. A host is a network namespace; what runs there is started inside it
-# (`ip netns exec`) and registers the host's own address.
-DEPLOY_HOST="${DEPLOY_HOST:-}"
-# Every host's own Consul agent answers on Consul's standard HTTP port inside
-# its namespace; the instances of that host talk to it there.
-HOST_CONSUL_PORT=8500
-
 # Progress goes to stderr, so a script's stdout carries only its result
 # (messenger-deploy.sh prints the new instance's id).
 log() { printf '[%s] %s\n' "${SCRIPT_NAME}" "$*" >&2; }
@@ -139,12 +130,6 @@ require_consul_location() {
     http://* | https://*) CONSUL_URL="${addr%/}" ;;
     *) CONSUL_URL="http://${addr%/}" ;;
   esac
-  # The script itself reads KV through its caller's agent; what it starts on a
-  # host talks to that host's own agent (as the seed's consul-client).
-  if [ -n "${DEPLOY_HOST}" ]; then
-    CONSUL_HOST=127.0.0.1
-    CONSUL_PORT="${HOST_CONSUL_PORT}"
-  fi
 }
 
 # Which script writes each key, for the message when one is missing.
@@ -206,30 +191,25 @@ kv_put() {
   log "Consul KV: ${key} written"
 }
 
+# Every serving instance passing in Consul, and 200 through the load balancer.
+wait_for_traffic() {  # every serving instance passing in Consul, and 200 through the load balancer
+  local want=$1 passing=0
+  for _ in $(seq 1 120); do
+    passing="$(curl --silent --max-time 2 "${CONSUL_URL}/v1/health/service/messenger?passing=true" |
+      python3 -c 'import json, sys; print(len(json.load(sys.stdin)))' 2>/dev/null || echo 0)"
+    if [ "${passing}" -ge "${want}" ] &&
+      [ "$(curl --silent --output /dev/null --write-out '%{http_code}' --max-time 2 "http://127.0.0.1:${LB_PORT}/health")" = 200 ]; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "after 60s, ${passing} of ${want} instances pass their check or the load balancer does not answer on ${LB_PORT}"
+}
+
 # --- local processes -------------------------------------------------------------
 
-# in_host HOST COMMAND...: run COMMAND on HOST (inside its namespace), or on
-# this machine when HOST is empty.
-in_host() {
-  local host=$1
-  shift
-  if [ -n "${host}" ]; then ip netns exec "${host}" "$@"; else "$@"; fi
-}
-
-# The address a host's processes listen on and register: its address on the
-# hosts' bridge, or loopback on this machine. Stops the script when the host
-# does not exist (infrastructure/hosts.sh up makes them).
-host_address() {  # [host]
-  local host=${1:-} address
-  [ -n "${host}" ] || { echo 127.0.0.1; return 0; }
-  address="$(ip -n "${host}" -4 -o addr show dev eth0 2>/dev/null | awk '{ sub("/.*", "", $4); print $4; exit }')"
-  [ -n "${address}" ] || die "no host '${host}' (DEPLOY_HOST): bring the hosts up first (infrastructure/hosts.sh up N)"
-  echo "${address}"
-}
-
-free_port() {  # [host]: a port free on that host's address (default: this machine's loopback)
-  in_host "${1:-}" python3 -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' \
-    "$(host_address "${1:-}")"
+free_port() {  # a port free on this machine's loopback
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 port_answers() {  # host port
@@ -237,10 +217,12 @@ port_answers() {  # host port
 }
 
 # A pid names a live process (not a zombie whose parent has not reaped it).
+# Read from /proc with builtins only: supervise asks this on every poll.
 process_alive() {
   local stat
-  stat="$(ps -o stat= -p "$1" 2>/dev/null)" || return 1
-  [ -n "${stat}" ] && [ "${stat#Z}" = "${stat}" ]
+  [[ "$1" =~ ^[0-9]+$ ]] && { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+  stat="${stat##*) }"
+  [ "${stat%% *}" != Z ]
 }
 
 state_path() {  # kind id suffix
@@ -255,88 +237,6 @@ running_pid() {  # pidfile
   if [ -n "${pid}" ] && process_alive "${pid}"; then echo "${pid}"; fi
 }
 
-# start_local_process KIND ID READY ENVFILE COMMAND...
-# Runs COMMAND in its own session (so a Ctrl+C in the caller's terminal does
-# not reach it) with exactly the environment in ENVFILE, records its pid, and
-# waits until it is ready: READY is a port (it accepts connections on
-# 127.0.0.1:READY) or `log:TEXT` (TEXT appears in what it logs from now on,
-# for a process with no port, such as the event worker).
-start_local_process() {
-  local kind=$1 id=$2 port=$3 envfile=$4
-  shift 4
-  local pidfile logfile pid log_offset
-  pidfile="$(state_path "${kind}" "${id}" pid)"
-  logfile="$(state_path "${kind}" "${id}" log)"
-  mkdir -p "$(dirname "${pidfile}")"
-  log_offset="$(stat -c %s "${logfile}" 2>/dev/null || echo 0)"
-  # Another process on the port would pass the readiness check for this one
-  # (unless the caller knows the port is held by its own process, which the
-  # new one adopts: PORT_HELD_BY_OWN_PROCESS=true).
-  case "${port}" in
-    log:*) ;;
-    *)
-      if [ "${PORT_HELD_BY_OWN_PROCESS:-false}" != true ] && port_answers 127.0.0.1 "${port}"; then
-        die "port ${port} is already in use: cannot start ${id} there"
-      fi
-      ;;
-  esac
-  local -a environment=()
-  mapfile -t environment <"${envfile}"
-  (cd "${REPO_ROOT}" && exec setsid env -i "${environment[@]}" "$@" </dev/null >>"${logfile}" 2>&1) &
-  pid=$!
-  echo "${pid}" >"${pidfile}"
-  for _ in $(seq 1 600); do
-    case "${port}" in
-      log:*)
-        if tail -c "+$((log_offset + 1))" "${logfile}" 2>/dev/null | grep -qF -- "${port#log:}"; then
-          log "${id}: running, pid ${pid}, log ${logfile}"
-          return 0
-        fi
-        ;;
-      *)
-        if port_answers 127.0.0.1 "${port}"; then
-          log "${id}: running, pid ${pid}, port ${port}, log ${logfile}"
-          return 0
-        fi
-        ;;
-    esac
-    if ! process_alive "${pid}"; then
-      rm -f "${pidfile}" "$(state_path "${kind}" "${id}" env)"
-      tail -n 40 "${logfile}" >&2 || true
-      die "${id} exited during start-up (log: ${logfile})"
-    fi
-    sleep 0.1
-  done
-  stop_local_process "${kind}" "${id}"
-  die "${id} was not ready (${port}) within 60s (log: ${logfile})"
-}
-
-# stop_local_process KIND ID: SIGTERM, wait for a graceful exit, SIGKILL the
-# whole session only if it outlives STOP_TIMEOUT_SECONDS. Removes the pid and
-# environment files; keeps the log.
-stop_local_process() {
-  local kind=$1 id=$2 pidfile pid
-  pidfile="$(state_path "${kind}" "${id}" pid)"
-  pid="$(running_pid "${pidfile}")"
-  if [ -z "${pid}" ]; then
-    [ -f "${pidfile}" ] && log "${id}: was not running (stale pid file removed)"
-  else
-    kill -TERM "${pid}" 2>/dev/null || true
-    local waited=0
-    while process_alive "${pid}" && [ "${waited}" -lt $((STOP_TIMEOUT_SECONDS * 10)) ]; do
-      sleep 0.1
-      waited=$((waited + 1))
-    done
-    if process_alive "${pid}"; then
-      kill -KILL -- "-${pid}" 2>/dev/null || kill -KILL "${pid}" 2>/dev/null || true
-      log "${id}: killed after ${STOP_TIMEOUT_SECONDS}s without a graceful exit"
-    else
-      log "${id}: stopped"
-    fi
-  fi
-  rm -f "${pidfile}" "$(state_path "${kind}" "${id}" env)"
-}
-
 # Local instances of KIND that have a pid file, also one whose process died
 # without cleaning up (killed), so that stopping it removes its files.
 local_instances() {  # kind
@@ -349,80 +249,64 @@ local_instances() {  # kind
 
 # --- supervision (local runtime) -----------------------------------------------------
 #
-# Each host runs one supervisord of its own (this machine's for the single-host
-# runtime; one inside each namespace for several hosts), started on first use.
-# Every service instance, the worker and the platform's servers are its
-# programs: it starts each in a process group of its own, starts again one that
-# dies (a SIGKILL included), and stops one with its stop signal, SIGKILLing the
-# group only after STOP_TIMEOUT_SECONDS. A program's definition is one file in
-# the supervisor folder's programs/, added and removed with `supervisorctl update`.
+# One supervisord of this machine, started on first use, runs every local
+# process of the system: Consul, each service instance, the worker and the load
+# balancer's watcher are its programs. It starts each in a process group of its
+# own, starts again one that dies (a SIGKILL included), and stops one with its
+# stop signal, SIGKILLing the group only after STOP_TIMEOUT_SECONDS. A program's
+# definition is one file in the supervisor folder's programs/, added and
+# removed with `supervisorctl update`.
 
-supervisor_dir() {  # [host]
-  printf '%s/supervisor/%s' "${MESSENGER_STATE_DIR}" "${1:-local}"
-}
+SUPERVISOR_DIR="${MESSENGER_STATE_DIR}/supervisor"
 
-# supervisorctl_on HOST ARG...: supervisorctl of that host's supervisord. Its
-# socket is a file, so this machine reaches every host's from here.
-supervisorctl_on() {
-  local host=$1
-  shift
-  supervisorctl -c "$(supervisor_dir "${host}")/supervisord.conf" "$@"
+supervisor_ctl() {  # ARG...: supervisorctl of this machine's supervisord
+  supervisorctl -c "${SUPERVISOR_DIR}/supervisord.conf" "$@"
 }
 
 # A unix socket's path is limited to 107 bytes, which a state folder deep in a
 # temporary folder may exceed: the socket sits in the temporary folder, named
 # after its supervisor folder.
-supervisor_socket() {  # [host]
-  printf '%s/messenger-supervisor-%s.sock' "${TMPDIR:-/tmp}" "$(printf '%s' "$(supervisor_dir "${1:-}")" | md5sum | cut -c1-16)"
+supervisor_socket() {
+  printf '%s/messenger-supervisor-%s.sock' "${TMPDIR:-/tmp}" "$(printf '%s' "${SUPERVISOR_DIR}" | md5sum | cut -c1-16)"
 }
 
-supervisor_running() {  # host
-  [ -f "$(supervisor_dir "$1")/supervisord.conf" ] && supervisorctl_on "$1" pid >/dev/null 2>&1
+supervisor_running() {
+  [ -f "${SUPERVISOR_DIR}/supervisord.conf" ] && supervisor_ctl pid >/dev/null 2>&1
 }
 
-ensure_supervisor() {  # host
-  local host=$1 dir socket
-  supervisor_running "${host}" && return 0
+ensure_supervisor() {
+  local socket
+  supervisor_running && return 0
   command -v supervisord >/dev/null 2>&1 || die "supervisord not found: run 'make system-deps'"
-  dir="$(supervisor_dir "${host}")"
-  mkdir -p "${dir}/programs"
-  socket="$(supervisor_socket "${host}")"
+  mkdir -p "${SUPERVISOR_DIR}/programs"
+  socket="$(supervisor_socket)"
   printf '%s\n' \
-    "; Written by infrastructure/lib.sh: the supervisord of host ${host:-local}." \
+    "; Written by infrastructure/lib.sh: the supervisord of this machine's stack." \
     "[unix_http_server]" "file=${socket}" "chmod=0700" "" \
-    "[supervisord]" "pidfile=${dir}/supervisord.pid" "logfile=${dir}/supervisord.log" \
-    "childlogdir=${dir}" "identifier=messenger-${host:-local}" "" \
+    "[supervisord]" "pidfile=${SUPERVISOR_DIR}/supervisord.pid" "logfile=${SUPERVISOR_DIR}/supervisord.log" \
+    "childlogdir=${SUPERVISOR_DIR}" "identifier=messenger" "" \
     "[rpcinterface:supervisor]" "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface" "" \
     "[supervisorctl]" "serverurl=unix://${socket}" "" \
-    "[include]" "files=${dir}/programs/*.conf" >"${dir}/supervisord.conf"
-  in_host "${host}" supervisord -c "${dir}/supervisord.conf"
+    "[include]" "files=${SUPERVISOR_DIR}/programs/*.conf" >"${SUPERVISOR_DIR}/supervisord.conf"
+  supervisord -c "${SUPERVISOR_DIR}/supervisord.conf"
   for _ in $(seq 1 100); do
-    supervisor_running "${host}" && { log "supervisord of ${host:-this machine}: running (${dir})"; return 0; }
+    supervisor_running && { log "supervisord of this machine: running (${SUPERVISOR_DIR})"; return 0; }
     sleep 0.1
   done
-  die "supervisord of ${host:-this machine} did not answer within 10s (log: ${dir}/supervisord.log)"
+  die "supervisord of this machine did not answer within 10s (log: ${SUPERVISOR_DIR}/supervisord.log)"
 }
 
-# The host whose supervisord has program ID (empty: this machine's); fails
-# when none has it.
-supervised_host() {  # id
-  local conf host
-  for conf in "${MESSENGER_STATE_DIR}"/supervisor/*/programs/"$1".conf; do
-    [ -e "${conf}" ] || continue
-    host="$(basename "$(dirname "$(dirname "${conf}")")")"
-    [ "${host}" = local ] && host=""
-    echo "${host}"
-    return 0
-  done
-  return 1
+supervised() {  # id: supervisord has program ID (running or not)
+  [ -e "${SUPERVISOR_DIR}/programs/$1.conf" ]
 }
 
 # The program's state as supervisord reports it (RUNNING, STARTING, BACKOFF,
-# EXITED, FATAL, STOPPED...), or GONE when no supervisord has it.
+# EXITED, FATAL, STOPPED...), or GONE when supervisord does not have it.
 program_state() {  # id
-  local host state
-  host="$(supervised_host "$1")" || { echo GONE; return 0; }
-  state="$(supervisorctl_on "${host}" status "$1" 2>/dev/null | awk '{ print $2; exit }')" || true
+  local state=""
+  if supervised "$1"; then
+    state="$(supervisor_ctl status "$1" 2>/dev/null | awk '{ print $2; exit }')" || true
+  fi
   echo "${state:-GONE}"
 }
 
@@ -434,29 +318,35 @@ supervisor_quote() {
   printf "'%s'" "${word}"
 }
 
-# supervise HOST KIND ID READY ENVFILE COMMAND...
-# Adds COMMAND as program ID of HOST's supervisord, run inside that host with
-# exactly the environment in ENVFILE (through supervised.sh, which records its
-# pid), and waits until it is ready: READY is a port (it accepts connections on
-# the host's address) or `log:TEXT` (TEXT appears in its log from now on).
-# STOP_SIGNAL (default TERM) is the signal that stops it gracefully.
+# supervise KIND ID READY ENVFILE COMMAND...
+# Adds COMMAND as program ID of this machine's supervisord, run with exactly the
+# environment in ENVFILE (through supervised.sh, which records its pid), and
+# waits until it is ready: READY is a port (it accepts connections on
+# 127.0.0.1) or `log:TEXT` (TEXT appears in its log from now on).
+# STOP_SIGNAL (default TERM) is the signal that stops it gracefully. A READY
+# port already in use stops the script, unless the caller knows its own
+# process holds it and the new one adopts that process
+# (PORT_HELD_BY_OWN_PROCESS=true: the load balancer's NGINX).
 supervise() {
-  local host=$1 kind=$2 id=$3 ready=$4 envfile=$5
-  shift 5
-  local pidfile logfile address log_offset word command="" pid="" n is_ready=false
+  local kind=$1 id=$2 ready=$3 envfile=$4
+  shift 4
+  local pidfile logfile log_offset word command="" pid="" now n is_ready=false
   pidfile="$(state_path "${kind}" "${id}" pid)"
   logfile="$(state_path "${kind}" "${id}" log)"
-  address="$(host_address "${host}")"
   mkdir -p "$(dirname "${pidfile}")"
   case "${ready}" in
     log:*) ;;
-    *) if port_answers "${address}" "${ready}"; then die "port ${ready} on ${address} is already in use: cannot start ${id} there"; fi ;;
+    *)
+      if [ "${PORT_HELD_BY_OWN_PROCESS:-false}" != true ] && port_answers 127.0.0.1 "${ready}"; then
+        die "port ${ready} is already in use: cannot start ${id} there"
+      fi
+      ;;
   esac
-  ensure_supervisor "${host}"
-  # A supervisord started again (a host that was lost) starts the programs it
-  # had by itself: one of them is already this one.
+  ensure_supervisor
+  # A supervisord started again starts the programs it had by itself: one of
+  # them is already this one.
   case "$(program_state "${id}")" in
-    RUNNING | STARTING | BACKOFF) log "${id} is already running${host:+ on ${host}} (started again by its supervisord)"; return 0 ;;
+    RUNNING | STARTING | BACKOFF) log "${id} is already running (started again by supervisord)"; return 0 ;;
   esac
   for word in bash "${INFRA_DIR}/supervised.sh" "${pidfile}" "${envfile}" "$@"; do
     command+="${command:+ }$(supervisor_quote "${word}")"
@@ -470,21 +360,23 @@ supervise() {
     "stopsignal=${STOP_SIGNAL:-TERM}" "stopwaitsecs=${STOP_TIMEOUT_SECONDS}" \
     "stopasgroup=false" "killasgroup=true" \
     "redirect_stderr=true" "stdout_logfile=${logfile//%/%%}" "stdout_logfile_maxbytes=0" \
-    >"$(supervisor_dir "${host}")/programs/${id}.conf"
+    >"${SUPERVISOR_DIR}/programs/${id}.conf"
   log_offset="$(stat -c %s "${logfile}" 2>/dev/null || echo 0)"
   rm -f "${pidfile}"
-  supervisorctl_on "${host}" update "${id}" >/dev/null
+  supervisor_ctl update "${id}" >/dev/null
   for n in $(seq 1 600); do
-    [ -n "${pid}" ] || pid="$(cat "${pidfile}" 2>/dev/null || true)"
+    now=""
+    { read -r now <"${pidfile}"; } 2>/dev/null || true
+    [ -n "${pid}" ] || pid="${now}"
     if [ -n "${pid}" ]; then
       case "${ready}" in
         log:*) tail -c "+$((log_offset + 1))" "${logfile}" 2>/dev/null | grep -qF -- "${ready#log:}" && is_ready=true ;;
-        *) port_answers "${address}" "${ready}" && is_ready=true ;;
+        *) port_answers 127.0.0.1 "${ready}" && is_ready=true ;;
       esac
       # Whether it became ready, not which poll this was: the last one counts too.
       [ "${is_ready}" = false ] || break
       # Exited during start-up (supervisord would start it again, with a new pid).
-      if ! process_alive "${pid}" || [ "$(cat "${pidfile}" 2>/dev/null)" != "${pid}" ]; then
+      if ! process_alive "${pid}" || [ "${now}" != "${pid}" ]; then
         unsupervise "${id}"
         tail -n 40 "${logfile}" >&2 || true
         die "${id} exited during start-up (log: ${logfile})"
@@ -500,36 +392,30 @@ supervise() {
     unsupervise "${id}"
     die "${id} was not ready (${ready}) within 60s (log: ${logfile})"
   fi
-  log "${id}: running${host:+ on ${host}}, pid ${pid}, ready (${ready}), log ${logfile}"
+  log "${id}: running, pid ${pid}, ready (${ready}), log ${logfile}"
 }
 
 # unsupervise ID: stop the program gracefully (supervisord SIGKILLs its group
-# after STOP_TIMEOUT_SECONDS) and remove it from its supervisord.
+# after STOP_TIMEOUT_SECONDS) and remove it from supervisord.
 unsupervise() {
-  local id=$1 host
-  host="$(supervised_host "${id}")" || return 0
-  supervisorctl_on "${host}" stop "${id}" >/dev/null 2>&1 || true
-  rm -f "$(supervisor_dir "${host}")/programs/${id}.conf"
-  supervisorctl_on "${host}" update "${id}" >/dev/null 2>&1 || true
+  local id=$1
+  supervised "${id}" || return 0
+  supervisor_ctl stop "${id}" >/dev/null 2>&1 || true
+  rm -f "${SUPERVISOR_DIR}/programs/${id}.conf"
+  supervisor_ctl update "${id}" >/dev/null 2>&1 || true
 }
 
-# Shut down every supervisord left with no program, so that stopping the last
+# Shut supervisord down once it has no program left, so that stopping the last
 # piece leaves no process behind.
-stop_idle_supervisors() {
-  local dir host
-  for dir in "${MESSENGER_STATE_DIR}"/supervisor/*/; do
-    [ -f "${dir}supervisord.conf" ] || continue
-    compgen -G "${dir}programs/*.conf" >/dev/null && continue
-    host="$(basename "${dir}")"
-    [ "${host}" = local ] && host=""
-    supervisor_running "${host}" || continue
-    supervisorctl_on "${host}" shutdown >/dev/null 2>&1 || true
-    for _ in $(seq 1 100); do
-      supervisor_running "${host}" || break
-      sleep 0.1
-    done
-    log "supervisord of ${host:-this machine}: stopped"
+stop_idle_supervisor() {
+  compgen -G "${SUPERVISOR_DIR}/programs/*.conf" >/dev/null && return 0
+  supervisor_running || return 0
+  supervisor_ctl shutdown >/dev/null 2>&1 || true
+  for _ in $(seq 1 100); do
+    supervisor_running || break
+    sleep 0.1
   done
+  log "supervisord of this machine: stopped"
 }
 
 # --- service instances (both runtimes) ---------------------------------------------
@@ -553,17 +439,16 @@ INSTANCE_VARIABLES=(
 
 # choose_listen_address DOCKER_PORT: set PORT, BIND_HOST and CONSUL_SERVICE_ADDRESS.
 # Every container has an address of its own, so all listen on DOCKER_PORT and
-# the instance detects the address it registers; local instances share their
-# host's address (this machine's loopback, or DEPLOY_HOST's address on the
-# hosts' bridge), so each takes a free port there.
+# the instance detects the address it registers; local instances share this
+# machine's loopback, so each takes a free port there.
 choose_listen_address() {
   if [ "${MESSENGER_RUNTIME}" = docker ]; then
     PORT=$1
     BIND_HOST=0.0.0.0
     CONSUL_SERVICE_ADDRESS=""
   else
-    PORT="$(free_port "${DEPLOY_HOST}")"
-    BIND_HOST="$(host_address "${DEPLOY_HOST}")"
+    PORT="$(free_port)"
+    BIND_HOST=127.0.0.1
     CONSUL_SERVICE_ADDRESS="${BIND_HOST}"
   fi
 }
@@ -574,7 +459,7 @@ choose_listen_address() {
 # A caller that runs something else from the same image (the event worker) sets
 # INSTANCE_COMMAND (the command, relative to the image's PATH or the venv's
 # bin) and INSTANCE_READY (a supervise READY, e.g. log:ready.). Local
-# instances are programs of their host's supervisord (see supervise), which
+# instances are programs of this machine's supervisord (see supervise), which
 # starts one again when it dies; containers have the engine's restart policy.
 # INSTANCE_DOCKER_ARGS: more `docker run` flags for its container.
 INSTANCE_COMMAND=()
@@ -611,10 +496,10 @@ start_instance() {
     for name in "$@"; do printf '%s=%s\n' "${name}" "${!name}"; done
   ) >"${envfile}"
   if [ "${#INSTANCE_COMMAND[@]}" -gt 0 ]; then
-    supervise "${DEPLOY_HOST}" "${kind}" "${id}" "${INSTANCE_READY:-${PORT}}" "${envfile}" \
+    supervise "${kind}" "${id}" "${INSTANCE_READY:-${PORT}}" "${envfile}" \
       "${MESSENGER_VENV}/bin/${INSTANCE_COMMAND[0]}" "${INSTANCE_COMMAND[@]:1}"
   else
-    supervise "${DEPLOY_HOST}" "${kind}" "${id}" "${PORT}" "${envfile}" \
+    supervise "${kind}" "${id}" "${PORT}" "${envfile}" \
       "${MESSENGER_VENV}/bin/gunicorn" -c messenger/gunicorn_conf.py messenger.wsgi
   fi
 }
@@ -632,12 +517,14 @@ stop_instance() {
   local kind=$1 id=$2
   if [ "${MESSENGER_RUNTIME}" = docker ]; then
     docker_remove "${id}"
-  elif supervised_host "${id}" >/dev/null; then
+  elif supervised "${id}"; then
     unsupervise "${id}"
     rm -f "$(state_path "${kind}" "${id}" pid)" "$(state_path "${kind}" "${id}" env)"
     log "${id}: stopped"
   else
-    stop_local_process "${kind}" "${id}"
+    # No program of supervisord: what its pid file names is gone.
+    [ ! -e "$(state_path "${kind}" "${id}" pid)" ] || log "${id}: was not running (stale pid file removed)"
+    rm -f "$(state_path "${kind}" "${id}" pid)" "$(state_path "${kind}" "${id}" env)"
   fi
 }
 

@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
-# The messenger team's database. Starts PostgreSQL (Docker runtime), uses the
-# one this machine runs (local runtime), or, with DEPLOY_HOST=messenger-host-N
-# (several hosts, infrastructure/hosts.sh), runs a cluster of its own on that
-# host: Debian's PostgreSQL binaries, its data under the state folder, a
-# program of the host's supervisord. Then it makes sure the application and migrator
-# roles exist (infrastructure/sql/roles.sql), and writes where and how to
-# connect to Consul KV, where the services deployed after it read them. Safe to
-# run again.
+# The messenger team's database. Starts PostgreSQL (Docker runtime) or uses the
+# one this machine runs (local runtime). Then it makes sure the application and
+# migrator roles exist (infrastructure/sql/roles.sql), and writes where and how
+# to connect to Consul KV, where the services deployed after it read them. Safe
+# to run again.
 #
 #   CONSUL_HOST=127.0.0.1 CONSUL_PORT=8500 ./infrastructure/messenger-db-deploy.sh
 #
@@ -46,53 +43,6 @@ DB_NAME="${MESSENGER_DB_NAME:-messenger}"
 LOCAL_PGHOST="${LOCAL_PGHOST:-127.0.0.1}"
 LOCAL_PGPORT="${LOCAL_PGPORT:-${PORT}}"
 
-# Several hosts: the server binaries, and the system user PostgreSQL runs as
-# (it refuses to run as root).
-PG_BIN="${PG_BIN:-/usr/lib/postgresql/15/bin}"
-PG_SYSTEM_USER=postgres
-DB_KIND=messenger-db
-
-# start_own_cluster: the cluster of DEPLOY_HOST, made by initdb on first use,
-# listening on the host's address with password logins only.
-start_own_cluster() {
-  local address data envfile pwfile network
-  address="$(host_address "${DEPLOY_HOST}")"
-  DB_HOST="${address}"
-  DB_PORT="${PORT}"
-  if instance_running "${DB_KIND}" "${DB_CONTAINER}"; then
-    log "${DB_CONTAINER} is already running on ${DEPLOY_HOST}"
-    return 0
-  fi
-  [ -x "${PG_BIN}/postgres" ] || die "${PG_BIN}/postgres not found: install Debian's postgresql-15 (or set PG_BIN)"
-  data="$(state_path "${DB_KIND}" "${DB_CONTAINER}" data)"
-  mkdir -p "${data}"
-  chown "${PG_SYSTEM_USER}:" "${data}"
-  chmod 700 "${data}"
-  runuser -u "${PG_SYSTEM_USER}" -- test -w "${data}" ||
-    die "the ${PG_SYSTEM_USER} system user cannot reach ${data}: let it search every folder above (chmod o+x), or set MESSENGER_STATE_DIR elsewhere"
-  if [ ! -s "${data}/PG_VERSION" ]; then
-    pwfile="$(mktemp)"
-    printf '%s\n' "${POSTGRES_PASSWORD}" >"${pwfile}"
-    chown "${PG_SYSTEM_USER}:" "${pwfile}"
-    runuser -u "${PG_SYSTEM_USER}" -- "${PG_BIN}/initdb" -D "${data}" -U "${POSTGRES_USER}" --pwfile="${pwfile}" \
-      --auth-local=scram-sha-256 --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 >&2 ||
-      { rm -f "${pwfile}"; die "initdb failed in ${data}"; }
-    rm -f "${pwfile}"
-    # The hosts' network may log in, with a password.
-    network="$(python3 -c 'import ipaddress, sys; print(ipaddress.ip_interface(sys.argv[1]).network)' \
-      "$(ip -n "${DEPLOY_HOST}" -4 -o addr show dev eth0 | awk '{ print $4; exit }')")"
-    printf 'host all all %s scram-sha-256\n' "${network}" >>"${data}/pg_hba.conf"
-    log "initdb: a new cluster in ${data}, logins from ${network}"
-  fi
-  envfile="$(state_path "${DB_KIND}" "${DB_CONTAINER}" env)"
-  printf '%s\n' "PATH=/usr/bin:/bin" "LANG=C.UTF-8" >"${envfile}"
-  # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for every client
-  # to disconnect); no unix socket, whose path the state folder may make too long.
-  STOP_SIGNAL=INT supervise "${DEPLOY_HOST}" "${DB_KIND}" "${DB_CONTAINER}" "${PORT}" "${envfile}" \
-    setpriv "--reuid=${PG_SYSTEM_USER}" "--regid=${PG_SYSTEM_USER}" --init-groups \
-    "${PG_BIN}/postgres" -D "${data}" -p "${PORT}" -c "listen_addresses=${address}" -c unix_socket_directories=
-}
-
 select_runtime
 require_consul_location
 
@@ -116,7 +66,6 @@ else
   command -v psql >/dev/null 2>&1 || die "psql not found: install PostgreSQL's client (postgresql-client)"
   DB_HOST="${LOCAL_PGHOST}"
   DB_PORT="${LOCAL_PGPORT}"
-  [ -z "${DEPLOY_HOST}" ] || start_own_cluster
   ready() { pg_isready -q -h "${DB_HOST}" -p "${DB_PORT}"; }
   run_psql() { PGPASSWORD="${POSTGRES_PASSWORD}" psql -X -q -h "${DB_HOST}" -p "${DB_PORT}" -U "${POSTGRES_USER}" -d postgres "$@"; }
 fi

@@ -10,9 +10,7 @@
 # network, listening on 4000 at its own address. Local runtime: the project's
 # gunicorn on a free loopback port, a program of this machine's supervisord
 # (which starts it again if it dies); pid, log and environment under
-# ${MESSENGER_STATE_DIR:-.state}/messenger/. With DEPLOY_HOST=messenger-host-N
-# (infrastructure/hosts.sh), on that host: inside its namespace, on its
-# address, registered with its own Consul agent. MESSENGER_RUNTIME=docker|local
+# ${MESSENGER_STATE_DIR:-.state}/messenger/. MESSENGER_RUNTIME=docker|local
 # chooses (default: Docker when an engine answers).
 set -euo pipefail
 # shellcheck source=lib.sh
@@ -40,8 +38,7 @@ choose_listen_address "${DOCKER_PORT}"
 if [ "${MESSENGER_RUNTIME}" = docker ]; then
   INSTANCE_ID="messenger-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')"
 else
-  # On one of several hosts, the host's name is part of the id.
-  INSTANCE_ID="messenger-${DEPLOY_HOST:+${DEPLOY_HOST#messenger-}-}${PORT}"
+  INSTANCE_ID="messenger-${PORT}"
 fi
 
 start_instance "${CONSUL_SERVICE_NAME}" "${INSTANCE_ID}" "${INSTANCE_VARIABLES[@]}"

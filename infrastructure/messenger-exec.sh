@@ -41,7 +41,5 @@ ENVFILES=("${MESSENGER_STATE_DIR}"/*/"${ID}.env")
 [ "${#ENVFILES[@]}" -eq 1 ] || die "no running instance '${ID}' under ${MESSENGER_STATE_DIR}"
 [ -n "$(running_pid "${ENVFILES[0]%.env}.pid")" ] || die "instance '${ID}' is not running"
 mapfile -t ENVIRONMENT <"${ENVFILES[0]}"
-# On the instance's own host (several hosts: inside its namespace).
-HOST="$(supervised_host "${ID}" || true)"
 cd "${REPO_ROOT}"
-exec ${HOST:+ip netns exec "${HOST}"} env -i "${ENVIRONMENT[@]}" ${EXTRA_ENV[@]+"${EXTRA_ENV[@]}"} "$@"
+exec env -i "${ENVIRONMENT[@]}" ${EXTRA_ENV[@]+"${EXTRA_ENV[@]}"} "$@"

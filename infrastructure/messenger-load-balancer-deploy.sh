@@ -9,8 +9,11 @@
 # Docker runtime: the seed's container of the `messenger-lb` image (build it
 # with `docker build -t messenger-lb load-balancer`), where consul-template
 # renders the upstream list. Local runtime: load-balancer/upstream_watcher.py
-# does consul-template's job and runs this machine's NGINX as its own process;
-# the watcher's pid and log, and NGINX's configuration, pid and logs, live under
+# does consul-template's job and runs this machine's NGINX as its own daemon;
+# the watcher is a program of this machine's supervisord, like every local
+# process of the system, which starts it again when it dies (the new watcher
+# adopts the NGINX that still runs, or starts one). The watcher's pid and log,
+# and NGINX's configuration, pid and logs, live under
 # ${MESSENGER_STATE_DIR:-.state}/load-balancer/. MESSENGER_RUNTIME=docker|local
 # chooses (default: Docker when an engine answers). Stop it with
 # infrastructure/messenger-load-balancer-stop.sh.
@@ -45,7 +48,7 @@ if [ "${MESSENGER_RUNTIME}" = docker ]; then
   exit 0
 fi
 
-if [ -n "$(running_pid "$(state_path load-balancer "${LB_NAME}" pid)")" ]; then
+if instance_running load-balancer "${LB_NAME}"; then
   log "${LB_NAME} is already running (log: $(state_path load-balancer "${LB_NAME}" log))"
   exit 0
 fi
@@ -62,7 +65,7 @@ mkdir -p "$(dirname "${ENVFILE}")"
 printf '%s\n' "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "HOME=${HOME:-/root}" \
   "LANG=C.UTF-8" >"${ENVFILE}"
 # This host reaches the agent at CONSUL_URL (see require_consul_location).
-start_local_process load-balancer "${LB_NAME}" "${LB_PORT}" "${ENVFILE}" \
+supervise load-balancer "${LB_NAME}" "${LB_PORT}" "${ENVFILE}" \
   python3 load-balancer/upstream_watcher.py \
   --state-dir "${MESSENGER_STATE_DIR}/load-balancer/nginx" \
   --consul "${CONSUL_URL}" \

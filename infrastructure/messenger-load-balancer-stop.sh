@@ -20,11 +20,13 @@ if [ "${MESSENGER_RUNTIME}" = docker ]; then
   exit 0
 fi
 
-# SIGTERM to the watcher, which stops NGINX gracefully before it exits.
-stop_local_process load-balancer "${LB_NAME}"
+# supervisord sends the watcher SIGTERM, and the watcher stops NGINX gracefully
+# before it exits; the program leaves supervisord.
+stop_instance load-balancer "${LB_NAME}"
 
-# NGINX runs as its own daemon and outlives a watcher that was killed: stop
-# it too (SIGQUIT: graceful), waiting at most STOP_TIMEOUT_SECONDS.
+# NGINX runs as its own daemon and outlives a watcher that could not stop it
+# (killed with its supervisord): stop it too (SIGQUIT: graceful), waiting at
+# most STOP_TIMEOUT_SECONDS.
 NGINX_PIDFILE="${MESSENGER_STATE_DIR}/load-balancer/nginx/nginx.pid"
 NGINX_PID="$(running_pid "${NGINX_PIDFILE}")"
 if [ -z "${NGINX_PID}" ]; then
@@ -42,3 +44,5 @@ else
     log "NGINX (pid ${NGINX_PID}): stopped"
   fi
 fi
+# supervisord left with nothing to run stops too.
+stop_idle_supervisor

@@ -58,6 +58,6 @@ STATUS=0
 for pid in "${PIDS[@]}"; do
   wait "${pid}" || STATUS=1
 done
-# A host's supervisord left with nothing to run stops too.
-[ "${MESSENGER_RUNTIME}" = docker ] || stop_idle_supervisors
+# supervisord left with nothing to run stops too.
+[ "${MESSENGER_RUNTIME}" = docker ] || stop_idle_supervisor
 exit "${STATUS}"

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Stops what platform-deploy.sh started: the Consul and RabbitMQ containers and
 # their network (Docker runtime: containers removed, with their anonymous
-# volumes), or its local programs: the Consul agents and, on several hosts, the
-# platform's RabbitMQ node (local runtime; a single host's RabbitMQ is this
+# volumes), or its local Consul agent (local runtime; RabbitMQ is this
 # machine's, left running as platform-deploy.sh found it). What the local
-# Consul and RabbitMQ hold stays on disk under the state folder for the next start.
+# Consul holds stays on disk under the state folder for the next start.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -21,18 +20,6 @@ if [ "${MESSENGER_RUNTIME}" = docker ]; then
     log "network ${MESSENGER_DOCKER_NETWORK}: removed"
   fi
 else
-  # RabbitMQ first; then this machine's agent, which leaves the cluster while
-  # its servers still answer; then the servers together (a server stopped this
-  # way stays a member of the cluster, so its raft data is valid when it starts
-  # again).
-  stop_instance platform rabbitmq
   stop_instance platform consul
-  mapfile -t SERVERS < <(local_instances platform | grep '^consul-' || true)
-  PIDS=()
-  for id in ${SERVERS[@]+"${SERVERS[@]}"}; do
-    stop_instance platform "${id}" &
-    PIDS+=("$!")
-  done
-  for pid in ${PIDS[@]+"${PIDS[@]}"}; do wait "${pid}"; done
-  stop_idle_supervisors
+  stop_idle_supervisor
 fi

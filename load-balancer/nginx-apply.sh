@@ -37,10 +37,12 @@ nginx_run() {
 
 nginx_running() {
     # The pid file outlives a killed NGINX, and its pid may be reused: check
-    # that the process behind it is still an NGINX master.
+    # that the process behind it is still an NGINX master, and not a killed
+    # one no one has reaped yet (a zombie).
     pid=$(cat "$PREFIX/nginx.pid" 2>/dev/null || true)
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    [ ! -r "/proc/$pid/comm" ] || [ "$(cat "/proc/$pid/comm")" = nginx ]
+    [ -r "/proc/$pid/stat" ] || return 0
+    [ "$(sed 's/.*) //' "/proc/$pid/stat" | cut -d' ' -f1)" != Z ] && [ "$(cat "/proc/$pid/comm")" = nginx ]
 }
 
 if [ ! -f "$rendered" ]; then

@@ -170,14 +170,20 @@ class Nginx:
         )
 
     def master_pid(self) -> int | None:
-        """The running master's pid, or None (a stale pid file counts as not running)."""
+        """The running master's pid, or None.
+
+        A stale pid file counts as not running, and so does a killed master that
+        no one has reaped yet (a zombie: adopting it would leave nothing serving).
+        """
         try:
             pid = int((self.prefix / "nginx.pid").read_text().strip())
             os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        comm = Path(f"/proc/{pid}/comm")
-        if comm.exists() and comm.read_text().strip() != "nginx":
+            proc = Path(f"/proc/{pid}")
+            if proc.exists():
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state == "Z" or (proc / "comm").read_text().strip() != "nginx":
+                    return None
+        except (OSError, ValueError, IndexError):
             return None
         return pid
 

@@ -4,7 +4,10 @@ Start a serving instance with:
     gunicorn -c messenger/gunicorn_conf.py messenger.wsgi
 """
 
+import os
+import socket
 import time
+from pathlib import Path
 
 from core import config as config_schema
 from core.http import gunicorn_refusals
@@ -13,6 +16,27 @@ from discovery import registration as discovery
 from messenger import live_listener, startup_checks
 
 _config = config_schema.load()
+
+
+def _bind_free_port() -> socket.socket:
+    """PORT=0: listen on a free port now, before the preloaded app reads PORT to register it.
+
+    On a host network several instances share one address (the swarm's nodes), so none can
+    be given a fixed port; gunicorn takes this socket over by its descriptor (`fd://`).
+    """
+    family = socket.AF_INET6 if ":" in _config.BIND_HOST else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((_config.BIND_HOST, 0))
+    listener.listen(2048)
+    listener.set_inheritable(True)
+    os.environ["PORT"] = str(listener.getsockname()[1])
+    return listener
+
+
+_free_port_socket = _bind_free_port() if _config.PORT == 0 else None
+if _free_port_socket is not None:
+    _config = config_schema.load()
 
 
 def _share_metrics_between_workers() -> str:
@@ -49,7 +73,7 @@ def _share_metrics_between_workers() -> str:
 
 _share_metrics_between_workers()
 
-bind = f"{_config.BIND_HOST}:{_config.PORT}"
+bind = f"fd://{_free_port_socket.fileno()}" if _free_port_socket else f"{_config.BIND_HOST}:{_config.PORT}"
 workers = _config.WEB_CONCURRENCY
 threads = _config.WEB_THREADS
 worker_class = "gthread" if _config.WEB_THREADS > 1 else "sync"
@@ -94,6 +118,8 @@ if _live is not None:
 
 
 def when_ready(server):
+    if _config.PORT_FILE:  # what the container's health check asks, where PORT=0 chose the port
+        Path(_config.PORT_FILE).write_text(f"{_config.PORT}\n")
     if _live is not None:
         _live.start()
     # ready() started it in the preloaded master; start() returns that registration.

@@ -250,7 +250,9 @@ def test_consul_outage_keeps_traffic_flowing_and_changes_are_picked_up_when_it_r
     instances = topology.ensure_instances(2)
     known = {topology.address(i) for i in instances}
 
-    with ClientLoop(topology, conversation, user_id=2) as loop:
+    # Bounded, but longer than the drill's own waits add up to (its default 60 s ran out under the parallel
+    # suite before the new instance was routed: a loop that had stopped read as the instance taking no load).
+    with ClientLoop(topology, conversation, user_id=2, max_requests=200000, max_seconds=300) as loop:
         wait_until(lambda: loop.count() >= 50, 30, what="50 requests before the outage")
         topology.consul.stop()
         wait_until(
@@ -315,20 +317,45 @@ def test_browsable_api_renders_in_chromium_through_the_load_balancer(topology, t
         assert len(body) == int(headers["Content-Length"]) > 0
 
 
-def test_deploy_is_idempotent_and_nginx_outlives_a_killed_watcher(topology):
+def test_deploy_is_idempotent_and_a_killed_watcher_is_started_again_and_adopts_nginx(topology):
+    """supervisord starts a SIGKILLed watcher again, with no deploy run; the new one adopts the NGINX that serves on."""
     topology.ensure_instances(1)
-    watcher_pid = topology.watcher_status()["pid"]
+    watcher_pid = topology.watcher_pid()
     nginx_master = topology.nginx_master_pid()
 
     topology.deploy_load_balancer()
-    assert topology.watcher_status()["pid"] == watcher_pid
+    assert topology.watcher_pid() == watcher_pid
 
     os.kill(watcher_pid, signal.SIGKILL)
-    wait_until(lambda: not alive(watcher_pid), 10, what="the watcher to die")
-    assert topology.get("/health")[0] == 200  # NGINX serves on alone
-
-    topology.deploy_load_balancer()
-    wait_until(lambda: topology.watcher_status()["pid"] != watcher_pid, 30, what="the new watcher")
+    new_watcher = topology.wait_watcher_replaced(watcher_pid)
+    assert topology.get("/health")[0] == 200  # NGINX served on alone
     assert topology.nginx_master_pid() == nginx_master  # adopted, not restarted
-    topology.deploy_instance()
+    added = topology.deploy_instance()
     topology.wait_routed({topology.address(i) for i in topology.running_instances()})
+    status, _, headers = topology.get("/health")
+    assert status == 200 and headers["Upstream-Host"] in topology.passing_addresses()
+    assert topology.watcher_pid() == new_watcher
+    topology.stop_instance(added)
+
+
+def test_the_whole_load_balancer_killed_is_started_again_by_supervisord_and_answers_again(topology):
+    """NGINX and its watcher SIGKILLed, as a crash would: supervisord starts the watcher, which starts NGINX."""
+    instances = topology.ensure_instances(1)
+    watcher_pid = topology.watcher_pid()
+    nginx_master = topology.nginx_master_pid()
+
+    # NGINX first (master and workers: its own process group), so the watcher
+    # that supervisord starts again cannot find it still running.
+    os.killpg(nginx_master, signal.SIGKILL)
+    os.kill(watcher_pid, signal.SIGKILL)
+    wait_until(lambda: not alive(nginx_master), 10, what="NGINX to die")
+
+    topology.wait_watcher_replaced(watcher_pid)
+    try:
+        wait_until(lambda: topology.get("/health")[0] == 200, 30, interval=0.05, what="the load balancer to answer")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\nwatcher log (tail):\n{topology.watcher_log()[-3000:]}") from None
+    assert topology.nginx_master_pid() != nginx_master
+    topology.wait_routed({topology.address(i) for i in instances})
+    status, body, headers = topology.get("/health")
+    assert (status, body, headers["Upstream-Host"]) == (200, b"OK", topology.address(instances[0]))

@@ -1,4 +1,4 @@
-"""`make ps` (stack.sh ps) says each piece's real state: a stopped worker is not `running`,
+"""`make ps` (stack.sh ps) says each piece's real state: a stopped worker or load balancer is not `running`,
 and a dead serving instance is not listed among the live ones.
 
 Real supervisord programs, started and stopped through lib.sh, in a state folder
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow  # a supervisord and three programs
+pytestmark = pytest.mark.slow  # a supervisord and four programs
 
 SCRIPT = """
 set -euo pipefail
@@ -20,16 +20,17 @@ source infrastructure/lib.sh
 env_file="${MESSENGER_STATE_DIR}/program.env"
 mkdir -p "${MESSENGER_STATE_DIR}"
 printf 'PATH=%s\\n' "${PATH}" >"${env_file}"
-trap 'supervisorctl_on "" shutdown >/dev/null 2>&1 || true' EXIT
-for program in messenger:messenger-1 messenger:messenger-2 messenger-worker:messenger-worker-1; do
-  supervise "" "${program%%:*}" "${program#*:}" log:up "${env_file}" bash -c 'echo up; exec sleep 600'
+trap 'supervisor_ctl shutdown >/dev/null 2>&1 || true' EXIT
+for program in messenger:messenger-1 messenger:messenger-2 messenger-worker:messenger-worker-1 \
+  load-balancer:messenger-lb; do
+  supervise "${program%%:*}" "${program#*:}" log:up "${env_file}" bash -c 'echo up; exec sleep 600'
 done
-supervisorctl_on "" stop messenger-2 messenger-worker-1 >/dev/null
+supervisor_ctl stop messenger-2 messenger-worker-1 messenger-lb >/dev/null
 infrastructure/stack.sh ps
 """
 
 
-def test_ps_reports_a_stopped_worker_and_leaves_dead_instances_out(tmp_path):
+def test_ps_reports_a_stopped_worker_and_load_balancer_and_leaves_dead_instances_out(tmp_path):
     env = {
         **os.environ,
         "MESSENGER_STATE_DIR": str(tmp_path),
@@ -43,6 +44,8 @@ def test_ps_reports_a_stopped_worker_and_leaves_dead_instances_out(tmp_path):
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[1:] if line.strip()}
     assert rows["messenger-worker-1"][0] == "stopped"
+    assert rows["messenger-lb"][0] == "stopped"  # the watcher, as supervisord has it
+    assert rows["load-balancer"][0] == "down"  # nothing answers on LB_PORT
     assert rows["messenger-1"][0] == "unregistered"  # live, and not in a Consul that does not answer
     assert "messenger-2" not in rows
     assert "dead instances" in result.stdout and "messenger-2 (make scale replaces them)" in result.stdout

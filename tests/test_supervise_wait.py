@@ -20,11 +20,11 @@ source infrastructure/lib.sh
 checks=0
 port_answers() { checks=$((checks + 1)); [ "${checks}" -gt "${READY_AFTER_CHECKS}" ]; }
 sleep() { :; }
-ensure_supervisor() { mkdir -p "$(supervisor_dir "$1")/programs"; }
+ensure_supervisor() { mkdir -p "${SUPERVISOR_DIR}/programs"; }
 program_state() { echo GONE; }
-supervisorctl_on() { [ "$2" != update ] || echo $$ >"$(state_path web web-1 pid)"; }
+supervisor_ctl() { [ "$1" != update ] || echo $$ >"$(state_path web web-1 pid)"; }
 unsupervise() { echo "unsupervised $1"; }
-supervise "" web web-1 8999 /dev/null true
+supervise web web-1 8999 /dev/null true
 echo "supervised after ${checks} checks"
 """
 

@@ -103,8 +103,14 @@ def test_sigkilled_instance_is_started_again_by_its_supervisor_and_registers_ane
     os.killpg(pid, signal.SIGKILL)  # the whole instance, as a crash would
 
     wait_until(lambda: _check_status(consul_agent, service_id) == "critical", 20, what="a critical check")
-    [(new_id, service)] = infrastructure.wait_passing(1, timeout=60).items()
-    assert new_id != service_id and service["Port"] == port
+    # Until the new process registers, its predecessor's entry may pass again: its check reaches the new
+    # process on the same port. The new registration replaces it.
+    new_id, service = wait_until(
+        lambda: next(((i, s) for i, s in infrastructure.passing().items() if i != service_id), None),
+        60,
+        what="the new process registered and passing",
+    )
+    assert service["Port"] == port
     assert infrastructure.pid(instance) != pid
     # The new process took its predecessor's entry over: one entry, not two passing for one instance.
     assert [entry["ServiceID"] for entry in consul_agent.catalog_instances("messenger")] == [new_id]

@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 
 from tests.support.infrastructure import INFRA, Infrastructure, migrated_database  # noqa: F401 (INFRA re-exported)
-from tests.support.processes import REPO_ROOT, ConsulAgent, free_port, http_get, wait_until
+from tests.support.processes import REPO_ROOT, ConsulAgent, free_port, free_ports, http_get, wait_until
 from tests.support.service import manage
 
 LB_DIR = REPO_ROOT / "load-balancer"
@@ -204,11 +204,10 @@ class Topology(ThroughLoadBalancer):
         self.database = database
         self.consul = ConsulAgent()
         self.infra = Infrastructure(self.consul, state_dir, database, **self.TIMINGS)
-        self.lb_port = free_port()
+        self.lb_port, self.closed_port = free_ports(2, exclude=(self.consul.http_port,))
         # The broker is deliberately absent (amqp-port names a closed loopback
         # port): events wait in each message's outbox row, and these tests leave
         # nothing in the machine's shared RabbitMQ. The events have their own tests.
-        self.closed_port = free_port()
 
     # -- lifecycle
     def start(self) -> Topology:
@@ -294,6 +293,26 @@ class Topology(ThroughLoadBalancer):
 
     def nginx_master_pid(self) -> int:
         return int((self.nginx_dir / "nginx.pid").read_text())
+
+    def watcher_pid(self) -> int:
+        """The watcher's pid, as supervisord's program recorded it and as the watcher itself reports it."""
+        pid = self.infra.pid("messenger-lb", kind="load-balancer")
+        assert self.watcher_status()["pid"] == pid
+        return pid
+
+    def wait_watcher_replaced(self, dead_pid: int, timeout: float = 30) -> int:
+        """Until a new watcher runs in place of `dead_pid`, started by supervisord, and has saved its status."""
+        return wait_until(
+            lambda: (
+                (pid := self.infra.pid("messenger-lb", kind="load-balancer")) != dead_pid
+                and alive(pid)
+                and self.watcher_status()["pid"] == pid
+                and pid
+            ),
+            timeout,
+            interval=0.05,
+            what="the watcher started again by supervisord",
+        )
 
     def wait_routed(self, addresses: set[str], timeout: float = 30) -> None:
         """Until the load balancer's upstream list is exactly `addresses`."""

@@ -23,9 +23,24 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def free_port() -> int:
     """A TCP port that is free on 127.0.0.1 right now."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int, exclude: tuple[int, ...] = ()) -> list[int]:
+    """`count` distinct TCP ports free on 127.0.0.1 right now, none of `exclude`.
+
+    Each is held open until all are chosen: ports asked for one at a time may come back twice (a port freed
+    by the first call is the kernel's next answer), which once gave a Consul agent one port for two roles.
+    """
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        while len(ports) < count:
+            sock = held.enter_context(contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)))
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            if port not in exclude:
+                ports.append(port)
+        return ports
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
@@ -100,13 +115,14 @@ class ConsulAgent:
         return f"http://{self.address}"
 
     def start(self, timeout: float = 30) -> ConsulAgent:
+        serf_lan, serf_wan, server = free_ports(3, exclude=(self.http_port,))
         ports = {
             "http": self.http_port,
             "dns": -1,
             "grpc": -1,
-            "serf_lan": free_port(),
-            "serf_wan": free_port(),
-            "server": free_port(),
+            "serf_lan": serf_lan,
+            "serf_wan": serf_wan,
+            "server": server,
         }
         config = self.dir / "ports.json"
         config.write_text(json.dumps({"ports": ports}))

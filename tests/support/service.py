@@ -58,7 +58,7 @@ class ServiceProcess:
             "PORT": str(self.port),
             "WEB_CONCURRENCY": "1",
             "WEB_THREADS": "2",
-            # Most service tests need no tables (an empty SQLite database serves them);
+            # Most service tests need no tables (nor a database: with PGHOST unset one answers 503 on /health);
             # the tests of the start-up check itself pass "true".
             "REQUIRE_MIGRATED_DB": "false",
             **env,

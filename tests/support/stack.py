@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.load_balancer import ClientLoop, ThroughLoadBalancer
-from tests.support.processes import REPO_ROOT, free_port, wait_until
+from tests.support.processes import REPO_ROOT, free_ports, wait_until
 from tests.support.rabbitmq import AMQP_PORT, QueueReader, RabbitVhost
 
 SEED = ["James Blanderphone", "Normalavian Ropetoter", "Flambaravo Chortleblatt"]
@@ -53,13 +53,12 @@ class Stack(ThroughLoadBalancer):
 
 
 class LocalStack(Stack):
-    """The local-process runtime (one host, or HOSTS=N) with a test's own ports, state folder and database."""
+    """The local-process runtime with a test's own ports, state folder and database."""
 
     def __init__(self, state_dir: Path, database: str, **env: str):
         self.state_dir = state_dir
         self.database = database
-        self.consul_port = free_port()
-        lb_port = free_port()
+        self.consul_port, lb_port = free_ports(2)
         super().__init__(
             {
                 "MESSENGER_RUNTIME": "local",
@@ -90,13 +89,15 @@ class LocalStack(Stack):
         return found
 
 
-def run_tutorial_transcript(stack: Stack, amqp_port: int = AMQP_PORT, instances: int = 3) -> None:
+def run_tutorial_transcript(
+    stack: Stack, amqp_port: int = AMQP_PORT, instances: int = 3, amqp_host: str = "127.0.0.1"
+) -> None:
     """The seed's final transcript through the load balancer, answered by every instance, both events on chat_queue.
 
-    chat_queue is read on the stack's RabbitMQ at `amqp_port` as the notifier declares it, and emptied first, so
-    only this transcript's events count.
+    chat_queue is read on the stack's RabbitMQ at `amqp_host`:`amqp_port` as the notifier declares it, and emptied
+    first, so only this transcript's events count.
     """
-    reader = QueueReader(RabbitVhost("/"), "chat_queue", port=amqp_port)
+    reader = QueueReader(RabbitVhost("/"), "chat_queue", port=amqp_port, host=amqp_host)
     try:
         reader.declare()
         reader.purge()
