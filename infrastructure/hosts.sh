@@ -105,6 +105,14 @@ boot() {
   run="${RUN_DIR}/${host}"
   mkdir -p "${data}/docker" "${run}"
   rm -f "${run}/docker.sock" "${run}/dockerd.pid"
+  # dockerd trusts containerd's pid file; after a crash, that pid may belong to
+  # another process by now, and dockerd would wait for it forever.
+  local containerd_pid
+  containerd_pid="$(cat "${run}/containerd/containerd.pid" 2>/dev/null || true)"
+  if [ -n "${containerd_pid}" ] && { [ "$(cat "/proc/${containerd_pid}/comm" 2>/dev/null)" != containerd ] ||
+    [ "$(ip netns identify "${containerd_pid}" 2>/dev/null)" != "${host}" ]; }; then
+    rm -f "${run}/containerd/containerd.pid"
+  fi
   # A mount namespace of its own (ip netns exec makes one), with the cgroup
   # hierarchies mounted again, and a UTS namespace for the host's name.
   # shellcheck disable=SC2016  # expanded by the inner shell
@@ -257,13 +265,18 @@ down() {
     else
       kill_host "${host}"
       rm -rf "${HOSTS_STATE_DIR:?}/${host}"
+      log "${host}: its engine would not start: its data removed"
     fi
     # The link first: deleting it removes both of its ends at once, where the
     # kernel would remove them some time after the namespace.
     if ip link show "$(host_link "${host}")" >/dev/null 2>&1; then ip link delete "$(host_link "${host}")"; fi
     ip netns delete "${host}"
     rm -rf "/etc/netns/${host}" "${RUN_DIR:?}/${host}"
-    log "${host}: removed (its engine's images kept in ${HOSTS_STATE_DIR}/${host})"
+    if [ -d "${HOSTS_STATE_DIR}/${host}" ]; then
+      log "${host}: removed (its engine's images kept in ${HOSTS_STATE_DIR}/${host})"
+    else
+      log "${host}: removed"
+    fi
   done
   if ip link show "${BRIDGE}" >/dev/null 2>&1; then
     ip link delete "${BRIDGE}"

@@ -23,6 +23,8 @@ DOCKERD_FLAGS=(
   --default-address-pool base=10.77.64.0/18,size=24
 )
 START_TIMEOUT_SECONDS=60
+# Where dockerd (default exec root) keeps the pid of the containerd it starts.
+CONTAINERD_PID_FILE=/var/run/docker/containerd/containerd.pid
 STOP_TIMEOUT_SECONDS=60
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,6 +61,15 @@ start() {
   fi
   command -v dockerd >/dev/null 2>&1 || die "no dockerd: run 'make system-deps' (Debian's docker.io)"
   mkdir -p "${STATE_DIR}"
+  # dockerd trusts its containerd's pid file; when an earlier engine's processes
+  # were all ended, that pid may belong to another process by now, and dockerd
+  # would wait for it until it gives up.
+  local containerd_pid
+  containerd_pid="$(cat "${CONTAINERD_PID_FILE}" 2>/dev/null || true)"
+  if [ -n "${containerd_pid}" ] && { [ "$(cat "/proc/${containerd_pid}/comm" 2>/dev/null)" != containerd ] ||
+    [ -n "$(ip netns identify "${containerd_pid}" 2>/dev/null)" ]; }; then  # a host's (infrastructure/hosts.sh)
+    rm -f "${CONTAINERD_PID_FILE}"
+  fi
   log "starting dockerd (log: ${LOG_FILE})"
   # Its own session, so a Ctrl+C in the caller's terminal does not stop it.
   setsid dockerd "${DOCKERD_FLAGS[@]}" </dev/null >>"${LOG_FILE}" 2>&1 &

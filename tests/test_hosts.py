@@ -420,3 +420,20 @@ def test_make_down_hosts_3_leaves_no_namespace_engine_container_volume_or_regist
     assert run("docker", "info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "inactive"
     assert not port_open(LB_PORT) and not port_open(8500)  # the edge's load balancer and Consul agent
     assert not Path("/run/messenger-hosts").exists() or list(Path("/run/messenger-hosts").iterdir()) == []
+
+
+def test_make_down_clears_hosts_whose_every_process_was_ended_and_keeps_their_images():
+    """What a machine holds after all its processes were ended between runs (as before a CI run): the
+    namespaces, the engines' data and the edge's membership, with no engine answering. `make down` clears
+    it, starting each engine again to empty it properly, so the hosts' image stores survive."""
+    hosts_sh("up", str(len(HOSTS)), timeout=600)
+    for host in HOSTS:
+        hosts_sh("kill", host)
+    assert engines_in_namespaces() == [] and sorted(namespaces()) == HOSTS
+    Swarm().make("down", timeout=600)
+    assert namespaces() == [] and engines_in_namespaces() == []
+    assert run("docker", "info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "inactive"
+    assert not Path("/run/messenger-hosts").exists() or list(Path("/run/messenger-hosts").iterdir()) == []
+    for host in HOSTS:  # each engine's image store is still on disk: its images' configurations, by id
+        images = REPO_ROOT / ".state/hosts" / host / "docker/image/overlay2/imagedb/content/sha256"
+        assert len(list(images.iterdir())) >= 4, host
