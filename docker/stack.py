@@ -28,14 +28,14 @@ STACK_FORMAT = "3.9"
 
 def merge(base: Any, override: Any) -> Any:
     """The override's value, merged key by key into the base's where both are mappings."""
-    if not (isinstance(base, dict) and isinstance(override, dict)):
+    if not isinstance(override, dict):
         return override
-    merged = dict(base)
+    merged = dict(base) if isinstance(base, dict) else {}
     for key, value in override.items():
         if value is None:
             merged.pop(key, None)
         else:
-            merged[key] = merge(base.get(key), value)
+            merged[key] = merge(merged.get(key), value)
     return merged
 
 

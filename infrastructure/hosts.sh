@@ -214,7 +214,8 @@ images() {
 
 # The images of the stack: the platform's (docker/.env) and the messenger team's.
 stack_images() {
-  printf '%s\n' "${CONSUL_IMAGE}" "${RABBITMQ_IMAGE}" "${POSTGRES_IMAGE}" "${MESSENGER_IMAGE_REF:-${MESSENGER_IMAGE}:latest}" messenger-lb:latest
+  printf '%s\n' "${CONSUL_IMAGE}" "${RABBITMQ_IMAGE}" "${POSTGRES_IMAGE}" "${MESSENGER_IMAGE_REF:-${MESSENGER_IMAGE}:latest}" messenger-lb:latest \
+    "${PATRONI_IMAGE}:latest"
 }
 
 up() {

@@ -18,6 +18,8 @@ SCRIPT_NAME="$(basename "$0")"
 # The image `docker build -t messenger -f docker/Dockerfile .` makes, and the
 # network the platform's containers share (the seed's names).
 MESSENGER_IMAGE=messenger
+# The several-hosts topology's database member: PostgreSQL kept by Patroni (docker/patroni).
+PATRONI_IMAGE=messenger-patroni
 MESSENGER_DOCKER_NETWORK=mm_2023
 # The Docker topology's image versions and host ports, declared once in
 # docker/.env (compose reads the same file); a variable the caller set wins.

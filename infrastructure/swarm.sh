@@ -83,10 +83,15 @@ replicas_of() {  # service: how many tasks it runs now (0 when it does not exist
 # The variables of docker/compose.swarm.yaml: the hosts, and every service's
 # replicas as they are now (a deploy changes no count it does not mean to).
 export_topology() {
-  local host joins=()
-  for host in $("${HOSTS_SH}" list); do joins+=("-retry-join=$("${HOSTS_SH}" address "${host}")"); done
+  local host joins=() members=()
+  for host in $("${HOSTS_SH}" list); do
+    joins+=("-retry-join=$("${HOSTS_SH}" address "${host}")")
+    members+=("$("${HOSTS_SH}" address "${host}")")
+  done
   HOSTS_SUBNET="$("${HOSTS_SH}" subnet)"
   export HOSTS_SUBNET CONSUL_SERVERS="${#joins[@]}" CONSUL_RETRY_JOIN="${joins[*]}"
+  DB_MEMBERS="$(IFS=,; echo "${members[*]}")"
+  export DB_MEMBERS PATRONI_IMAGE
   PLATFORM_ADDRESS="$("${HOSTS_SH}" address "$("${HOSTS_SH}" list | head -n 1)")"
   # What runs now stays what runs, unless the caller says otherwise.
   MESSENGER_IMAGE_REF="${MESSENGER_IMAGE_REF:-$(running_image messenger)}"
@@ -317,6 +322,17 @@ ps_report() {
     set -- ${line}
     printf '%-30s %-10s %s\n' "${1%%.*}" "$(tr '[:upper:]' '[:lower:]' <<<"$3")" "task on $2"
   done < <(manager stack ps "${STACK}" --filter desired-state=running --format '{{.Name}} {{.Node}} {{.CurrentState}}' | sort -V)
+  # The database's members as Patroni sees them (any member answers for all).
+  local host cluster='{}'
+  for host in $("${HOSTS_SH}" list); do
+    cluster="$(curl --silent --fail --max-time 2 "http://$("${HOSTS_SH}" address "${host}"):8008/cluster")" && break
+    cluster='{}'
+  done
+  printf '%s' "${cluster}" | python3 -c '
+import json, sys
+for member in json.load(sys.stdin).get("members", []):
+    print("%-30s %-10s %s" % ("database " + member["name"], member["role"],
+          "%s:%s, %s, timeline %s" % (member["host"], member["port"], member["state"], member.get("timeline", "-"))))' || true
   local health
   health="$(curl --silent --max-time 2 "${CONSUL_URL}/v1/health/service/messenger" 2>/dev/null || echo '[]')"
   printf '%s' "${health}" | python3 -c '

@@ -84,6 +84,7 @@ DATABASES = {
             # The hot requests' statements (core.db.pg) are prepared on
             # first use; Django's own client-side-bound queries never are.
             "prepare_threshold": 0,
+            "target_session_attrs": CONFIG.PGTARGETSESSIONATTRS,
             # A peer that vanishes without closing the connection (a partition)
             # is detected by TCP keepalives and the unacknowledged-data timeout.
             "keepalives": 1,

@@ -22,12 +22,13 @@ source "${REPO_ROOT}/infrastructure/lib.sh"
 # This configuration requires a new commit to change
 LB_IMAGE=messenger-lb
 STAND_INS="${REPO_ROOT}/tests/docker/stand-ins/build.sh"
-DOCKERFILES=("${REPO_ROOT}/docker/Dockerfile" "${REPO_ROOT}/load-balancer/Dockerfile")
+DOCKERFILES=("${REPO_ROOT}/docker/Dockerfile" "${REPO_ROOT}/load-balancer/Dockerfile" "${REPO_ROOT}/docker/patroni/Dockerfile")
 
 docker_engine_answers || die "no Docker engine answers 'docker info' (scripts/ensure-docker.sh start starts one)"
 
 # The images the Dockerfiles build FROM (other than their own stages), then the platform's.
-mapfile -t BASES < <(awk 'toupper($1) == "FROM" { print $2 }' "${DOCKERFILES[@]}" | sort -u)
+# A base named by a build argument (patroni's: POSTGRES_IMAGE) is among the platform's images below.
+mapfile -t BASES < <(awk 'toupper($1) == "FROM" && $2 !~ /\$/ { print $2 }' "${DOCKERFILES[@]}" | sort -u)
 NEEDED=("${BASES[@]}" "${CONSUL_IMAGE}" "${RABBITMQ_IMAGE}" "${POSTGRES_IMAGE}")
 
 stand_in_label() {  # image: the stand-in label it carries, if any
@@ -61,4 +62,5 @@ build() {  # tag, docker build arguments...
 }
 build "${MESSENGER_IMAGE}" -f "${REPO_ROOT}/docker/Dockerfile" "${REPO_ROOT}"
 build "${LB_IMAGE}" --build-arg "LB_RENDERER=${LB_RENDERER}" "${REPO_ROOT}/load-balancer"
+build "${PATRONI_IMAGE}" --build-arg "POSTGRES_IMAGE=${POSTGRES_IMAGE}" -f "${REPO_ROOT}/docker/patroni/Dockerfile" "${REPO_ROOT}"
 log "images ready (load balancer renderer: ${LB_RENDERER})"

@@ -27,6 +27,7 @@ import pytest
 from tests.support.infrastructure import INFRA
 from tests.support.load_balancer import ClientLoop
 from tests.support.processes import REPO_ROOT, port_open, wait_until
+from tests.support.rabbitmq import QueueReader, RabbitVhost
 from tests.support.stack import Stack, run_transcript, run_tutorial_transcript, scale_to_five_and_back_under_load
 
 pytestmark = pytest.mark.slow
@@ -174,6 +175,18 @@ class Swarm(Stack):
             node for node, _ in self.running_tasks() if node in HOSTS and node != PLATFORM_HOST and node not in exclude
         )
 
+    def db_members(self) -> dict[str, tuple[str, str]]:
+        """Patroni's view of the database cluster, member -> (role, state), from the first member that answers."""
+        for host in HOSTS:
+            url = f"http://{address(host)}:8008/cluster"
+            result = run("curl", "--silent", "--fail", "--max-time", "2", url, check=False)
+            if result.returncode == 0:
+                return {m["name"]: (m["role"], m["state"]) for m in json.loads(result.stdout)["members"]}
+        return {}
+
+    def db_leader(self) -> str | None:
+        return next((name for name, (role, _) in self.db_members().items() if role == "leader"), None)
+
     def node_state(self, host: str) -> str:
         return self.docker("node", "inspect", "--format", "{{.Status.State}}", host).strip()
 
@@ -202,6 +215,41 @@ def assert_failures_only_in_flight_to(loop: ClientLoop, host: str, lost_at: floa
     for failure in loop.failures():
         assert failure.started < out_at and failure.ended > lost_at, failure
         assert failure.upstream is None or address(host) in failure.upstream, failure
+
+
+def assert_every_stored_post_has_its_event(swarm: Swarm, loop: ClientLoop, conversation_id: int = 1) -> None:
+    """Every message the drill stored has its new_message event on chat_queue (read, as the notifier would)."""
+    contents = [o.content for o in loop.outcomes if o.method == "POST"]
+    with swarm.connect_database() as conn:
+        wanted = {
+            index
+            for (index,) in conn.execute(
+                'SELECT "index" FROM messages WHERE channel_id = %s AND content = ANY(%s)', [conversation_id, contents]
+            )
+        }
+    broker_host, broker_port = swarm.kv("amqp-host"), int(swarm.kv("amqp-port"))
+    readers: list[QueueReader] = []  # one at a time; the broker may still be starting again after a drill
+    seen: set[int] = set()
+
+    def every_event_read() -> bool:
+        if not readers:
+            readers.append(QueueReader(RabbitVhost("/"), "chat_queue", port=broker_port, host=broker_host))
+        try:
+            deliveries = readers[0].drain()
+        except Exception:
+            readers.pop().close()
+            raise
+        for delivery in deliveries:
+            event = json.loads(delivery.body)
+            if event["channel_id"] == conversation_id:
+                seen.add(event["index"])
+        return wanted <= seen
+
+    try:
+        wait_until(every_event_read, 180, interval=0.5, what=f"the events of {len(wanted)} stored posts on chat_queue")
+    finally:
+        for reader in readers:
+            reader.close()
 
 
 def remove_leftovers() -> None:
@@ -235,7 +283,16 @@ def test_make_up_hosts_3_is_a_swarm_of_three_managers_serving_the_transcript_fro
     assert len(nodes) == len(HOSTS) + 1  # and the edge, a worker
     # One Consul server per host (a global service), one raft cluster.
     assert sorted(swarm.consul("/v1/status/peers")) == [f"{address(h)}:8300" for h in HOSTS]
-    assert swarm.kv("messenger-db-host") == swarm.kv("amqp-host") == address(PLATFORM_HOST)
+    # Clients name every database member (libpq's host list) and keep the leader.
+    assert swarm.kv("messenger-db-host") == ",".join(address(h) for h in HOSTS)
+    assert swarm.kv("amqp-host") == address(PLATFORM_HOST)
+    members = swarm.db_members()
+    assert sorted(members) == HOSTS and sorted(role for role, _ in members.values()) == [
+        "leader",
+        "replica",
+        "sync_standby",
+    ]
+    assert " leader " in up and " sync_standby " in up  # make up's report (make ps) shows the database's roles
     # Each instance registered with its own node's agent at its node's address.
     for entry in swarm.consul("/v1/catalog/service/messenger"):
         assert entry["ServiceAddress"] == address(entry["Node"]), entry
@@ -245,7 +302,13 @@ def test_make_up_hosts_3_is_a_swarm_of_three_managers_serving_the_transcript_fro
     assert len(upstreams) >= 2 and upstreams <= {address(h) for h in HOSTS}, upstreams
 
     ps = swarm.make("ps")
-    for piece in ("node messenger-host-1", "messenger_messenger-db-primary", "messenger_rabbitmq", "load-balancer"):
+    for piece in (
+        "node messenger-host-1",
+        "messenger_messenger-db",
+        "database messenger-host-1",
+        "messenger_rabbitmq",
+        "load-balancer",
+    ):
         assert piece in ps, ps
 
 
@@ -267,15 +330,20 @@ def test_a_serving_task_whose_process_dies_is_replaced_by_the_engine(swarm):
         wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the kill")
         killed_at = time.monotonic()
         run("kill", "-KILL", pid)  # a crash: the engine saw nobody stop it
-        after = wait_until(
-            lambda: gone not in (passing := swarm.settled()) and passing, 180, interval=0.5, what="a replacement"
+        wait_until(
+            lambda: gone not in (passing := swarm.passing()) and len(passing) == len(before),
+            180,
+            interval=0.5,
+            what="a replacement passing in Consul",
         )
         replaced_at = time.monotonic()
+        after = swarm.settled()  # and routed to by the load balancer
+        out_at = time.monotonic()
         more = loop.count()
         wait_until(lambda: loop.count() >= more + 100, 30, what="100 requests after the replacement")
     report("a task's process killed -> a new task healthy and passing", f"{replaced_at - killed_at:.1f}s")
     assert gone in before and len(after - before) == 1  # a new instance (a free port of its own) for the dead one
-    assert_failures_only_in_flight_to(loop, host, killed_at, replaced_at)
+    assert_failures_only_in_flight_to(loop, host, killed_at, out_at)
     assert_every_201_stored_once(swarm, loop)
 
 
@@ -393,6 +461,66 @@ def test_a_node_whose_link_is_cut_is_routed_around_and_rejoins_with_no_person_ac
 def test_a_node_that_dies_has_its_tasks_run_on_the_others_and_rejoins_when_booted(swarm):
     """Its engine and every process it ran SIGKILLed, as a host that loses power; then booted."""
     lose_a_node_and_bring_it_back(swarm, "kill", "boot", "node lost")
+
+
+def test_losing_the_database_leaders_host_elects_another_and_loses_no_acknowledged_post(swarm):
+    """SIGKILL the host whose PostgreSQL leads, under idempotent posting: Patroni promotes the synchronous
+    standby, clients find it by themselves (libpq's host list, read-write), only bounded 503s meanwhile, every
+    acknowledged post stored once with its event; the old leader, booted, rejoins as a replica."""
+    swarm.settled()
+    leader = swarm.db_leader()
+    assert leader in HOSTS
+    with ClientLoop(swarm, conversation_id=1, user_id=1, threads=4, max_requests=200000, max_seconds=400,
+                    idempotent=True) as loop:  # fmt: skip
+        wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the leader's host is lost")
+        lost_at = time.monotonic()
+        hosts_sh("kill", leader)
+        killed_at = time.monotonic()  # every process of the host is gone
+        new_leader = wait_until(
+            lambda: (now := swarm.db_leader()) not in (None, leader) and now, 60, interval=0.2, what="a new leader"
+        )
+        elected_at = time.monotonic()
+        first_write = wait_until(
+            lambda: min((o.ended for o in loop.snapshot() if o.method == "POST" and o.ok and o.started > killed_at),
+                        default=None),
+            60,
+            interval=0.2,
+            what="a post acknowledged after the loss",
+        )  # fmt: skip
+        swarm.settled()  # the lost host's instance runs elsewhere
+        out_at = time.monotonic()
+        more = loop.count()
+        wait_until(lambda: loop.count() >= more + 100, 30, what="100 requests on the new leader")
+
+        hosts_sh("boot", leader)
+        booted_at = time.monotonic()
+        wait_until(
+            lambda: swarm.db_members().get(leader) in (("replica", "streaming"), ("sync_standby", "streaming")),
+            180,
+            interval=0.5,
+            what=f"{leader} streaming from {new_leader}",
+        )
+        rejoined_at = time.monotonic()
+        swarm.settled()
+        more = loop.count()
+        wait_until(lambda: loop.count() >= more + 100, 30, what="100 requests with every member back")
+    outcomes = loop.snapshot()
+    unavailable = [o for o in outcomes if o.status == 503]
+    report(
+        "database leader's host lost",
+        f"new leader {new_leader} {elected_at - killed_at:.1f}s after it, writes back {first_write - killed_at:.1f}s "
+        f"after it; {len(unavailable)} answers 503 of {len(outcomes)}, longest request "
+        f"{max(o.ended - o.started for o in outcomes):.1f}s; booted -> streaming again {rejoined_at - booted_at:.1f}s",
+    )
+    assert first_write - killed_at < 15
+    assert max(o.ended - o.started for o in outcomes) < 10  # nothing hangs on the lost host
+    # What failed was a bounded 503, or on its way to the lost host's instance when it went.
+    for failure in loop.failures():
+        if failure.status != 503:
+            assert failure.started < out_at and failure.ended > lost_at, failure
+            assert failure.upstream is None or address(leader) in failure.upstream, failure
+    assert_every_201_stored_once(swarm, loop)
+    assert_every_stored_post_has_its_event(swarm, loop)
 
 
 def test_make_reset_db_hosts_3_empties_and_seeds_through_the_migrator_job(swarm):

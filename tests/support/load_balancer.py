@@ -367,12 +367,20 @@ class Outcome:
         return self.status is not None and 200 <= self.status < 300
 
 
+# How long an idempotent client waits before it sends an unanswered post again.
+RETRY_PAUSE = 0.2
+
+
 class ClientLoop:
     """Threads sending requests through the load balancer until stopped, bounded in count and time.
 
     Every `post_every`-th request of a thread POSTs a message with unique content
     (so the database can say whether any was stored twice); the others GET the
     conversation's messages. Each request opens its own connection.
+
+    `idempotent`: each post carries an `Idempotency-Key`, and a post that gets no
+    2xx is sent again, same key and content, as a careful client does (every
+    attempt is an outcome of its own), until it is answered or the loop ends.
     """
 
     def __init__(
@@ -384,8 +392,10 @@ class ClientLoop:
         max_requests: int = 6000,
         max_seconds: float = 60,
         post_every: int = 3,
+        idempotent: bool = False,
     ):
         self.topology = topology
+        self.idempotent = idempotent
         self.path = f"/conversations/{conversation_id}/messages"
         self.user_id = user_id
         self.threads = threads
@@ -397,33 +407,41 @@ class ClientLoop:
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
 
-    def _one(self, n: int) -> Outcome:
-        post = n % self.post_every == 0
+    def _one(self, post: bool, content: str | None) -> Outcome:
         method = "POST" if post else "GET"
-        content = f"lb-drill-{uuid.uuid4().hex}" if post else None
         started = time.monotonic()
+        headers = {"User-Id": str(self.user_id)}
+        if post and self.idempotent:
+            headers["Idempotency-Key"] = str(content)
         try:
-            status, _, headers = self.topology.request(
+            status, _, answer = self.topology.request(
                 method,
                 self.path if post else f"{self.path}?limit=5",
                 body={"content": content} if post else None,
-                headers={"User-Id": str(self.user_id)},
+                headers=headers,
             )
-            return Outcome(method, started, time.monotonic(), status, headers.get("Upstream-Host"), content)
+            return Outcome(method, started, time.monotonic(), status, answer.get("Upstream-Host"), content)
         except (OSError, http.client.HTTPException) as exc:
             return Outcome(method, started, time.monotonic(), None, None, content, repr(exc))
 
     def _run(self, worker: int) -> None:
         deadline = time.monotonic() + self.max_seconds
         n = worker
+        retry: str | None = None  # the content of a post to send again
         while not self._stop.is_set() and time.monotonic() < deadline:
             with self._lock:
                 if len(self.outcomes) >= self.max_requests:
                     return
-            outcome = self._one(n)
+            post = retry is not None or n % self.post_every == 0
+            content = retry or (f"lb-drill-{uuid.uuid4().hex}" if post else None)
+            outcome = self._one(post, content)
             with self._lock:
                 self.outcomes.append(outcome)
-            n += 1
+            retry = content if post and self.idempotent and not outcome.ok else None
+            if retry is None:
+                n += 1
+            else:
+                self._stop.wait(RETRY_PAUSE)  # a client's back-off before it sends the post again
 
     def __enter__(self) -> ClientLoop:
         for worker in range(self.threads):
@@ -444,3 +462,7 @@ class ClientLoop:
     def count(self) -> int:
         with self._lock:
             return len(self.outcomes)
+
+    def snapshot(self) -> list[Outcome]:
+        with self._lock:
+            return list(self.outcomes)

@@ -1,0 +1,88 @@
+#!/bin/bash
+# A Patroni member (docker/patroni/Dockerfile): its configuration, written from
+# the environment at every start, then Patroni, as the postgres user. Patroni
+# starts PostgreSQL, makes it the leader or a replica of the leader it finds in
+# Consul, and keeps it so.
+#
+# The member's name is the host's, its address the one its name resolves to (a
+# host-network task; every host's hosts file names every host). Consul is the
+# host's own agent at 127.0.0.1:8500.
+set -euo pipefail
+
+: "${PATRONI_SCOPE:?the cluster name, also its service in Consul}"
+: "${POSTGRES_PASSWORD:?the postgres superuser password}"
+: "${REPLICATION_PASSWORD:?the replicator role password}"
+: "${HOSTS_SUBNET:?the hosts network (CIDR) its members and clients connect from}"
+DATA_DIR=/var/lib/postgresql/data/pgdata
+CONFIG=/tmp/patroni.yml
+
+if [ "$(id -u)" = 0 ]; then
+  # A fresh volume belongs to root: hand it to postgres, then start again as postgres.
+  mkdir -p "${DATA_DIR}"
+  chown postgres:postgres "$(dirname "${DATA_DIR}")" "${DATA_DIR}"
+  chmod 700 "${DATA_DIR}"
+  exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
+fi
+
+NAME="$(hostname)"
+ADDRESS="$(getent hosts "${NAME}" | awk '{ print $1; exit }')"
+[ -n "${ADDRESS}" ] || { echo "patroni: ${NAME} does not resolve to an address" >&2; exit 1; }
+
+# Timings: Consul's raft_multiplier 1 and these let a lost leader be replaced in
+# about 10 s (30-35 s with the defaults). synchronous_mode_strict: no commit is
+# acknowledged before a standby has it, even with none left (writes wait).
+cat >"${CONFIG}" <<YAML
+scope: ${PATRONI_SCOPE}
+name: ${NAME}
+restapi:
+  listen: 0.0.0.0:8008
+  connect_address: ${ADDRESS}:8008
+consul:
+  host: 127.0.0.1:8500
+  register_service: true
+  checks: [serfHealth]
+bootstrap:
+  dcs:
+    ttl: 20
+    loop_wait: 2
+    retry_timeout: 5
+    maximum_lag_on_failover: 1048576
+    synchronous_mode: true
+    synchronous_mode_strict: true
+    synchronous_node_count: 1
+    postgresql:
+      use_pg_rewind: true
+      use_slots: true
+      parameters:
+        wal_log_hints: "on"
+        max_connections: 200
+        max_wal_senders: 10
+        max_replication_slots: 10
+        hot_standby: "on"
+  initdb:
+    - encoding: UTF8
+    - data-checksums
+postgresql:
+  listen: 0.0.0.0:5432
+  connect_address: ${ADDRESS}:5432
+  data_dir: ${DATA_DIR}
+  bin_dir: /usr/lib/postgresql/15/bin
+  pgpass: /tmp/pgpass
+  authentication:
+    superuser:
+      username: postgres
+      password: "${POSTGRES_PASSWORD}"
+    replication:
+      username: replicator
+      password: "${REPLICATION_PASSWORD}"
+  parameters:
+    unix_socket_directories: /var/run/postgresql
+  pg_hba:
+    - local all all trust
+    - host replication replicator ${HOSTS_SUBNET} scram-sha-256
+    - host replication replicator 127.0.0.1/32 scram-sha-256
+    - host all all ${HOSTS_SUBNET} scram-sha-256
+    - host all all 127.0.0.1/32 scram-sha-256
+YAML
+chmod 600 "${CONFIG}"
+exec patroni "${CONFIG}"
