@@ -13,8 +13,8 @@ fixed-name resources of the machine and share one xdist group, so they run one
 after the other on one worker while everything else spreads over the others. A
 new test file gets its marks by its location, with nothing to remember.
 
-The suite runs against the real PostgreSQL on this machine (see pytest.ini for
-the connection defaults). Tests that need other real parts (RabbitMQ, Consul,
+The suite runs against the real PostgreSQL on this machine (pytest.ini sets PGHOST;
+the rest are core/config.py's defaults). Tests that need other real parts (RabbitMQ, Consul,
 NGINX, Chromium) start or reach them through fixtures in their own modules.
 """
 
@@ -25,6 +25,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from conversations.management.commands.seed import SEED_USERS
+from core.config import SCHEMA_BY_NAME
 
 ROOT = Path(__file__).resolve().parent
 PROCESS_TESTS = ROOT / "tests"
@@ -63,9 +64,12 @@ def pytest_configure(config):
     config.pluginmanager.register(SerialGroupFirst(), "serial-group-first")
     # Names the process tests derive from PGDATABASE (`<name>_instances`, `<name>_stack`, ...) are dropped and
     # created by fixed name: under xdist each worker gets its own (pytest-django already suffixes the test database).
+    # PGDATABASE is set for them whether or not the caller did (pytest.ini leaves it to the schema's default).
     worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker and not os.environ.get("PGDATABASE", "").endswith(f"_{worker}"):
-        os.environ["PGDATABASE"] = f"{os.environ.get('PGDATABASE', 'messenger')}_{worker}"
+    database = os.environ.get("PGDATABASE") or SCHEMA_BY_NAME["PGDATABASE"].default
+    if worker and not database.endswith(f"_{worker}"):
+        database = f"{database}_{worker}"
+    os.environ["PGDATABASE"] = database
 
 
 def pytest_itemcollected(item):

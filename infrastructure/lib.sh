@@ -21,11 +21,15 @@ MESSENGER_IMAGE=messenger
 # The several-hosts topology's database member: PostgreSQL kept by Patroni (docker/patroni).
 PATRONI_IMAGE=messenger-patroni
 MESSENGER_DOCKER_NETWORK=mm_2023
-# The Docker topology's image versions and host ports, declared once in
-# docker/.env (compose reads the same file); a variable the caller set wins.
+# The platform's facts (image versions, ports, roles and passwords, Consul KV
+# key names), declared once in docker/.env (compose reads the same file); a
+# variable the caller set wins. DOCKER_ENV_NAMES lists them, for a script that
+# hands them all on (swarm.sh, to the stack's ${...}).
+DOCKER_ENV_NAMES=()
 while IFS= read -r docker_env_line; do
   case "${docker_env_line}" in '' | '#'*) continue ;; esac
   docker_env_name="${docker_env_line%%=*}"
+  DOCKER_ENV_NAMES+=("${docker_env_name}")
   [ -n "${!docker_env_name:-}" ] || printf -v "${docker_env_name}" '%s' "${docker_env_line#*=}"
 done <"${REPO_ROOT}/docker/.env"
 unset docker_env_line docker_env_name
@@ -115,8 +119,8 @@ docker_remove() {
 # which defaults to them; with Docker, `consul-client` is a name inside the
 # container network, so set CONSUL_HTTP_ADDR to the agent's published port.
 require_consul_location() {
-  [ -n "${CONSUL_HOST:-}" ] || die "CONSUL_HOST is not set (the Consul agent's host, provided by the platform: e.g. CONSUL_HOST=127.0.0.1 CONSUL_PORT=8500 $0)"
-  [ -n "${CONSUL_PORT:-}" ] || die "CONSUL_PORT is not set (the Consul agent's HTTP port, provided by the platform: e.g. CONSUL_HOST=127.0.0.1 CONSUL_PORT=8500 $0)"
+  [ -n "${CONSUL_HOST:-}" ] || die "CONSUL_HOST is not set (the Consul agent's host, provided by the platform: e.g. CONSUL_HOST=127.0.0.1 CONSUL_PORT=${CONSUL_HTTP_PORT} $0)"
+  [ -n "${CONSUL_PORT:-}" ] || die "CONSUL_PORT is not set (the Consul agent's HTTP port, provided by the platform: e.g. CONSUL_HOST=127.0.0.1 CONSUL_PORT=${CONSUL_HTTP_PORT} $0)"
   # The seed's commands say CONSUL_HOST=consul-client, a name on its Docker
   # network. In the local runtime the platform's agent runs on this machine, so
   # a name that does not resolve here means this machine: scripts and the
@@ -146,7 +150,7 @@ kv_owner() {
 consul_unreachable() {
   local hint=""
   if [ -z "${CONSUL_HTTP_ADDR:-}" ] && ! getent hosts "${CONSUL_HOST}" >/dev/null 2>&1; then
-    hint=" ('${CONSUL_HOST}' does not resolve here: set CONSUL_HTTP_ADDR to where this host reaches the agent, e.g. 127.0.0.1:8500)"
+    hint=" ('${CONSUL_HOST}' does not resolve here: set CONSUL_HTTP_ADDR to where this host reaches the agent, e.g. 127.0.0.1:${CONSUL_HOST_PORT})"
   fi
   die "cannot reach Consul at ${CONSUL_URL}${hint}"
 }
@@ -177,13 +181,13 @@ kv_get() {
 # migrator's role), PGHOST, PGPORT, AMQPHOST and AMQPPORT from the platform's.
 read_connection_details() {
   PGUSER="$(kv_get "$1")"
-  PGPORT="$(kv_get messenger-db-port)"
-  PGHOST="$(kv_get messenger-db-host)"
+  PGPORT="$(kv_get "${KV_DB_PORT}")"
+  PGHOST="$(kv_get "${KV_DB_HOST}")"
   # NOTE: Never do this in a real-world deployment. Store passwords
   # only in an encrypted secrets store.
   PGPASSWORD="$(kv_get "$2")"
-  AMQPHOST="$(kv_get amqp-host)"
-  AMQPPORT="$(kv_get amqp-port)"
+  AMQPHOST="$(kv_get "${KV_AMQP_HOST}")"
+  AMQPPORT="$(kv_get "${KV_AMQP_PORT}")"
 }
 
 kv_put() {
@@ -422,15 +426,11 @@ stop_idle_supervisor() {
 
 # --- service instances (both runtimes) ---------------------------------------------
 
-# Discovery timings every instance gets (core/config.py documents them):
-# the schema's defaults unless the caller sets them (the test suite shortens them).
-CONSUL_CHECK_INTERVAL="${CONSUL_CHECK_INTERVAL:-15s}"
-CONSUL_DEREGISTER_CRITICAL_AFTER="${CONSUL_DEREGISTER_CRITICAL_AFTER:-1m}"
-CONSUL_RETRY_INTERVAL="${CONSUL_RETRY_INTERVAL:-10s}"
-SHUTDOWN_DRAIN_SECONDS="${SHUTDOWN_DRAIN_SECONDS:-5}"
-
 # What every service instance is given, by name; each deploy script sets the
-# others.
+# others. A name left unset (or empty) here takes the service's own default,
+# declared once in core/config.py: JSON_BODY_LIMIT and the discovery timings
+# are the caller's to change (the test suite shortens the timings), never
+# restated here.
 INSTANCE_VARIABLES=(
   APP_ENV PORT BIND_HOST JSON_BODY_LIMIT
   PGUSER PGPORT PGHOST PGPASSWORD PGDATABASE
@@ -446,7 +446,7 @@ INSTANCE_VARIABLES=(
 choose_listen_address() {
   if [ "${MESSENGER_RUNTIME}" = docker ]; then
     PORT=$1
-    BIND_HOST=0.0.0.0
+    BIND_HOST=""  # the service's default: every address of its container
     CONSUL_SERVICE_ADDRESS=""
   else
     PORT="$(free_port)"
@@ -495,7 +495,8 @@ start_instance() {
   (
     umask 077
     printf '%s\n' "PATH=${MESSENGER_VENV}/bin:/usr/local/bin:/usr/bin:/bin" "HOME=${HOME:-/root}" "LANG=C.UTF-8"
-    for name in "$@"; do printf '%s=%s\n' "${name}" "${!name}"; done
+    # A name the caller left unset is written empty: the service reads that as its default.
+    for name in "$@"; do printf '%s=%s\n' "${name}" "${!name:-}"; done
   ) >"${envfile}"
   if [ "${#INSTANCE_COMMAND[@]}" -gt 0 ]; then
     supervise "${kind}" "${id}" "${INSTANCE_READY:-${PORT}}" "${envfile}" \

@@ -13,30 +13,22 @@ set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
 
-# This configuration requires a new commit to change
-PORT=5432
-# The cluster's superuser: only this script uses it, to make the roles below.
-POSTGRES_USER=postgres
-# NOTE: Never do this in a real-world deployment. Store passwords
-# only in an encrypted secrets store.
-POSTGRES_PASSWORD=postgres
-# Application user: what serving instances connect as. It may read and write
-# rows and nothing else (no CREATE, ALTER, DROP or TRUNCATE).
-POSTGRES_APPLICATION_USER=messenger
-# NOTE: As above, never do this in a real deployment.
-POSTGRES_APPLICATION_PASSWORD=messenger_password
-# Migration user: owns the database it creates (create_db) and its schema; not
-# a superuser.
-POSTGRES_MIGRATOR_USER=messenger_migrator
-# NOTE: As above, never do this in a real deployment.
-POSTGRES_MIGRATOR_PASSWORD=migrator_password
+# This configuration requires a new commit to change. The port and the roles
+# are docker/.env's (lib.sh read them), shared with compose: POSTGRES_PORT;
+# POSTGRES_USER and POSTGRES_PASSWORD, the cluster's superuser, which only this
+# script uses, to make the others; POSTGRES_APPLICATION_USER and its password,
+# what serving instances connect as (it may read and write rows and nothing
+# else: no CREATE, ALTER, DROP or TRUNCATE); POSTGRES_MIGRATOR_USER and its
+# password, which owns the database it creates (create_db) and its schema, and
+# is not a superuser.
+PORT="${POSTGRES_PORT}"
 DB_CONTAINER=messenger-db-primary  # also its host name on the Docker network
 DB_VOLUME=db-data                  # the seed's; the image is docker/.env's POSTGRES_IMAGE
 
 # The database the migrator creates and migrates, unless the caller names
 # another (the test suite does). If it exists already, roles.sql hands it to
 # the migrator and gives the application user its rows.
-DB_NAME="${MESSENGER_DB_NAME:-messenger}"
+DB_NAME="${MESSENGER_DB_NAME}"
 
 # Local runtime: where this machine's PostgreSQL listens (its superuser is
 # POSTGRES_USER; a cluster with trust auth does not check the password).
@@ -85,10 +77,12 @@ run_psql -v ON_ERROR_STOP=1 \
   -v db_name="${DB_NAME}" <"${INFRA_DIR}/sql/roles.sql"
 log "PostgreSQL at ${DB_HOST}:${DB_PORT} is ready; roles ${POSTGRES_APPLICATION_USER} (application) and ${POSTGRES_MIGRATOR_USER} (migrator) exist"
 
-kv_put messenger-db-port "${DB_PORT}"
-kv_put messenger-db-host "${DB_HOST}"
-kv_put messenger-db-application-user "${POSTGRES_APPLICATION_USER}"
-kv_put messenger-db-password-never-do-this "${POSTGRES_APPLICATION_PASSWORD}"
-kv_put messenger-db-migrator-user "${POSTGRES_MIGRATOR_USER}"
-kv_put messenger-db-migrator-password-never-do-this "${POSTGRES_MIGRATOR_PASSWORD}"
+kv_put "${KV_DB_PORT}" "${DB_PORT}"
+kv_put "${KV_DB_HOST}" "${DB_HOST}"
+kv_put "${KV_DB_APPLICATION_USER}" "${POSTGRES_APPLICATION_USER}"
+# NOTE: Never do this in a real-world deployment. Store passwords
+# only in an encrypted secrets store.
+kv_put "${KV_DB_APPLICATION_PASSWORD}" "${POSTGRES_APPLICATION_PASSWORD}"
+kv_put "${KV_DB_MIGRATOR_USER}" "${POSTGRES_MIGRATOR_USER}"
+kv_put "${KV_DB_MIGRATOR_PASSWORD}" "${POSTGRES_MIGRATOR_PASSWORD}"
 log "Done registering postgres details with Consul at ${CONSUL_URL}"

@@ -15,24 +15,24 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 # This configuration requires a new commit to change
+# (The service's own defaults, JSON_BODY_LIMIT's among them, are core/config.py's.)
 APP_ENV=production
-JSON_BODY_LIMIT=100kb
 CONSUL_SERVICE_NAME=messenger-migrator
 INSTANCE_ID=messenger-migrator
 DOCKER_PORT=4000
 
 # The database's name, unless the caller names another (the test suite does).
-PGDATABASE="${MESSENGER_DB_NAME:-messenger}"
+PGDATABASE="${MESSENGER_DB_NAME}"
 
 # Consul host and port come from the caller.
 select_runtime
 require_consul_location
 
 # Get the migrator user name and password, and where Postgres and RabbitMQ are
-read_connection_details messenger-db-migrator-user messenger-db-migrator-password-never-do-this
+read_connection_details "${KV_DB_MIGRATOR_USER}" "${KV_DB_MIGRATOR_PASSWORD}"
 
 # `migrate` gives the application role row access to every table it creates.
-DB_APPLICATION_USER="$(kv_get messenger-db-application-user)"
+DB_APPLICATION_USER="$(kv_get "${KV_DB_APPLICATION_USER}")"
 
 # The migrator is what applies the migrations, so it starts before they are.
 REQUIRE_MIGRATED_DB=false

@@ -17,13 +17,13 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 # This configuration requires a new commit to change
+# (The service's own defaults, JSON_BODY_LIMIT's among them, are core/config.py's.)
 APP_ENV=production
-JSON_BODY_LIMIT=100kb
 CONSUL_SERVICE_NAME=messenger
 DOCKER_PORT=4000
 
 # The database's name, unless the caller names another (the test suite does).
-PGDATABASE="${MESSENGER_DB_NAME:-messenger}"
+PGDATABASE="${MESSENGER_DB_NAME}"
 
 # Consul host and port come from the caller: we cannot query Consul until we
 # know them.
@@ -32,7 +32,7 @@ require_consul_location
 
 # Postgres and RabbitMQ configuration by pulling information from the system
 # (Consul KV): the application's role.
-read_connection_details messenger-db-application-user messenger-db-password-never-do-this
+read_connection_details "${KV_DB_APPLICATION_USER}" "${KV_DB_APPLICATION_PASSWORD}"
 
 choose_listen_address "${DOCKER_PORT}"
 if [ "${MESSENGER_RUNTIME}" = docker ]; then

@@ -23,11 +23,10 @@ source "$(dirname "$0")/lib.sh"
 # This configuration requires a new commit to change
 LB_IMAGE=messenger-lb
 LB_NAME=messenger-lb
-LB_CONTAINER_PORT=8085
 SERVICE_NAME=messenger
 
 # The port the load balancer answers on (docker/.env's LB_PORT, the seed's
-# 8085), and in the local runtime the address NGINX listens on (every address
+# 8085; the image's own is docker/.env's LB_CONTAINER_PORT), and in the local runtime the address NGINX listens on (every address
 # by default). The test suite sets both to a free loopback port.
 LB_BIND="${LB_BIND:-}"
 

@@ -29,7 +29,7 @@ INSTANCE_READY="log:ready."
 INSTANCE_DOCKER_ARGS=(--no-healthcheck)
 
 # The database's name, unless the caller names another (the test suite does).
-PGDATABASE="${MESSENGER_DB_NAME:-messenger}"
+PGDATABASE="${MESSENGER_DB_NAME}"
 
 select_runtime
 require_consul_location
@@ -42,7 +42,7 @@ fi
 
 # Postgres and RabbitMQ configuration by pulling information from the system
 # (Consul KV): the application's role.
-read_connection_details messenger-db-application-user messenger-db-password-never-do-this
+read_connection_details "${KV_DB_APPLICATION_USER}" "${KV_DB_APPLICATION_PASSWORD}"
 
 start_instance "${WORKER_KIND}" "${INSTANCE_ID}" APP_ENV PGUSER PGPORT PGHOST PGPASSWORD PGDATABASE AMQPHOST AMQPPORT
 echo "${INSTANCE_ID}"

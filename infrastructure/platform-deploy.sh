@@ -19,7 +19,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 # This configuration requires a new commit to change
-AMQP_PORT=5672
+AMQP_PORT="${RABBITMQ_PORT}"  # docker/.env's, as for compose
 DOCKER_AMQP_HOST=rabbitmq     # the container's name on the network
 LOCAL_AMQP_HOST=127.0.0.1     # this machine's RabbitMQ
 CONSUL_ID=consul              # the local agent's program and state files
@@ -70,9 +70,9 @@ if [ "${MESSENGER_RUNTIME}" = docker ]; then
     docker network create "${MESSENGER_DOCKER_NETWORK}" >/dev/null
   docker_run_once consul-server "${CONSUL_IMAGE}" \
     agent -server -bootstrap-expect=1 -ui -client=0.0.0.0 -node=consul-server
-  docker_run_once consul-client -p "${CONSUL_HOST_PORT}:8500" "${CONSUL_IMAGE}" \
+  docker_run_once consul-client -p "${CONSUL_HOST_PORT}:${CONSUL_HTTP_PORT}" "${CONSUL_IMAGE}" \
     agent -client=0.0.0.0 -retry-join=consul-server -node=consul-client
-  docker_run_once rabbitmq -p "${RABBITMQ_HOST_PORT}:${AMQP_PORT}" -p "${RABBITMQ_MANAGEMENT_HOST_PORT}:15672" \
+  docker_run_once rabbitmq -p "${RABBITMQ_HOST_PORT}:${AMQP_PORT}" -p "${RABBITMQ_MANAGEMENT_HOST_PORT}:${RABBITMQ_MANAGEMENT_PORT}" \
     -e "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=${RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS}" "${RABBITMQ_IMAGE}"
   AMQP_HOST="${DOCKER_AMQP_HOST}"
 else
@@ -96,6 +96,6 @@ for _ in $(seq 1 120); do
 done
 consul_leader_elected || die "Consul at ${CONSUL_URL} has no leader after 60s"
 
-kv_put amqp-host "${AMQP_HOST}"
-kv_put amqp-port "${AMQP_PORT}"
+kv_put "${KV_AMQP_HOST}" "${AMQP_HOST}"
+kv_put "${KV_AMQP_PORT}" "${AMQP_PORT}"
 log "platform ready: Consul at ${CONSUL_URL} (UI: ${CONSUL_URL}/ui), RabbitMQ at ${AMQP_HOST}:${AMQP_PORT}"

@@ -29,15 +29,15 @@ source "$(dirname "$0")/lib.sh"
 
 # This configuration requires a new commit to change
 INSTANCES="${STACK_INSTANCES:-3}"
-DB_NAME="${MESSENGER_DB_NAME:-messenger}"
+DB_NAME="${MESSENGER_DB_NAME}"
 MIGRATOR=messenger-migrator
 
 select_runtime
 if [ "${MESSENGER_RUNTIME}" = docker ]; then
-  export CONSUL_HOST="${CONSUL_HOST:-consul-client}" CONSUL_PORT="${CONSUL_PORT:-8500}"
+  export CONSUL_HOST="${CONSUL_HOST:-consul-client}" CONSUL_PORT="${CONSUL_PORT:-${CONSUL_HTTP_PORT}}"
   export CONSUL_HTTP_ADDR="${CONSUL_HTTP_ADDR:-127.0.0.1:${CONSUL_HOST_PORT}}"
 else
-  export CONSUL_HOST="${CONSUL_HOST:-127.0.0.1}" CONSUL_PORT="${CONSUL_PORT:-8500}"
+  export CONSUL_HOST="${CONSUL_HOST:-127.0.0.1}" CONSUL_PORT="${CONSUL_PORT:-${CONSUL_HTTP_PORT}}"
 fi
 export MESSENGER_RUNTIME LB_PORT CONSUL_HOST_PORT RABBITMQ_HOST_PORT RABBITMQ_MANAGEMENT_HOST_PORT \
   MESSENGER_DB_NAME="${DB_NAME}"
@@ -197,7 +197,7 @@ build_images() {
 
 up() {
   [ "${MESSENGER_RUNTIME}" = docker ] && build_images
-  step "platform: Consul and RabbitMQ (amqp-host, amqp-port in Consul KV)"
+  step "platform: Consul and RabbitMQ (${KV_AMQP_HOST}, ${KV_AMQP_PORT} in Consul KV)"
   "${INFRA_DIR}/platform-deploy.sh"
   step "database: roles and connection details in Consul KV"
   "${INFRA_DIR}/messenger-db-deploy.sh"

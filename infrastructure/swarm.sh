@@ -27,10 +27,11 @@ HOSTS_SH="${INFRA_DIR}/hosts.sh"
 # How long a deploy may take to converge before this script gives up waiting.
 CONVERGE_SECONDS=300
 # The edge's Consul client agent (a task of the stack on this machine).
-export CONSUL_HOST=127.0.0.1 CONSUL_PORT=8500
+export CONSUL_HOST=127.0.0.1 CONSUL_PORT="${CONSUL_HTTP_PORT}"
 export MESSENGER_RUNTIME=docker  # what lib.sh reads (require_consul_location)
-# docker/.env's image versions and settings, for the stack's ${...} (lib.sh read them).
-export CONSUL_IMAGE RABBITMQ_IMAGE POSTGRES_IMAGE RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS LB_PORT
+# docker/.env's facts, for the stack's ${...} (lib.sh read them; `docker stack
+# deploy` reads no .env file).
+export "${DOCKER_ENV_NAMES[@]}"
 
 [[ "${HOSTS}" =~ ^[1-9]$ ]] || die "HOSTS must be a number of hosts, 1 to 9 (not '${HOSTS}')"
 require_consul_location
@@ -119,7 +120,7 @@ wait_for_platform_jobs() {
   for name in "${PLATFORM_JOBS[@]}"; do wait_for_job "${name}" "" retried; done
   # The jobs wrote through the platform node's agent; this script reads through
   # the edge's, which answers 500 until it has joined the servers.
-  until [ "$(curl --silent --output /dev/null --write-out '%{http_code}' --max-time 2 "${CONSUL_URL}/v1/kv/amqp-host")" = 200 ]; do
+  until [ "$(curl --silent --output /dev/null --write-out '%{http_code}' --max-time 2 "${CONSUL_URL}/v1/kv/${KV_AMQP_HOST}")" = 200 ]; do
     [ "${SECONDS}" -lt "${deadline}" ] || die "the edge's Consul agent at ${CONSUL_URL} does not read KV (docker service logs $(service consul-client))"
     sleep 0.5
   done
@@ -127,9 +128,9 @@ wait_for_platform_jobs() {
 
 # The connection details, read from KV as the seed's deploy scripts read them.
 export_connection_details() {
-  read_connection_details messenger-db-migrator-user messenger-db-migrator-password-never-do-this
+  read_connection_details "${KV_DB_MIGRATOR_USER}" "${KV_DB_MIGRATOR_PASSWORD}"
   DB_MIGRATOR_USER="${PGUSER}" DB_MIGRATOR_PASSWORD="${PGPASSWORD}"
-  read_connection_details messenger-db-application-user messenger-db-password-never-do-this
+  read_connection_details "${KV_DB_APPLICATION_USER}" "${KV_DB_APPLICATION_PASSWORD}"
   DB_APPLICATION_USER="${PGUSER}" DB_APPLICATION_PASSWORD="${PGPASSWORD}"
   export DB_HOST="${PGHOST}" DB_PORT="${PGPORT}" AMQP_HOST="${AMQPHOST}" AMQP_PORT="${AMQPPORT}" \
     DB_MIGRATOR_USER DB_MIGRATOR_PASSWORD DB_APPLICATION_USER DB_APPLICATION_PASSWORD

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.platform import docker_env
 from tests.support.processes import REPO_ROOT
 
 DOCKERFILES = sorted(
@@ -22,7 +23,6 @@ DOCKERFILES = sorted(
     ]
 )
 COMPOSE = REPO_ROOT / "docker" / "compose.yaml"
-DOCKER_ENV = REPO_ROOT / "docker" / ".env"
 HADOLINT = Path(sys.executable).with_name("hadolint")
 SHELLCHECK = Path(sys.executable).with_name("shellcheck")
 DOCKER_SCRIPTS = [
@@ -31,11 +31,6 @@ DOCKER_SCRIPTS = [
     "tests/docker/stand-ins/build.sh",
     *(str(p.relative_to(REPO_ROOT)) for p in REPO_ROOT.glob("tests/docker/stand-ins/*/*.sh")),
 ]
-
-
-def docker_env() -> dict[str, str]:
-    lines = (line for line in DOCKER_ENV.read_text().splitlines() if line and not line.startswith("#"))
-    return dict(line.split("=", 1) for line in lines)
 
 
 def compose_config() -> str:

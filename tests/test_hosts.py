@@ -26,6 +26,7 @@ import pytest
 
 from tests.support.infrastructure import INFRA
 from tests.support.load_balancer import ClientLoop
+from tests.support.platform import PLATFORM
 from tests.support.processes import REPO_ROOT, port_open, wait_until
 from tests.support.rabbitmq import QueueReader, RabbitVhost
 from tests.support.stack import Stack, run_transcript, run_tutorial_transcript, scale_to_five_and_back_under_load
@@ -37,10 +38,6 @@ PLATFORM_HOST = HOSTS[0]  # the first manager (the swarm's first leader) and the
 STACK = "messenger"
 LB_PORT = 8085
 EDGE_CONSUL = "http://127.0.0.1:8500"
-# compose.yaml's database superuser password (one declaration).
-_PASSWORD = re.search(r"POSTGRES_PASSWORD: (\S+)", (REPO_ROOT / "docker/compose.yaml").read_text())
-assert _PASSWORD, "docker/compose.yaml declares POSTGRES_PASSWORD"
-POSTGRES_PASSWORD = _PASSWORD.group(1)
 
 
 def report(name: str, value) -> None:
@@ -163,9 +160,10 @@ class Swarm(Stack):
         return psycopg.connect(
             host=self.kv("messenger-db-host"),
             port=self.kv("messenger-db-port"),
-            user="postgres",
-            password=POSTGRES_PASSWORD,
-            dbname="messenger",
+            user=PLATFORM["POSTGRES_USER"],
+            password=PLATFORM["POSTGRES_PASSWORD"],
+            dbname=PLATFORM["MESSENGER_DB_NAME"],
+            target_session_attrs="read-write",  # the leader: what it acknowledged, it has
             connect_timeout=5,
         )
 

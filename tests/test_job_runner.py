@@ -23,6 +23,7 @@ import pytest
 from conversations.management.commands.seed import SEED_USERS
 from core.db.job_lock import lock_key
 from tests.support.infrastructure import CREATE_DB_JOB, Infrastructure
+from tests.support.platform import PLATFORM
 from tests.support.postgres import PG_BIN, ThrowawayPostgres
 from tests.support.processes import REPO_ROOT, free_port, http_get, wait_until
 from tests.support.service import ServiceProcess, job_env, manage, manage_command
@@ -62,11 +63,11 @@ class Roles:
 
 # What messenger-db-deploy.sh writes: its commit-time settings, where the local runtime's database listens.
 DB_KEYS = {
-    "messenger-db-host": "127.0.0.1",
-    "messenger-db-application-user": "messenger",
-    "messenger-db-password-never-do-this": "messenger_password",
-    "messenger-db-migrator-user": "messenger_migrator",
-    "messenger-db-migrator-password-never-do-this": "migrator_password",
+    PLATFORM["KV_DB_HOST"]: "127.0.0.1",
+    PLATFORM["KV_DB_APPLICATION_USER"]: PLATFORM["POSTGRES_APPLICATION_USER"],
+    PLATFORM["KV_DB_APPLICATION_PASSWORD"]: PLATFORM["POSTGRES_APPLICATION_PASSWORD"],
+    PLATFORM["KV_DB_MIGRATOR_USER"]: PLATFORM["POSTGRES_MIGRATOR_USER"],
+    PLATFORM["KV_DB_MIGRATOR_PASSWORD"]: PLATFORM["POSTGRES_MIGRATOR_PASSWORD"],
 }
 
 

@@ -6,12 +6,13 @@
 #
 # The member's name is the host's, its address the one its name resolves to (a
 # host-network task; every host's hosts file names every host). Consul is the
-# host's own agent at 127.0.0.1:8500.
+# host's own agent on 127.0.0.1.
 set -euo pipefail
 
 : "${PATRONI_SCOPE:?the cluster name, also its service in Consul}"
-: "${POSTGRES_PASSWORD:?the postgres superuser password}"
-: "${REPLICATION_PASSWORD:?the replicator role password}"
+: "${POSTGRES_USER:?the superuser}" "${POSTGRES_PASSWORD:?the superuser password}"
+: "${REPLICATION_USER:?the role standbys stream as}" "${REPLICATION_PASSWORD:?its password}"
+: "${POSTGRES_PORT:?the port PostgreSQL listens on}" "${CONSUL_HTTP_PORT:?the host Consul agent HTTP port}"
 : "${HOSTS_SUBNET:?the hosts network (CIDR) its members and clients connect from}"
 DATA_DIR=/var/lib/postgresql/data/pgdata
 CONFIG=/tmp/patroni.yml
@@ -38,7 +39,7 @@ restapi:
   listen: 0.0.0.0:8008
   connect_address: ${ADDRESS}:8008
 consul:
-  host: 127.0.0.1:8500
+  host: 127.0.0.1:${CONSUL_HTTP_PORT}
   register_service: true
   checks: [serfHealth]
 bootstrap:
@@ -63,24 +64,24 @@ bootstrap:
     - encoding: UTF8
     - data-checksums
 postgresql:
-  listen: 0.0.0.0:5432
-  connect_address: ${ADDRESS}:5432
+  listen: 0.0.0.0:${POSTGRES_PORT}
+  connect_address: ${ADDRESS}:${POSTGRES_PORT}
   data_dir: ${DATA_DIR}
   bin_dir: /usr/lib/postgresql/15/bin
   pgpass: /tmp/pgpass
   authentication:
     superuser:
-      username: postgres
+      username: "${POSTGRES_USER}"
       password: "${POSTGRES_PASSWORD}"
     replication:
-      username: replicator
+      username: "${REPLICATION_USER}"
       password: "${REPLICATION_PASSWORD}"
   parameters:
     unix_socket_directories: /var/run/postgresql
   pg_hba:
     - local all all trust
-    - host replication replicator ${HOSTS_SUBNET} scram-sha-256
-    - host replication replicator 127.0.0.1/32 scram-sha-256
+    - host replication ${REPLICATION_USER} ${HOSTS_SUBNET} scram-sha-256
+    - host replication ${REPLICATION_USER} 127.0.0.1/32 scram-sha-256
     - host all all ${HOSTS_SUBNET} scram-sha-256
     - host all all 127.0.0.1/32 scram-sha-256
 YAML

@@ -19,21 +19,24 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from core.config import SCHEMA_BY_NAME
 from tests.support.infrastructure import CREATE_DB_JOB, INFRA, Infrastructure
 from tests.support.load_balancer import alive
+from tests.support.platform import PLATFORM
 from tests.support.processes import ConsulAgent, free_port, http_get, port_open, wait_until
 
 pytestmark = pytest.mark.slow
 
+# What the db and platform scripts write in the local runtime: docker/.env's roles and ports, at this machine's address.
 SEED_KEYS = {
-    "messenger-db-host": "127.0.0.1",
-    "messenger-db-port": "5432",
-    "messenger-db-application-user": "messenger",
-    "messenger-db-password-never-do-this": "messenger_password",
-    "messenger-db-migrator-user": "messenger_migrator",
-    "messenger-db-migrator-password-never-do-this": "migrator_password",
-    "amqp-host": "127.0.0.1",
-    "amqp-port": "5672",
+    PLATFORM["KV_DB_HOST"]: "127.0.0.1",
+    PLATFORM["KV_DB_PORT"]: PLATFORM["POSTGRES_PORT"],
+    PLATFORM["KV_DB_APPLICATION_USER"]: PLATFORM["POSTGRES_APPLICATION_USER"],
+    PLATFORM["KV_DB_APPLICATION_PASSWORD"]: PLATFORM["POSTGRES_APPLICATION_PASSWORD"],
+    PLATFORM["KV_DB_MIGRATOR_USER"]: PLATFORM["POSTGRES_MIGRATOR_USER"],
+    PLATFORM["KV_DB_MIGRATOR_PASSWORD"]: PLATFORM["POSTGRES_MIGRATOR_PASSWORD"],
+    PLATFORM["KV_AMQP_HOST"]: "127.0.0.1",
+    PLATFORM["KV_AMQP_PORT"]: PLATFORM["RABBITMQ_PORT"],
 }
 INSTANCE_VARIABLES = {
     "APP_ENV",
@@ -100,7 +103,7 @@ def test_db_script_keys_reach_the_instance_the_deploy_script_starts(infrastructu
     assert {key: consul_agent.kv_get(key) for key in SEED_KEYS} == SEED_KEYS
     # Changed in Consul after the db script ran: the deploy reads KV at deploy
     # time. (The machine's PostgreSQL trusts loopback, so any password works.)
-    consul_agent.kv_put("messenger-db-password-never-do-this", "rotated-in-consul")
+    consul_agent.kv_put(PLATFORM["KV_DB_APPLICATION_PASSWORD"], "rotated-in-consul")
 
     instance = infrastructure.deploy()
     port = infrastructure.port(instance)
@@ -112,20 +115,21 @@ def test_db_script_keys_reach_the_instance_the_deploy_script_starts(infrastructu
         "APP_ENV": "production",
         "PORT": str(port),
         "BIND_HOST": "127.0.0.1",
-        "JSON_BODY_LIMIT": "100kb",
-        "PGUSER": "messenger",
-        "PGPORT": "5432",
+        # Left to the service's own default (core/config.py), which the config command below shows.
+        "JSON_BODY_LIMIT": "",
+        "PGUSER": PLATFORM["POSTGRES_APPLICATION_USER"],
+        "PGPORT": PLATFORM["POSTGRES_PORT"],
         "PGHOST": "127.0.0.1",
         "PGPASSWORD": "rotated-in-consul",
         "PGDATABASE": instances_db,
         "AMQPHOST": "127.0.0.1",
-        "AMQPPORT": "5672",
+        "AMQPPORT": PLATFORM["RABBITMQ_PORT"],
         "CONSUL_HOST": "127.0.0.1",
         "CONSUL_PORT": str(consul_agent.http_port),
         "CONSUL_SERVICE_NAME": "messenger",
         "CONSUL_SERVICE_ADDRESS": "127.0.0.1",
         "CONSUL_CHECK_INTERVAL": "1s",
-        "CONSUL_DEREGISTER_CRITICAL_AFTER": "1m",
+        "CONSUL_DEREGISTER_CRITICAL_AFTER": "",
         "CONSUL_RETRY_INTERVAL": "1s",
         "SHUTDOWN_DRAIN_SECONDS": "2",
     }
@@ -136,13 +140,15 @@ def test_db_script_keys_reach_the_instance_the_deploy_script_starts(infrastructu
         ("PGHOST", "127.0.0.1"),
         ("PGDATABASE", instances_db),
         ("AMQPPORT", "5672"),
-        ("JSON_BODY_LIMIT", "100kb"),
         ("PGPASSWORD", r"\*{8}"),
     ):
         assert re.search(rf"^{name} +{value} +\[environment\]", config, re.MULTILINE), (name, config)
+    for name in ("JSON_BODY_LIMIT", "CONSUL_DEREGISTER_CRITICAL_AFTER"):
+        default = SCHEMA_BY_NAME[name].default
+        assert re.search(rf"^{name} +{default} +\[default\]", config, re.MULTILINE), (name, config)
 
     # And the running instance behaves accordingly: it reads the database the
-    # keys point at, and refuses bodies over the script's JSON_BODY_LIMIT.
+    # keys point at, and refuses bodies over the schema's JSON_BODY_LIMIT (100kb).
     with psycopg.connect(host="127.0.0.1", user="postgres", dbname=instances_db) as conn:
         names = [row[0] for row in conn.execute("SELECT name FROM users ORDER BY id LIMIT 100")]
     status, body, _ = http_get(f"http://127.0.0.1:{port}/users")

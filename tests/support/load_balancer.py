@@ -33,6 +33,7 @@ import psycopg
 from psycopg import sql
 
 from tests.support.infrastructure import INFRA, Infrastructure, migrated_database  # noqa: F401 (INFRA re-exported)
+from tests.support.platform import PLATFORM
 from tests.support.processes import REPO_ROOT, ConsulAgent, free_port, free_ports, http_get, wait_until
 from tests.support.service import manage
 
@@ -233,12 +234,12 @@ class Topology(ThroughLoadBalancer):
     def write_kv(self) -> None:
         """The keys messenger-deploy.sh reads (a dev-mode agent forgets them when it restarts)."""
         for key, value in {
-            "messenger-db-host": "127.0.0.1",
-            "messenger-db-port": "5432",
-            "messenger-db-application-user": "postgres",
-            "messenger-db-password-never-do-this": "postgres",
-            "amqp-host": "127.0.0.1",
-            "amqp-port": str(self.closed_port),
+            PLATFORM["KV_DB_HOST"]: "127.0.0.1",
+            PLATFORM["KV_DB_PORT"]: "5432",
+            PLATFORM["KV_DB_APPLICATION_USER"]: "postgres",
+            PLATFORM["KV_DB_APPLICATION_PASSWORD"]: "postgres",
+            PLATFORM["KV_AMQP_HOST"]: "127.0.0.1",
+            PLATFORM["KV_AMQP_PORT"]: str(self.closed_port),
         }.items():
             self.consul.kv_put(key, value)
 
