@@ -84,15 +84,16 @@ replicas_of() {  # service: how many tasks it runs now (0 when it does not exist
 # The variables of docker/compose.swarm.yaml: the hosts, and every service's
 # replicas as they are now (a deploy changes no count it does not mean to).
 export_topology() {
-  local host joins=() members=()
+  local host joins=() addresses=() nodes=()
   for host in $("${HOSTS_SH}" list); do
     joins+=("-retry-join=$("${HOSTS_SH}" address "${host}")")
-    members+=("$("${HOSTS_SH}" address "${host}")")
+    addresses+=("$("${HOSTS_SH}" address "${host}")")
+    nodes+=("rabbit@${host}")
   done
   HOSTS_SUBNET="$("${HOSTS_SH}" subnet)"
   export HOSTS_SUBNET CONSUL_SERVERS="${#joins[@]}" CONSUL_RETRY_JOIN="${joins[*]}"
-  DB_MEMBERS="$(IFS=,; echo "${members[*]}")"
-  export DB_MEMBERS PATRONI_IMAGE
+  HOST_ADDRESSES="$(IFS=,; echo "${addresses[*]}")"
+  export HOST_ADDRESSES RABBITMQ_NODES="${nodes[*]}" PATRONI_IMAGE
   PLATFORM_ADDRESS="$("${HOSTS_SH}" address "$("${HOSTS_SH}" list | head -n 1)")"
   # What runs now stays what runs, unless the caller says otherwise.
   MESSENGER_IMAGE_REF="${MESSENGER_IMAGE_REF:-$(running_image messenger)}"
@@ -113,7 +114,7 @@ deploy_stack() {
 
 # The jobs of the platform's stack that write Consul KV (and the roles): each
 # retries until what it needs answers; the keys are read only once all are done.
-PLATFORM_JOBS=(messenger-db-roles messenger-db-kv platform-kv)
+PLATFORM_JOBS=(messenger-db-roles messenger-db-kv rabbitmq-setup platform-kv)
 
 wait_for_platform_jobs() {
   local name deadline=$((SECONDS + CONVERGE_SECONDS))

@@ -11,6 +11,8 @@ import secrets
 from pathlib import Path
 from urllib.parse import quote
 
+from kombu import Exchange, Queue
+
 from core import config as config_schema
 from core.db import embedded
 from core.logging import logging_config
@@ -106,18 +108,34 @@ DATABASE_REQUEST_DEADLINE = (
 
 # --- events: Celery over RabbitMQ (unset AMQPHOST: no broker) ---------------
 # One broker for Celery's own tasks and for the `chat_queue` events it relays.
+# Several hosts (a cluster's nodes) are kombu's failover list: a connection
+# that fails moves to the next node.
 CELERY_BROKER_URL = (
-    "amqp://{user}:{password}@{host}:{port}/{vhost}".format(
-        user=quote(CONFIG.AMQPUSER, safe=""),
-        password=quote(CONFIG.AMQPPASSWORD or "", safe=""),
-        host=CONFIG.AMQPHOST,
-        port=CONFIG.AMQPPORT,
-        vhost=quote(CONFIG.AMQPVHOST, safe=""),
+    ";".join(
+        "amqp://{user}:{password}@{host}:{port}/{vhost}".format(
+            user=quote(CONFIG.AMQPUSER, safe=""),
+            password=quote(CONFIG.AMQPPASSWORD or "", safe=""),
+            host=host.strip(),
+            port=CONFIG.AMQPPORT,
+            vhost=quote(CONFIG.AMQPVHOST, safe=""),
+        )
+        for host in CONFIG.AMQPHOST.split(",")
     )
     if CONFIG.AMQPHOST
     else None
 )
 CELERY_TASK_DEFAULT_QUEUE = "messenger.tasks"  # Celery's own queue; `chat_queue` is the notifier's
+# On a cluster, Celery's queue is replicated like chat_queue. Celery must know it
+# is a quorum queue (it reads the declaration's arguments): quorum queues refuse
+# the global prefetch it applies otherwise, and the worker would consume nothing.
+CELERY_TASK_QUEUES = (
+    Queue(
+        CELERY_TASK_DEFAULT_QUEUE,
+        Exchange(CELERY_TASK_DEFAULT_QUEUE, type="direct"),  # what Celery declares for its default queue
+        routing_key=CELERY_TASK_DEFAULT_QUEUE,
+        queue_arguments={"x-queue-type": "quorum"} if CONFIG.AMQP_QUORUM_QUEUES else None,
+    ),
+)
 CELERY_TASK_ACKS_LATE = True  # a worker that dies mid-task leaves the task to run again
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -149,6 +149,38 @@ def test_posted_message_reaches_chat_queue_with_the_contract_properties_and_body
     assert "relay_outbox" in worker.log()
 
 
+def test_a_worker_given_a_cluster_s_nodes_moves_past_one_that_refuses(users, conversation, start_worker, chat_queue):
+    """AMQPHOST names several nodes (a RabbitMQ cluster's): the worker's Celery connection and its relay's
+    publisher each fail over to the next node when one refuses, here 127.0.0.2 where nothing listens."""
+    # The worker's beat sweep relays (this process kicks no relay: no broker is configured here).
+    worker = start_worker(AMQPHOST="127.0.0.2,127.0.0.1", beat=True)
+    services.message_create(conversation_id=conversation.pk, user_id=users[0].pk, content="through the next node")
+    [delivery] = chat_queue.wait_for(1, timeout=30)
+    assert json.loads(delivery.body)["index"] == 1
+    assert chat_queue.consumers(CELERY_QUEUE) == 1, worker.log()
+
+
+def test_a_worker_whose_queue_is_a_quorum_queue_consumes_and_relays(users, conversation, start_worker):
+    """AMQP_QUORUM_QUEUES (a RabbitMQ cluster): Celery's own queue is declared a quorum queue, and the worker
+    takes a per-consumer prefetch, which quorum queues require (a global one is refused). In a vhost of its
+    own: a queue's type is fixed once declared."""
+    vhost = RabbitVhost().create()
+    reader = QueueReader(vhost, wire.QUEUE_NAME)
+    worker = None
+    try:
+        reader.declare()
+        worker = start_worker(AMQPVHOST=vhost.name, AMQP_QUORUM_QUEUES="true", beat=True)
+        services.message_create(conversation_id=conversation.pk, user_id=users[0].pk, content="on a quorum queue")
+        [delivery] = reader.wait_for(1, timeout=30)
+        assert json.loads(delivery.body)["index"] == 1
+        assert "Global QoS is disabled" in worker.log()
+    finally:
+        reader.close()
+        if worker is not None:
+            worker.stop()
+        vhost.delete()
+
+
 def test_rolled_back_message_produces_no_event(users, conversation, broker, chat_queue):
     alice = users[0]
 

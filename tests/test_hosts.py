@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -185,6 +187,18 @@ class Swarm(Stack):
     def db_leader(self) -> str | None:
         return next((name for name, (role, _) in self.db_members().items() if role == "leader"), None)
 
+    def rabbitmq(self, path: str):
+        """RabbitMQ's management API, from the first node that answers."""
+        for host in HOSTS:
+            url = f"http://{address(host)}:{PLATFORM['RABBITMQ_MANAGEMENT_PORT']}/api{path}"
+            result = run("curl", "--silent", "--fail", "--max-time", "3", "-u", "guest:guest", url, check=False)
+            if result.returncode == 0:
+                return json.loads(result.stdout)
+        raise AssertionError(f"no RabbitMQ node answers {path}")
+
+    def chat_queue(self) -> dict:
+        return self.rabbitmq("/queues/%2F/chat_queue")
+
     def node_state(self, host: str) -> str:
         return self.docker("node", "inspect", "--format", "{{.Status.State}}", host).strip()
 
@@ -225,13 +239,17 @@ def assert_every_stored_post_has_its_event(swarm: Swarm, loop: ClientLoop, conve
                 'SELECT "index" FROM messages WHERE channel_id = %s AND content = ANY(%s)', [conversation_id, contents]
             )
         }
-    broker_host, broker_port = swarm.kv("amqp-host"), int(swarm.kv("amqp-port"))
-    readers: list[QueueReader] = []  # one at a time; the broker may still be starting again after a drill
+    # Any node of the cluster serves the queue; one that is still starting again after a drill is skipped.
+    broker_hosts, broker_port = swarm.kv("amqp-host").split(","), int(swarm.kv("amqp-port"))
+    readers: list[QueueReader] = []  # one at a time
     seen: set[int] = set()
+    attempts = [0]
 
     def every_event_read() -> bool:
         if not readers:
-            readers.append(QueueReader(RabbitVhost("/"), "chat_queue", port=broker_port, host=broker_host))
+            attempts[0] += 1
+            host = broker_hosts[attempts[0] % len(broker_hosts)]
+            readers.append(QueueReader(RabbitVhost("/"), "chat_queue", port=broker_port, host=host))
         try:
             deliveries = readers[0].drain()
         except Exception:
@@ -283,7 +301,10 @@ def test_make_up_hosts_3_is_a_swarm_of_three_managers_serving_the_transcript_fro
     assert sorted(swarm.consul("/v1/status/peers")) == [f"{address(h)}:8300" for h in HOSTS]
     # Clients name every database member (libpq's host list) and keep the leader.
     assert swarm.kv("messenger-db-host") == ",".join(address(h) for h in HOSTS)
-    assert swarm.kv("amqp-host") == address(PLATFORM_HOST)
+    assert swarm.kv("amqp-host") == ",".join(address(h) for h in HOSTS)  # RabbitMQ's nodes, one cluster
+    assert sorted(node["name"] for node in swarm.rabbitmq("/nodes") if node["running"]) == [
+        f"rabbit@{h}" for h in HOSTS
+    ]
     members = swarm.db_members()
     assert sorted(members) == HOSTS and sorted(role for role, _ in members.values()) == [
         "leader",
@@ -296,6 +317,9 @@ def test_make_up_hosts_3_is_a_swarm_of_three_managers_serving_the_transcript_fro
         assert entry["ServiceAddress"] == address(entry["Node"]), entry
 
     run_tutorial_transcript(swarm, amqp_host=address(PLATFORM_HOST))
+    # chat_queue, declared as the notifier declares it, is a quorum queue over every node.
+    queue = swarm.chat_queue()
+    assert queue["type"] == "quorum" and sorted(queue["members"]) == [f"rabbit@{h}" for h in HOSTS], queue
     upstreams = {swarm.get("/health")[2]["Upstream-Host"].rsplit(":", 1)[0] for _ in range(30)}
     assert len(upstreams) >= 2 and upstreams <= {address(h) for h in HOSTS}, upstreams
 
@@ -461,62 +485,162 @@ def test_a_node_that_dies_has_its_tasks_run_on_the_others_and_rejoins_when_boote
     lose_a_node_and_bring_it_back(swarm, "kill", "boot", "node lost")
 
 
-def test_losing_the_database_leaders_host_elects_another_and_loses_no_acknowledged_post(swarm):
-    """SIGKILL the host whose PostgreSQL leads, under idempotent posting: Patroni promotes the synchronous
-    standby, clients find it by themselves (libpq's host list, read-write), only bounded 503s meanwhile, every
-    acknowledged post stored once with its event; the old leader, booted, rejoins as a replica."""
+@dataclass
+class HostLoss:
+    """What a drill that loses a whole host measured (time.monotonic() instants)."""
+
+    host: str
+    loop: ClientLoop
+    lost_at: float
+    replaced: object  # what `replaced` returned: the new leader
+    replaced_at: float
+    first_write: float  # the first post acknowledged that was sent after every process of the host was gone
+    out_at: float  # the lost host's instance moved and the load balancer routes around it
+    booted_at: float
+    rejoined_at: float
+
+
+def lose_a_host_under_idempotent_posting(swarm: Swarm, host: str, replaced, rejoined, what: str) -> HostLoss:
+    """SIGKILL every process of `host` (`hosts.sh kill`) under a client loop that posts with Idempotency-Keys,
+    until `replaced()` is truthy; then boot it again, until `rejoined()`; the stack settled after each."""
     swarm.settled()
-    leader = swarm.db_leader()
-    assert leader in HOSTS
     with ClientLoop(swarm, conversation_id=1, user_id=1, threads=4, max_requests=200000, max_seconds=400,
                     idempotent=True) as loop:  # fmt: skip
-        wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the leader's host is lost")
+        wait_until(lambda: loop.count() >= 100, 30, what=f"100 requests before {what}")
         lost_at = time.monotonic()
-        hosts_sh("kill", leader)
+        hosts_sh("kill", host)
         killed_at = time.monotonic()  # every process of the host is gone
-        new_leader = wait_until(
-            lambda: (now := swarm.db_leader()) not in (None, leader) and now, 60, interval=0.2, what="a new leader"
-        )
-        elected_at = time.monotonic()
+        new = wait_until(replaced, 60, interval=0.2, what=f"a replacement after {what}")
+        replaced_at = time.monotonic()
         first_write = wait_until(
             lambda: min((o.ended for o in loop.snapshot() if o.method == "POST" and o.ok and o.started > killed_at),
                         default=None),
             60,
             interval=0.2,
-            what="a post acknowledged after the loss",
+            what=f"a post acknowledged after {what}",
         )  # fmt: skip
         swarm.settled()  # the lost host's instance runs elsewhere
         out_at = time.monotonic()
         more = loop.count()
-        wait_until(lambda: loop.count() >= more + 100, 30, what="100 requests on the new leader")
+        wait_until(lambda: loop.count() >= more + 100, 30, what=f"100 requests after {what}")
 
-        hosts_sh("boot", leader)
+        hosts_sh("boot", host)
         booted_at = time.monotonic()
-        wait_until(
-            lambda: swarm.db_members().get(leader) in (("replica", "streaming"), ("sync_standby", "streaming")),
-            180,
-            interval=0.5,
-            what=f"{leader} streaming from {new_leader}",
-        )
+        wait_until(rejoined, 180, interval=0.5, what=f"{host} back after {what}")
         rejoined_at = time.monotonic()
         swarm.settled()
         more = loop.count()
-        wait_until(lambda: loop.count() >= more + 100, 30, what="100 requests with every member back")
-    outcomes = loop.snapshot()
-    unavailable = [o for o in outcomes if o.status == 503]
-    report(
-        "database leader's host lost",
-        f"new leader {new_leader} {elected_at - killed_at:.1f}s after it, writes back {first_write - killed_at:.1f}s "
-        f"after it; {len(unavailable)} answers 503 of {len(outcomes)}, longest request "
-        f"{max(o.ended - o.started for o in outcomes):.1f}s; booted -> streaming again {rejoined_at - booted_at:.1f}s",
-    )
-    assert first_write - killed_at < 15
-    assert max(o.ended - o.started for o in outcomes) < 10  # nothing hangs on the lost host
-    # What failed was a bounded 503, or on its way to the lost host's instance when it went.
-    for failure in loop.failures():
+        wait_until(lambda: loop.count() >= more + 100, 30, what=f"100 requests with {host} back")
+    return HostLoss(host, loop, lost_at, new, replaced_at, first_write, out_at, booted_at, rejoined_at)
+
+
+def assert_nothing_accepted_was_lost(swarm: Swarm, loss: HostLoss) -> None:
+    """Writes came back within 15 s; nothing hung on the lost host; what failed was a bounded 503 or on its way
+    to the lost host's instance; every acknowledged post is stored once, and every stored post's event is on
+    chat_queue."""
+    outcomes = loss.loop.snapshot()
+    assert loss.first_write - loss.lost_at < 15
+    assert max(o.ended - o.started for o in outcomes) < 10
+    for failure in loss.loop.failures():
         if failure.status != 503:
-            assert failure.started < out_at and failure.ended > lost_at, failure
-            assert failure.upstream is None or address(leader) in failure.upstream, failure
+            assert failure.started < loss.out_at and failure.ended > loss.lost_at, failure
+            assert failure.upstream is None or address(loss.host) in failure.upstream, failure
+    assert_every_201_stored_once(swarm, loss.loop)
+    assert_every_stored_post_has_its_event(swarm, loss.loop)
+
+
+def describe(loss: HostLoss) -> str:
+    outcomes = loss.loop.snapshot()
+    return (
+        f"{loss.host}: replaced by {loss.replaced} {loss.replaced_at - loss.lost_at:.1f}s after it, writes back "
+        f"{loss.first_write - loss.lost_at:.1f}s after it; {sum(o.status == 503 for o in outcomes)} answers 503 and "
+        f"{len(loss.loop.failures())} failed in all of {len(outcomes)}, longest request "
+        f"{max(o.ended - o.started for o in outcomes):.1f}s; booted -> back {loss.rejoined_at - loss.booted_at:.1f}s"
+    )
+
+
+def database_member_streams(host: str, swarm: Swarm):
+    return lambda: swarm.db_members().get(host) in (("replica", "streaming"), ("sync_standby", "streaming"))
+
+
+def test_losing_the_database_leaders_host_elects_another_and_loses_no_acknowledged_post(swarm):
+    """Patroni promotes the synchronous standby, clients find it by themselves (libpq's host list,
+    read-write); the old leader, booted, streams from the new one (pg_rewind)."""
+    leader = swarm.db_leader()
+    assert leader in HOSTS
+    loss = lose_a_host_under_idempotent_posting(
+        swarm,
+        leader,
+        replaced=lambda: (now := swarm.db_leader()) not in (None, leader) and now,
+        rejoined=database_member_streams(leader, swarm),
+        what="the database leader's host lost",
+    )
+    report("database leader's host lost", describe(loss))
+    assert_nothing_accepted_was_lost(swarm, loss)
+
+
+def test_losing_the_host_of_chat_queues_leader_loses_no_event(swarm):
+    """Another node leads chat_queue's raft group, the relay publishes (with confirms) to a live node, and
+    every stored post's event is on the queue; the node, booted, is back in the queue."""
+    leader_node = swarm.chat_queue()["leader"]
+    loss = lose_a_host_under_idempotent_posting(
+        swarm,
+        leader_node.split("@", 1)[1],
+        replaced=lambda: (now := swarm.chat_queue().get("leader")) not in (None, leader_node) and now,
+        rejoined=lambda: leader_node in swarm.chat_queue().get("online", []),
+        what="chat_queue's leader's host lost",
+    )
+    report("chat_queue leader's host lost", describe(loss))
+    assert_nothing_accepted_was_lost(swarm, loss)
+
+
+def test_any_one_host_lost_the_system_accepts_posts_again_with_no_person_acting(swarm):
+    """A host chosen at random, whatever it ran (the platform's jobs' node, a database or queue leader)."""
+    host = random.choice(HOSTS)
+    loss = lose_a_host_under_idempotent_posting(
+        swarm,
+        host,
+        replaced=lambda: swarm.node_state(host) == "down" and "the other hosts",
+        rejoined=lambda: (
+            swarm.node_state(host) == "ready"
+            and database_member_streams(host, swarm)()
+            and f"rabbit@{host}" in swarm.chat_queue().get("online", [])
+        ),
+        what=f"{host} (chosen at random) lost",
+    )
+    report("a host chosen at random lost", describe(loss))
+    assert_nothing_accepted_was_lost(swarm, loss)
+
+
+def test_a_database_switchover_under_load_loses_nothing(swarm):
+    """`patronictl switchover` to the synchronous standby: the old leader is demoted, not lost."""
+    swarm.settled()
+    members = swarm.db_members()
+    leader = next(name for name, (role, _) in members.items() if role == "leader")
+    candidate = next(name for name, (role, _) in members.items() if role == "sync_standby")
+    container = swarm.docker(
+        "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={STACK}_messenger-db", host=leader
+    ).split()[0]
+    with ClientLoop(swarm, conversation_id=1, user_id=1, threads=4, max_requests=200000, max_seconds=300,
+                    idempotent=True) as loop:  # fmt: skip
+        wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the switchover")
+        started = time.monotonic()
+        swarm.docker("exec", container, "patronictl", "-c", "/tmp/patroni.yml", "switchover", "--force",
+                     "--leader", leader, "--candidate", candidate, host=leader)  # fmt: skip
+        wait_until(lambda: swarm.db_leader() == candidate, 60, interval=0.2, what=f"{candidate} leading")
+        wait_until(database_member_streams(leader, swarm), 120, interval=0.5, what=f"{leader} streaming again")
+        more = loop.count()
+        wait_until(lambda: loop.count() >= more + 100, 30, what="100 requests after the switchover")
+    posts = [o for o in loop.snapshot() if o.method == "POST" and o.ended > started]
+    acknowledged = [o.ended for o in posts if o.ok]
+    gap = max((b - a for a, b in zip(acknowledged, acknowledged[1:], strict=False)), default=0.0)
+    report(
+        "database switchover",
+        f"{leader} -> {candidate}; longest gap between acknowledged posts {gap:.1f}s; "
+        f"{sum(o.status == 503 for o in posts)} answers 503 of {len(posts)} posts",
+    )
+    assert max(o.ended - o.started for o in loop.snapshot()) < 10
+    assert [f for f in loop.failures() if f.status != 503] == []  # no instance was lost: only bounded 503s
     assert_every_201_stored_once(swarm, loop)
     assert_every_stored_post_has_its_event(swarm, loop)
 

@@ -60,6 +60,9 @@ bootstrap:
         max_wal_senders: 10
         max_replication_slots: 10
         hot_standby: "on"
+        # A standby retries its stream this soon (5 s by default): after a failover the
+        # remaining standby follows the new leader, and strict mode's commits wait for it.
+        wal_retrieve_retry_interval: 1s
   initdb:
     - encoding: UTF8
     - data-checksums
