@@ -223,8 +223,12 @@ def assert_every_201_stored_once(swarm: Swarm, loop: ClientLoop, conversation_id
 
 
 def assert_failures_only_in_flight_to(loop: ClientLoop, host: str, lost_at: float, out_at: float) -> None:
-    """What failed was on its way to the lost host when it went: never a request sent after it was out."""
+    """What failed was on its way to the lost host when it went (never a request sent after it was out), or
+    a bounded 503 from another instance while the database's leader, if the host held it, was replaced."""
     for failure in loop.failures():
+        if failure.status == 503 and failure.upstream is not None and address(host) not in failure.upstream:
+            assert failure.ended - failure.started < 10 and failure.ended > lost_at, failure
+            continue
         assert failure.started < out_at and failure.ended > lost_at, failure
         assert failure.upstream is None or address(host) in failure.upstream, failure
 
