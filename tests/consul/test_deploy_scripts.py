@@ -391,7 +391,7 @@ def test_docker_runtime_is_chosen_when_an_engine_answers_and_runs_the_seed_conta
         )
     } == {
         "PORT": "4000",
-        "BIND_HOST": "0.0.0.0",
+        "BIND_HOST": "",  # empty: the schema's default, every address of the container
         "PGHOST": "messenger-db-primary",
         "PGPORT": "5432",
         "PGUSER": "messenger",
