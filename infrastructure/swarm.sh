@@ -94,7 +94,6 @@ export_topology() {
   export HOSTS_SUBNET CONSUL_SERVERS="${#joins[@]}" CONSUL_RETRY_JOIN="${joins[*]}"
   HOST_ADDRESSES="$(IFS=,; echo "${addresses[*]}")"
   export HOST_ADDRESSES RABBITMQ_NODES="${nodes[*]}" PATRONI_IMAGE
-  PLATFORM_ADDRESS="$("${HOSTS_SH}" address "$("${HOSTS_SH}" list | head -n 1)")"
   # What runs now stays what runs, unless the caller says otherwise.
   MESSENGER_IMAGE_REF="${MESSENGER_IMAGE_REF:-$(running_image messenger)}"
   MIGRATOR_IMAGE_REF="${MIGRATOR_IMAGE_REF:-$(running_image messenger-migrator)}"
@@ -103,7 +102,7 @@ export_topology() {
   export MESSENGER_IMAGE_REF MIGRATOR_IMAGE_REF
   MESSENGER_REPLICAS="$(replicas_of messenger)" MIGRATOR_REPLICAS="$(replicas_of messenger-migrator)"
   WORKER_REPLICAS="$(replicas_of messenger-worker)" LB_REPLICAS="$(replicas_of messenger-lb)"
-  export PLATFORM_ADDRESS MESSENGER_REPLICAS MIGRATOR_REPLICAS WORKER_REPLICAS LB_REPLICAS
+  export MESSENGER_REPLICAS MIGRATOR_REPLICAS WORKER_REPLICAS LB_REPLICAS
 }
 
 deploy_stack() {
