@@ -200,7 +200,7 @@ SCHEMA: tuple[Setting, ...] = (
     Setting("CONSUL_CHECK_INTERVAL", "duration", "How often Consul calls this instance's /health.", default="15s"),
     Setting("CONSUL_DEREGISTER_CRITICAL_AFTER", "duration", "Consul removes an instance whose check stays critical this long (Consul enforces at least 1m).",
             default="1m"),
-    Setting("CONSUL_RETRY_INTERVAL", "duration", "Longest wait between registration attempts while Consul is unreachable; also how often the registration is verified.",
+    Setting("CONSUL_RETRY_INTERVAL", "duration", "Longest wait between registration attempts while Consul is unreachable (once registered, the agent is asked every second).",
             default="10s"),
     Setting("SHUTDOWN_DRAIN_SECONDS", "float", "Seconds a registered instance keeps serving after deregistering on SIGTERM/SIGINT, so the load balancer drops it first.",
             default=5, env_defaults={"test": 0.5}),

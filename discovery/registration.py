@@ -13,9 +13,18 @@ and port Consul and the load balancer reach it at, and an HTTP check on
 
 - while Consul is unreachable the instance serves anyway, and the thread retries
   with exponential backoff capped at `CONSUL_RETRY_INTERVAL`;
-- once registered, the thread asks the agent every `CONSUL_RETRY_INTERVAL`
-  whether it still knows the service (a restarted agent may have forgotten it)
-  and registers it again if not.
+- once registered, the thread asks the agent every second for the status of
+  the instance's check (the agent's own view, no call to the servers). An agent
+  that no longer knows the service (a restarted agent may have forgotten it)
+  gets it registered again;
+- while the agent holds the check critical (`/health` answered 503: the
+  database was away), the thread asks `/health` at the very address Consul's
+  check calls whether it answers 200 again, and if so passes the check at
+  once. Consul would otherwise wait for its next check, up to
+  `CONSUL_CHECK_INTERVAL` (15s) later; a database outage turns every instance
+  critical together, so the load balancer had none for that long after the
+  database was back. Re-registering keeps a check's status; the check is
+  removed and registered anew with the status `/health` just gave.
 
 `stop()` deregisters, once; nothing registers after it. Registering an id that
 is already registered replaces it, so every step here is safe to repeat.
@@ -52,6 +61,9 @@ FIRST_RETRY_SECONDS = 0.5
 # ready() runs before gunicorn binds its socket: the first registration waits
 # (this long at most) until the instance answers, so it registers passing.
 FIRST_REGISTRATION_WAIT_SECONDS = 30.0
+# How often the agent is asked for this instance's check status (and, while critical, /health whether it
+# answers again): a local call to the agent, cheap beside what an instance serves in a second.
+STATUS_POLL_SECONDS = 1.0
 _ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
 # What a failed call to an unreachable or failing agent raises.
 CONSUL_ERRORS = (consul.ConsulException, requests.RequestException, OSError)
@@ -96,16 +108,22 @@ class Registration:
             probe.connect(target)
             return probe.getsockname()[0]
 
-    def register(self) -> None:
-        """Register (or re-register) this instance and its health check."""
-        address = self.address()
+    def health_url(self, address: str | None = None) -> str:
+        """The URL Consul's check calls (at `address`, this instance's own by default)."""
+        address = address or self.address()
         host = f"[{address}]" if ":" in address else address
-        health_url = f"http://{host}:{self.port}/health"
+        return f"http://{host}:{self.port}/health"
+
+    def register(self, passing: bool | None = None) -> None:
+        """Register (or re-register) this instance and its health check, passing if `/health` answers 200
+        (asked here unless the caller just asked it)."""
+        address = self.address()
+        health_url = self.health_url(address)
         check = consul.Check.http(health_url, interval=self._check_interval, deregister=self._deregister_after)
         # Consul runs a new check first after a random part of its interval (up
         # to 15s), and until then counts it critical. Asking /health once here
         # lets an instance that already answers take traffic at once.
-        check["Status"] = "passing" if _answers(health_url) else "critical"
+        check["Status"] = "passing" if (_answers(health_url) if passing is None else passing) else "critical"
         with self._lock:
             if self._stopped.is_set():
                 return  # deregistered for shutdown: never come back
@@ -152,6 +170,27 @@ class Registration:
         client = self._client if timeout is None else self._agent_client(timeout)
         return client.agent.service_definition(self.service_id) is not None
 
+    def check_status(self) -> str | None:
+        """The status the agent holds for this instance's check now; None while the agent does not know it."""
+        check = self._client.agent.checks().get(self._check_id)
+        return check["Status"] if check else None
+
+    @property
+    def _check_id(self) -> str:
+        return f"service:{self.service_id}"  # the id Consul gives a service's only check
+
+    def pass_again(self) -> bool:
+        """If /health answers 200 now, have the agent count this critical instance passing at once; True if so."""
+        if not _answers(self.health_url()):
+            return False
+        with self._lock:
+            if self._stopped.is_set():
+                return False
+            self._client.agent.check.deregister(self._check_id)
+        self.register(passing=True)
+        logger.info("%s answers its /health again: passing in Consul at once", self.service_id)
+        return True
+
     def start(self) -> None:
         """Keep this instance registered from a background thread."""
         threading.Thread(target=self._keep_registered, name="consul-registration", daemon=True).start()
@@ -171,8 +210,11 @@ class Registration:
         failing = False
         while not self._stopped.is_set():
             try:
-                if not self.known_to_agent():
+                status = self.check_status()
+                if status is None:
                     self.register()
+                elif status == "critical":
+                    self.pass_again()
             except CONSUL_ERRORS as exc:
                 # One warning per outage; the retries after it go to debug.
                 (logger.debug if failing else logger.warning)(
@@ -186,7 +228,7 @@ class Registration:
                 wait, backoff = backoff, min(backoff * 2, self.retry_interval)
             else:
                 failing = False
-                wait, backoff = self.retry_interval, FIRST_RETRY_SECONDS
+                wait, backoff = STATUS_POLL_SECONDS, FIRST_RETRY_SECONDS
             self._stopped.wait(wait)
 
     def stop(self) -> bool:

@@ -137,6 +137,25 @@ def test_database_outage_turns_the_check_critical_until_the_database_returns(inf
         infrastructure.wait_passing(1, timeout=20)
 
 
+def test_an_instance_whose_database_returns_passes_at_once_not_at_consuls_next_check(infrastructure, consul_agent):
+    """With the contract's 15 s check, Consul would count the instance critical for up to 15 s after the database
+    came back (and an outage turns every instance critical together: the load balancer has none). The instance
+    asks /health every second while critical and passes itself as soon as it answers 200."""
+    infrastructure.platform_and_database()
+    with TcpProxy(5432) as database:
+        consul_agent.kv_put("messenger-db-port", str(database.port))
+        instance = infrastructure.deploy(CONSUL_CHECK_INTERVAL="15s")
+        service_id = _service_on(infrastructure.wait_passing(1), infrastructure.port(instance))
+
+        database.cut()
+        wait_until(
+            lambda: _check_status(consul_agent, service_id) == "critical", 40, interval=0.2, what="a critical check"
+        )
+        database.restore()  # Consul's own next check is 15 s after the one that just failed
+        infrastructure.wait_passing(1, timeout=7)
+        assert _check_status(consul_agent, service_id) == "passing"
+
+
 def _instance_env(consul_port: int, database: str, **extra: str) -> dict[str, str]:
     return {
         "PGHOST": "127.0.0.1",
