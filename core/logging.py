@@ -79,7 +79,11 @@ def gunicorn_logging(*, log_format: str, level: str) -> dict:
     """gunicorn's `logconfig_dict`: its own lines (boot, worker exits) in the same format, on stderr."""
     return {
         **_base(log_format),
-        "loggers": {"gunicorn.error": {"handlers": ["console"], "level": level, "propagate": False}},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["console"], "level": level, "propagate": False},
+            # The request line is the service's own: gunicorn's access log stays off (core/http/gunicorn_logger.py).
+            "gunicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
     }
 
 

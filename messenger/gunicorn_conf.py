@@ -159,3 +159,4 @@ def on_exit(server):
 
 # gunicorn's own lines in the service's log format (core/logging.py): one format per stream.
 logconfig_dict = gunicorn_logging(log_format=_config.LOG_FORMAT, level=_config.LOG_LEVEL)
+logger_class = "core.http.gunicorn_logger.Logger"  # no access records built for nothing

@@ -114,3 +114,4 @@ def post_worker_init(worker):
 
 
 logconfig_dict = gunicorn_logging(log_format=_config.LOG_FORMAT, level=_config.LOG_LEVEL)
+logger_class = "core.http.gunicorn_logger.Logger"  # no access records built for nothing

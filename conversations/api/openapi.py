@@ -307,7 +307,10 @@ _HEALTH = {
     "get": {
         "operationId": "health",
         "summary": "Can this instance serve?",
-        "description": "Used by Consul's health check and the load balancer. 200 while the database answers.",
+        "description": (
+            "Used by Consul's health check and the load balancer. 200 while the database answers "
+            "(a successful check is reused for up to a second; a failed one never is)."
+        ),
         "tags": ["health"],
         "responses": {
             "200": {

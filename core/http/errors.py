@@ -15,6 +15,8 @@ from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 
+from core.db import liveness
+
 logger = logging.getLogger(__name__)
 
 
@@ -58,6 +60,7 @@ def exception_handler(exc, context):
         exc = NotFound(str(exc) or "Not found.")
     if isinstance(exc, (OperationalError, InterfaceError)):
         logger.warning("database unavailable: %s", exc)
+        liveness.forget()  # the next /health asks the database rather than trust an earlier answer
         return Response(
             {"error": DATABASE_UNAVAILABLE}, status=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"}
         )
