@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # make test's pytest-xdist workers. The tests holding the machine's fixed-name resources (engine, namespaces, a whole
 # stack) run one after the other in one group (conftest.py); the rest spread. Most process tests wait on processes
-# rather than compute, so three workers pay even on two cores.
+# rather than compute, so three workers pay even on two cores. The suite ends with its 15 slowest steps (--durations).
 PYTEST_WORKERS ?= 3
 # The event worker: relays the outbox to RabbitMQ, with beat's periodic sweep embedded.
 WORKER := $(VENV)/bin/celery -A messenger worker --beat --loglevel INFO
@@ -43,7 +43,7 @@ worker: $(STAMP) ## Run the event worker (Celery, with its beat sweep) in the fo
 # A Docker engine started for the suite is stopped after it, pass or fail.
 test: lint system-deps ## Run the lint and type checks, then the whole suite against the real services and a real Docker engine
 	@bash scripts/ensure-services.sh
-	@bash scripts/ensure-docker.sh run $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	@bash scripts/ensure-docker.sh run $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: $(STAMP) ## ruff (lint, and the format check) and mypy over the tree; settings in pyproject.toml
@@ -54,9 +54,13 @@ lint: $(STAMP) ## ruff (lint, and the format check) and mypy over the tree; sett
 docs: $(STAMP) ## Regenerate docs/configuration.md's table and .env.example from the schema
 	$(PY) scripts/render-config-docs.py
 
-bench: $(STAMP) ## Run every benchmark scenario against the running stack (make up) and pgbench; print one table, then the live scenarios
-	$(PY) bench/run.py
-	$(PY) bench/live.py
+# Each part runs whatever the one before it found; the exit status is 1 if any missed a target.
+bench: $(STAMP) ## Run every benchmark scenario against the running stack (make up) and pgbench; print one table, then the live scenarios, then one instance beside the reference service (REFERENCE_URL)
+	@status=0; \
+	$(PY) bench/run.py || status=1; \
+	$(PY) bench/live.py || status=1; \
+	$(PY) bench/reference.py || status=1; \
+	exit $$status
 
 # --- the whole topology (infrastructure/stack.sh) ---------------------------------
 # HOSTS=3 (up, down, ps, scale, reset-db, deploy): the same system over three

@@ -27,6 +27,7 @@ MET = {
     "members_ratio": 0.95,
     "instance_rss_mib": [90.0, 95.0],
     "stack_pss_mib": 700.0,
+    "stack_cpu_ms": {"POST message, hot conversation": 1.9, "GET /health": 0.6},
 }
 
 
@@ -44,9 +45,58 @@ def test_figures_meeting_every_target_miss_none():
         ({"big": figures(1500)}, "get_page_big"),
         ({"members_ratio": 0.85}, "members_only"),
         ({"instance_rss_mib": [90.0, 151.0]}, "memory"),
-        ({"stack_pss_mib": 1100.0}, "memory"),
+        ({"stack_pss_mib": 800.0}, "memory"),  # the target is under 800 MiB
+        ({"stack_cpu_ms": {"GET /health": 0.6, "POST message, 1,000 conversations": 2.9}}, "stack_cpu"),
+        ({"stack_cpu_ms": {"GET /health": float("nan")}}, "stack_cpu"),  # no figure is a miss too
     ],
 )
 def test_a_missed_target_is_named_with_its_figure(change, missed):
     result = bench_run.missed_targets(**{**MET, **change})
     assert [line.split(":")[0] for line in result] == [missed]
+
+
+# --- bench/reference.py: one instance of ours beside the reference service ---------------------
+
+_reference_spec = importlib.util.spec_from_file_location(
+    "bench_reference", Path(__file__).resolve().parent.parent / "bench" / "reference.py"
+)
+assert _reference_spec and _reference_spec.loader
+bench_reference = importlib.util.module_from_spec(_reference_spec)
+sys.modules["bench_reference"] = bench_reference
+_reference_spec.loader.exec_module(bench_reference)
+
+SCENARIO = {scenario.key: scenario for scenario in bench_reference.SCENARIOS}
+
+
+def rounds(rps, cpu_ms, errors=0):
+    return [{"requests": rps * 8, "seconds": 8.0, "rps": rps, "cpu_ms": cpu_ms, "errors": errors}] * 2
+
+
+def side_by_side(key, ours, reference, scale="tutorial"):
+    return [(scale, SCENARIO[key], {"ours": ours, "reference": reference})]
+
+
+def test_reference_rows_meeting_their_targets_miss_none():
+    results = (
+        side_by_side("page_user_id", rounds(1200, 0.7), rounds(1169, 0.72))
+        + side_by_side("list", rounds(1800, 0.4), rounds(1777, 0.40), scale="large")
+        + side_by_side("health", rounds(4000, 0.2), rounds(7924, 0.14))
+        + side_by_side("post_hot", rounds(503, 1.2), rounds(201, 1.9))
+    )
+    assert bench_reference.missed_targets(results) == []
+
+
+@pytest.mark.parametrize(
+    "key, ours, reference, missed",
+    [
+        ("page_user_id", rounds(714, 1.24), rounds(1169, 0.72), "reads tutorial page_user_id"),  # issue 22's figures
+        ("page_anonymous", rounds(1300, 0.8), rounds(1250, 0.7), "reads tutorial page_anonymous"),  # more CPU
+        ("page_members_only", rounds(1200, 0.7), rounds(1169, 0.72, errors=0)[:1] + rounds(1300, 0.7)[:1], "reads"),
+        ("list", rounds(1800, 0.3, errors=2), rounds(1777, 0.4), "reads tutorial list"),
+        ("health", rounds(841, 1.23), rounds(7924, 0.14), "health tutorial"),
+        ("post_hot", rounds(499, 1.2), rounds(200, 1.9), "posts tutorial post_hot"),
+    ],
+)
+def test_a_missed_reference_target_is_named_with_its_figure(key, ours, reference, missed):
+    result = bench_reference.missed_targets(side_by_side(key, ours, reference))
+    assert len(result) == 1 and result[0].startswith(missed), result
