@@ -76,6 +76,15 @@ _NO_INSTANCE = [
 ]
 
 
+# The live routes go by conversation (the path), each to one listener while
+# the instances stay: a long-poll loop's next request then finds what its
+# listener remembered of the last answer, and the waiters of one conversation
+# share that listener's reads (conversations/live). `consistent` moves only the
+# conversations of an instance that comes or goes. Before `keepalive`, as NGINX
+# requires of a balancing method.
+_BY_CONVERSATION = ["    hash $uri consistent;"]
+
+
 def render_upstream(service: str, instances: Sequence[tuple[str, int] | tuple[str, int, int]]) -> str:
     """The upstream lists for these instances, as nginx.ctmpl renders them.
 
@@ -91,7 +100,12 @@ def render_upstream(service: str, instances: Sequence[tuple[str, int] | tuple[st
         for server in servers:
             host = f"[{server[0]}]" if ":" in server[0] else server[0]  # IPv6 literal
             lines.append(f"    server {host}:{server[port_of]};")
-        lines += [*(_NO_INSTANCE if not servers else []), "    keepalive 16;", "}", ""]
+        lines += [
+            *(_NO_INSTANCE if not servers else []),
+            *(_BY_CONVERSATION if port_of == 2 else []),
+            "    keepalive 16;",
+        ]
+        lines += ["}", ""]
     lines += [
         "# How many instances the upstream holds; 0 makes the server block answer 503.",
         'map "" $messenger_instances {',

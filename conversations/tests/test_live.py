@@ -13,6 +13,7 @@ import threading
 
 import pytest
 from django.core.wsgi import get_wsgi_application
+from django.db import connections
 from django.test import Client
 
 from conversations.live.app import LiveApp
@@ -61,6 +62,24 @@ async def _request(
     start = sent[0]
     body = b"".join(m.get("body", b"") for m in sent[1:])
     return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+async def _post_from_another_thread(api, conversation_id: int, user_id: int, content: str) -> None:
+    """Post as another client would, in a thread of its own (a commit the app is notified of), and close that
+    thread's database connection, so none outlives the test."""
+
+    def post() -> None:
+        try:
+            post_message(api, conversation_id, user_id, content)
+        finally:
+            connections.close_all()
+
+    def start_and_join() -> None:
+        poster = threading.Thread(target=post)
+        poster.start()
+        poster.join()
+
+    await asyncio.get_running_loop().run_in_executor(None, start_and_join)
 
 
 def _run(coroutine):
@@ -145,8 +164,7 @@ def test_a_member_waiting_gets_the_message_committed_meanwhile(api, users, conve
             )
         )
         await _subscribed(app, 1)
-        poster = threading.Thread(target=post_message, args=(api, conversation.pk, users[0].pk, "while you wait"))
-        await asyncio.get_running_loop().run_in_executor(None, lambda: (poster.start(), poster.join()))
+        await _post_from_another_thread(api, conversation.pk, users[0].pk, "while you wait")
         return await waiter
 
     status, _, body = _with_app(work)
@@ -176,8 +194,7 @@ def test_waiters_of_one_page_woken_by_one_commit_share_one_read(api, users, conv
         while app._reads:  # the first reads are done: every waiter waits
             await asyncio.sleep(0.01)
         reads = 0
-        poster = threading.Thread(target=post_message, args=(api, conversation.pk, users[0].pk, "to a hundred"))
-        await asyncio.get_running_loop().run_in_executor(None, lambda: (poster.start(), poster.join()))
+        await _post_from_another_thread(api, conversation.pk, users[0].pk, "to a hundred")
         return await asyncio.gather(*waiters)
 
     answers = _with_app(work)
@@ -265,3 +282,109 @@ def test_an_idle_stream_gets_heartbeat_comments(conversation, settings):
     assert (status, headers["content-type"]) == (200, "text/event-stream; charset=utf-8")
     assert body.startswith(b"retry: 1000\n\n: heartbeat\n\n: heartbeat\n\n")
     assert b"id:" not in body
+
+
+def _counting_reads(app: LiveApp) -> list[str]:
+    """Every page read the app makes through Django from now on, by its query string."""
+    reads: list[str] = []
+    call = app.bridge.call
+
+    async def counted(environ):
+        reads.append(environ["QUERY_STRING"])
+        return await call(environ)
+
+    app.bridge.call = counted  # type: ignore[method-assign]
+    return reads
+
+
+def test_a_long_poll_right_after_its_answer_waits_without_reading_first(api, users, conversation):
+    """A client's loop: answered up to index 1, it asks after 1 again; nothing was notified since the read that
+    answered it, so the page is empty and allowed without a read. The message posted next is read once, and
+    answered as the ordinary route answers it."""
+    post_message(api, conversation.pk, users[0].pk, "first")
+    path, user = f"/conversations/{conversation.pk}/messages", {"User-Id": str(users[1].pk)}
+    page_of_one = _ordinary(path, HTTP_USER_ID=str(users[1].pk))
+
+    async def work(app):
+        await app.start().listening.wait()
+        first = await _request(app, path, f"wait={LONG_WAIT}", user)
+        reads = _counting_reads(app)
+        waiter = asyncio.ensure_future(_request(app, path, f"after_index=1&wait={LONG_WAIT}", user))
+        await _subscribed(app, 1)
+        before_post = list(reads)
+        await _post_from_another_thread(api, conversation.pk, users[0].pk, "second")
+        return first, before_post, await waiter, reads
+
+    first, before_post, second, reads = _with_app(work)
+    assert first[::2] == page_of_one
+    assert before_post == []
+    assert reads == [f"after_index=1&wait={LONG_WAIT}"]
+    assert second[::2] == (200, _ordinary(f"{path}?after_index=1", HTTP_USER_ID=str(users[1].pk))[1])
+    assert b'"content":"second"' in second[2]
+
+
+def test_a_message_stored_between_a_long_polls_answer_and_the_next_one_is_answered_at_once(api, users, conversation):
+    """Posted while the client was between two long-polls (no waiter to wake): its notification marks what the
+    listener remembered as old, so the next long-poll reads first and answers the message without waiting."""
+    post_message(api, conversation.pk, users[0].pk, "first")
+    path = f"/conversations/{conversation.pk}/messages"
+
+    async def work(app):
+        hub = app.start()
+        await hub.listening.wait()
+        await _request(app, path, f"wait={LONG_WAIT}")
+        answered_at = hub.generation
+        await _post_from_another_thread(api, conversation.pk, users[0].pk, "between")
+        while not hub.woken_since(str(conversation.pk), answered_at):
+            await asyncio.sleep(0.01)
+        return await _request(app, path, f"after_index=1&wait={LONG_WAIT}")  # BOUND < LONG_WAIT: no wait
+
+    status, _, body = _with_app(work)
+    assert (status, body) == _ordinary(f"{path}?after_index=1")
+    assert b'"content":"between"' in body
+
+
+def test_a_long_poll_that_skipped_its_first_read_still_answers_its_empty_page_read_when_it_expires(
+    api, users, conversation
+):
+    post_message(api, conversation.pk, users[0].pk, "first")
+    path = f"/conversations/{conversation.pk}/messages"
+
+    async def work(app):
+        await app.start().listening.wait()
+        await _request(app, path, "wait=1")
+        reads = _counting_reads(app)
+        return await _request(app, path, "after_index=1&wait=1"), reads
+
+    (status, headers, body), reads = _with_app(work)
+    assert (status, body) == _ordinary(f"{path}?after_index=1") == (200, b'{"messages":[]}')
+    assert reads == ["after_index=1&wait=1"]  # read once, when the second ended
+    assert headers["x-request-id"]
+
+
+def test_only_the_same_request_but_its_after_index_skips_the_read(api, users, conversation, settings):
+    """Another caller, another limit, another after_index: each reads first (an outsider is refused at once, 400
+    as the page refuses it). A bad wait on the same request is refused by the read its no wait at all makes."""
+    settings.READS_REQUIRE_MEMBER = True
+    post_message(api, conversation.pk, users[0].pk, "first")
+    path = f"/conversations/{conversation.pk}/messages"
+    member = {"User-Id": str(users[1].pk)}
+
+    async def work(app):
+        await app.start().listening.wait()
+        await _request(app, path, "wait=1", member)
+        reads = _counting_reads(app)
+        answers = [
+            await _request(app, path, "after_index=1&wait=1", {"User-Id": str(users[2].pk)}),
+            await _request(app, path, "after_index=0&wait=1", member),
+            await _request(app, path, "after_index=01&wait=1", member),
+            await _request(app, path, "after_index=1&limit=5&wait=1", member),
+            await _request(app, path, "after_index=1&wait=soon", member),  # skips its read, waits not at all
+        ]
+        return answers, reads
+
+    answers, reads = _with_app(work)
+    assert [status for status, _, _ in answers] == [400, 200, 200, 200, 400]
+    assert answers[-1][2] == b'{"error":"wait must be an integer from 0 to 30"}'
+    # The outsider's refusal, the page at once, two empty pages read before and after their wait, the bad wait.
+    assert len(reads) == 1 + 1 + 2 + 2 + 1

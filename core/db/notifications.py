@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 # Waits between connection attempts while PostgreSQL is unreachable: doubled up to the cap.
 FIRST_RETRY_SECONDS = 0.2
 LAST_RETRY_SECONDS = 5.0
+# How many payloads' last wake-ups a hub remembers for `woken_since` (a few MB at most); past that it forgets the
+# longest quiet ones, and answers "maybe" for them.
+REMEMBERED_PAYLOADS = 100_000
 
 
 class Hub:
@@ -45,6 +48,10 @@ class Hub:
         # had, whoever they were for: a read begun at generation g has seen every
         # commit whose wake-up came before it (see `generation`).
         self.generation = 0
+        # The generation of each payload's last wake-up, the most recent last, and the latest generation a
+        # payload not remembered may have been woken at (a wake-up of all, or a payload forgotten).
+        self._last_wake: OrderedDict[str, int] = OrderedDict()
+        self._forgotten = 0
 
     @contextmanager
     def subscription(self, key: str) -> Iterator[asyncio.Event]:
@@ -65,8 +72,21 @@ class Hub:
     def waiter_count(self) -> int:
         return sum(len(events) for events in self._waiters.values())
 
+    def woken_since(self, key: str, generation: int) -> bool:
+        """Whether `key` may have been notified after `generation` (or every waiter woken): False only when
+        it surely was not, so a read begun at `generation` still holds what the database holds for it."""
+        return self._last_wake.get(key, self._forgotten) > generation
+
     def _wake(self, key: str | None = None) -> None:
         self.generation += 1
+        if key is None:
+            self._last_wake.clear()
+            self._forgotten = self.generation
+        else:
+            self._last_wake[key] = self.generation
+            self._last_wake.move_to_end(key)
+            if len(self._last_wake) > REMEMBERED_PAYLOADS:
+                self._forgotten = max(self._forgotten, self._last_wake.popitem(last=False)[1])
         groups = self._waiters.values() if key is None else [self._waiters.get(key, ())]
         for events in groups:
             for event in events:
