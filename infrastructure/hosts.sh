@@ -40,8 +40,11 @@ MAX_HOSTS=9
 ENGINE_ADDRESS_POOL=10.77.128.0/18
 SWARM_ADDRESS_POOL=10.77.192.0/18
 # A manager that hears nothing from a node for a few heartbeats marks it down and
-# reschedules its tasks: 1 s (Docker's default is 5 s) makes that about 5 s.
-DISPATCHER_HEARTBEAT=1s
+# reschedules its tasks. Docker's 5 s: with 1 s, the edge was marked down while the
+# managers elected a new leader on a loaded machine, and its load balancer task was
+# replaced (connections to :8085 refused meanwhile). Traffic does not wait for it:
+# Consul's checks take a lost instance out of NGINX's list within seconds.
+DISPATCHER_HEARTBEAT=5s
 ENGINE_START_SECONDS=60
 # The cgroup v1 hierarchies dockerd needs: `ip netns exec` remounts /sys, which
 # leaves /sys/fs/cgroup empty inside the namespace (ENVIRONMENT.md).

@@ -16,13 +16,29 @@ set -euo pipefail
 : "${HOSTS_SUBNET:?the hosts network (CIDR) its members and clients connect from}"
 DATA_DIR=/var/lib/postgresql/data/pgdata
 CONFIG=/tmp/patroni.yml
+LOCK="$(dirname "${DATA_DIR}")/.member.lock"
 
 if [ "$(id -u)" = 0 ]; then
   # A fresh volume belongs to root: hand it to postgres, then start again as postgres.
   mkdir -p "${DATA_DIR}"
-  chown postgres:postgres "$(dirname "${DATA_DIR}")" "${DATA_DIR}"
+  touch "${LOCK}"
+  chown postgres:postgres "$(dirname "${DATA_DIR}")" "${DATA_DIR}" "${LOCK}"
   chmod 700 "${DATA_DIR}"
   exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
+fi
+
+# One member per data directory. The engine may start a task's replacement on
+# the same host, so on the same volume, before the task it replaces has stopped
+# (seen after a node came back: 8 s of both, and the new member's pg_rewind read
+# a WAL segment the old one was still writing). PostgreSQL's own interlock
+# (postmaster.pid, its shared memory) cannot see across containers' PID and IPC
+# namespaces; this lock on the volume can. Patroni holds it for its whole life
+# (the descriptor survives the exec; PostgreSQL, which Patroni stops before it
+# exits, does not inherit it), and the next member takes it once that one has gone.
+exec 9>>"${LOCK}"
+if ! flock --nonblock 9; then
+  echo "patroni: another member still runs on this volume; waiting until it stops" >&2
+  flock 9
 fi
 
 NAME="$(hostname)"
@@ -71,6 +87,14 @@ postgresql:
   connect_address: ${ADDRESS}:${POSTGRES_PORT}
   data_dir: ${DATA_DIR}
   bin_dir: /usr/lib/postgresql/15/bin
+  # A member whose pg_rewind fails is cloned anew from the leader, instead of
+  # starting on data that can never follow it (it then waits for WAL forever,
+  # "starting" in patronictl). Seen: a leader whose link was cut, back as a
+  # replica, failed its rewind on a WAL segment read short. Its data is nothing
+  # to keep: with synchronous_mode_strict every acknowledged commit is on the
+  # new leader. The same for a diverged timeline pg_rewind cannot mend.
+  remove_data_directory_on_rewind_failure: true
+  remove_data_directory_on_diverged_timelines: true
   pgpass: /tmp/pgpass
   authentication:
     superuser:
