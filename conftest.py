@@ -26,6 +26,7 @@ from rest_framework.test import APIClient
 
 from conversations.management.commands.seed import SEED_USERS
 from core.config import SCHEMA_BY_NAME
+from tests.support import figures, quiet_machine
 
 ROOT = Path(__file__).resolve().parent
 PROCESS_TESTS = ROOT / "tests"
@@ -62,6 +63,7 @@ def _location_marks(path: Path) -> list[str]:
 
 def pytest_configure(config):
     config.pluginmanager.register(SerialGroupFirst(), "serial-group-first")
+    config.pluginmanager.register(MachineShare(), "machine-share")
     # Names the process tests derive from PGDATABASE (`<name>_instances`, `<name>_stack`, ...) are dropped and
     # created by fixed name: under xdist each worker gets its own (pytest-django already suffixes the test database).
     # PGDATABASE is set for them whether or not the caller did (pytest.ini leaves it to the schema's default).
@@ -111,6 +113,25 @@ class SerialGroupFirst:
     def pytest_collection_modifyitems(self, items):
         # Last, after pytest-django's own ordering by database use; the relative order is kept.
         items.sort(key=lambda item: not SERIAL_MARKS.intersection(_location_marks(item.path)))
+
+
+class MachineShare:
+    """Every test shares the machine; a `quiet_machine` drill has it to itself (tests/support/quiet_machine.py).
+
+    Held over the whole of a test's run, its fixtures' setup and teardown included: the first test of a module
+    starts that module's processes, and they are what would load the machine under a drill.
+    """
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item, nextitem):
+        state_dir = ROOT / ".state"
+        if item.get_closest_marker("quiet_machine"):
+            with quiet_machine.exclusive(state_dir) as waited:
+                if waited >= 1:  # what the drill cost the others, for the suite's timing (docs/testing.md)
+                    figures.report("quiet machine", item.name, f"waited {waited:.0f}s for the other tests to finish")
+                return (yield)
+        with quiet_machine.shared(state_dir):
+            return (yield)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import figures
 from tests.support.browser import dump_dom
 from tests.support.load_balancer import ClientLoop, Topology, alive
 from tests.support.processes import http_get, wait_until
@@ -59,8 +60,7 @@ def conversation(topology):
 
 
 def report(name: str, value) -> None:
-    """A figure the drills measure, printed for `pytest -s` (timings are not asserted beyond the issue's bounds)."""
-    print(f"\n[load-balancer figure] {name}: {value}")
+    figures.report("load-balancer", name, value)
 
 
 def assert_each_post_stored_once(topology: Topology, loop: ClientLoop, conversation_id: int) -> None:
@@ -167,6 +167,28 @@ def test_graceful_stop_under_load_fails_no_request(topology, conversation):
     assert_each_post_stored_once(topology, loop, conversation)
 
 
+def _process_group(pgid: int) -> list[int]:
+    """The processes whose process group is `pgid` (an instance: its master and workers)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def _exited(pid: int, pgid: int) -> bool:
+    """Whether `pid` of group `pgid` has ended: gone, a zombie (its sockets closed), or the pid reused."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return True
+    return fields[0] in ("Z", "X") or int(fields[2]) != pgid
+
+
 def test_sigkill_under_load_fails_only_requests_in_flight_and_stores_no_post_twice(topology, conversation):
     """SIGKILL an instance under load: only what it had in flight fails, and its supervisor brings it back."""
     instances = topology.ensure_instances(3)
@@ -179,10 +201,19 @@ def test_sigkill_under_load_fails_only_requests_in_flight_and_stores_no_post_twi
         return {sid for sid, s in topology.infra.passing().items() if f"{s['Address']}:{s['Port']}" == address}
 
     killed_ids = entries_at_address()
+    group = _process_group(victim_pid)
     with ClientLoop(topology, conversation, user_id=1) as loop:
         wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the kill")
         killed_at = time.monotonic()
         topology.kill_instance(victim)
+        # Until every process of the group has exited, the kernel still accepts connections on its
+        # listening socket: a loaded machine took 0.5 s to run them to their end once.
+        gone_at = wait_until(
+            lambda: all(_exited(pid, victim_pid) for pid in group) and time.monotonic(),
+            30,
+            interval=0.005,
+            what=f"every process of {victim} ended",
+        )
         # Its entry stops passing (its check turns critical), or the process its
         # supervisor started again already took the entry over.
         critical_at = wait_until(
@@ -202,21 +233,20 @@ def test_sigkill_under_load_fails_only_requests_in_flight_and_stores_no_post_twi
         "SIGKILL drill",
         f"{loop.count()} requests, {len(failures)} failed "
         f"(started {[round(f.started - killed_at, 3) for f in failures]}s after the kill), "
+        f"its processes ended {gone_at - killed_at:.3f}s after it, "
         f"entry out after {critical_at - killed_at:.2f}s, "
         f"started again and routed after {back_at - killed_at:.2f}s, "
         f"{topology.watcher_status()['reloaded'] - reloads_before} reload(s)",
     )
     # After the check turned critical: nothing fails.
     assert [f for f in failures if f.started >= critical_at] == []
-    # Before: only what the dead instance had in flight. A killed process takes a
-    # few milliseconds to die, and until its sockets are closed the kernel still
-    # accepts connections for it: the margin covers requests sent to it in that
-    # moment (seen: up to 15ms after the kill). Such a request fails one of two
-    # ways: a POST NGINX must not pass on to another instance answers 502 (a GET
-    # or a refused connection goes to the next instance), or a response the
-    # instance had begun to send is cut short (no complete answer at all).
+    # Before: only what the dead instance had in flight. Until its processes have ended, the kernel still
+    # accepts connections for it; a request sent to it then fails one of two ways: a POST NGINX must not pass
+    # on to another instance answers 502 (a GET or a refused connection goes to the next instance), or a
+    # response the instance had begun to send is cut short. Once they have ended, its port refuses, and NGINX
+    # passes the request on. The margin is the poll's own granularity.
     for failure in failures:
-        assert failure.started < killed_at + 0.25 and failure.ended > killed_at, failure
+        assert failure.started < gone_at + 0.05 and failure.ended > killed_at, failure
         if failure.status is None:
             assert "IncompleteRead" in failure.error, failure
         else:

@@ -16,7 +16,13 @@ import psycopg
 import pytest
 
 from tests.support.processes import REPO_ROOT, port_open
-from tests.support.stack import SEED, LocalStack, run_tutorial_transcript, scale_to_five_and_back_under_load
+from tests.support.stack import (
+    SEED,
+    LocalStack,
+    run_contract_cases,
+    run_tutorial_transcript,
+    scale_to_five_and_back_under_load,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +45,8 @@ def test_make_up_runs_the_tutorial_end_to_end_and_make_down_leaves_nothing(stack
     assert up.count(" passing ") == 3, up
 
     run_tutorial_transcript(stack)
+    run_contract_cases(stack)  # every route and refusal, once more on a database that now holds data
+    run_contract_cases(stack)
 
     # Scale to five and back to three under a steady bounded load: no request fails.
     scale_to_five_and_back_under_load(stack)

@@ -12,8 +12,11 @@ from tests.support.tcp_proxy import TcpProxy
 
 class _Echo(socketserver.BaseRequestHandler):
     def handle(self):
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
+        try:
+            while data := self.request.recv(65536):
+                self.request.sendall(data)
+        except ConnectionResetError:
+            pass  # what the proxy's cuts do to the connection: what these tests cause, not a failure to print
 
 
 @pytest.fixture

@@ -175,15 +175,16 @@ class ThroughLoadBalancer:
     lb_port: int
 
     def request(
-        self, method: str, path: str, body: dict | None = None, headers: dict | None = None, timeout: float = 15
+        self, method: str, path: str, body: dict | bytes | None = None, headers: dict | None = None, timeout: float = 15
     ) -> tuple[int, bytes, dict]:
-        """One request through the load balancer on a new connection: (status, body, headers)."""
+        """One request through the load balancer on a new connection: (status, body, headers). A dict body is
+        sent as JSON, bytes as they are."""
         conn = http.client.HTTPConnection("127.0.0.1", self.lb_port, timeout=timeout)
         try:
             conn.request(
                 method,
                 path,
-                body=None if body is None else json.dumps(body),
+                body=body if body is None or isinstance(body, bytes) else json.dumps(body),
                 headers={"Content-Type": "application/json", **(headers or {})},
             )
             response = conn.getresponse()
@@ -362,6 +363,7 @@ class Outcome:
     upstream: str | None
     content: str | None = None  # a POSTed message's unique content
     error: str | None = None
+    replayed: bool = False  # the answer to a retried post that an earlier attempt had stored (Idempotent-Replayed)
 
     @property
     def ok(self) -> bool:
@@ -421,7 +423,15 @@ class ClientLoop:
                 body={"content": content} if post else None,
                 headers=headers,
             )
-            return Outcome(method, started, time.monotonic(), status, answer.get("Upstream-Host"), content)
+            return Outcome(
+                method,
+                started,
+                time.monotonic(),
+                status,
+                answer.get("Upstream-Host"),
+                content,
+                replayed=answer.get("Idempotent-Replayed") == "true",
+            )
         except (OSError, http.client.HTTPException) as exc:
             return Outcome(method, started, time.monotonic(), None, None, content, repr(exc))
 

@@ -10,6 +10,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from conversations.refusals import (
+    CONVERSATION_EXISTS,
+    CONVERSATION_NEEDS_TWO_USERS,
+    MISSING_USER_ID,
+    NOT_IN_CONVERSATION,
+    UNKNOWN_PARTICIPANTS,
+)
 from tests.support.load_balancer import ClientLoop, ThroughLoadBalancer
 from tests.support.processes import REPO_ROOT, free_ports, wait_until
 from tests.support.rabbitmq import AMQP_PORT, QueueReader, RabbitVhost
@@ -48,7 +55,11 @@ class Stack(ThroughLoadBalancer):
 
     def get(self, path: str) -> tuple[int, Any, dict]:
         """(status, the body as JSON, or as text when it is not JSON, headers)."""
-        status, raw, headers = self.request("GET", path)
+        return self.get_as(path)
+
+    def get_as(self, path: str, user: int | None = None) -> tuple[int, Any, dict]:
+        """A GET with `User-Id: user` when given: (status, the body as JSON or text, headers)."""
+        status, raw, headers = self.request("GET", path, headers={"User-Id": str(user)} if user else {})
         return status, json.loads(raw) if raw.startswith(b"{") else raw.decode(), headers
 
 
@@ -154,6 +165,67 @@ def run_transcript(stack: Stack) -> None:
     ]
     status, _, _ = stack.request("POST", "/conversations/1/view_horizon", body={"index": 2}, headers={"User-Id": "1"})
     assert status == 204
+
+
+def run_contract_cases(stack: Stack) -> None:
+    """Every route of the contract (CONTRACT.md section 1) and each of its refusals through the load balancer, as
+    the reference service's own test cases ask them, on a database that may already hold anything: the seed's
+    users with the tutorial's conversation, and whatever a drill posted. A drill calls it once the system has
+    recovered, to show that every route, not only the post the drill measured, answers as it should.
+    """
+    assert stack.get("/health")[:2] == (200, "OK")
+    for ids in ([1, 1], [1, 2, 3], [1]):  # duplicate, more than two, fewer than two
+        assert stack.post("/conversations", {"participant_ids": ids}) == (400, {"error": CONVERSATION_NEEDS_TWO_USERS})
+    assert stack.post("/conversations", {"participant_ids": [1, 999_999]}) == (400, {"error": UNKNOWN_PARTICIPANTS})
+    # A pair's conversation is created once (201 the first time this database sees the pair), then refused with its id.
+    created_status, created = stack.post("/conversations", {"participant_ids": [2, 3]})
+    status, refused = stack.post("/conversations", {"participant_ids": [3, 2]})
+    pair_id = int(refused["error"].rsplit(" ", 1)[1])
+    assert (status, refused) == (400, {"error": CONVERSATION_EXISTS.format(conversation_id=pair_id)})
+    if created_status == 201:  # this database's first conversation of the pair: the one now refused
+        assert set(created["conversation"]) >= {"id", "inserted_at"} and created["conversation"]["id"] == pair_id
+    else:
+        assert (created_status, created) == (400, {"error": CONVERSATION_EXISTS.format(conversation_id=pair_id)})
+
+    # The list, named for the other participant.
+    status, listing, _ = stack.get_as("/conversations", user=2)
+    assert status == 200 and {"id": pair_id, "name": SEED[2]} in [
+        {"id": c["id"], "name": c["name"]} for c in listing["conversations"]
+    ], listing
+    assert stack.get_as("/conversations")[:2] == (400, {"error": MISSING_USER_ID})
+
+    # Two posts: increasing indexes, the poster's name; the page holds both, ascending by index.
+    path = f"/conversations/{pair_id}/messages"
+    status, first = stack.post(path, {"content": "Clambering over rocks"}, user=2)
+    assert status == 201 and first["message"]["username"] == SEED[1], first
+    status, second = stack.post(path, {"content": "Picnic on a blustery day"}, user=3)
+    assert status == 201 and second["message"]["index"] == first["message"]["index"] + 1, second
+    assert set(second["message"]) == {"id", "content", "index", "user_id", "username", "conversation_id", "inserted_at"}
+    status, page, _ = stack.get(f"{path}?after_index={first['message']['index'] - 1}")
+    assert status == 200 and [(m["index"], m["content"]) for m in page["messages"]][:2] == [
+        (first["message"]["index"], "Clambering over rocks"),
+        (second["message"]["index"], "Picnic on a blustery day"),
+    ], page
+    assert stack.post(path, {"content": "not mine to post"}, user=1) == (
+        400,
+        {"error": NOT_IN_CONVERSATION.format(user_id=1)},
+    )
+    assert stack.post(path, {"content": "who am I"}) == (400, {"error": MISSING_USER_ID})
+
+    # The view horizon.
+    horizon = f"/conversations/{pair_id}/view_horizon"
+    assert stack.request("POST", horizon, body={"index": 12}, headers={"User-Id": "2"})[0] == 204
+    assert stack.post(horizon, {"index": 12}) == (400, {"error": MISSING_USER_ID})
+
+    # Bad input is a 4xx with the error shape, never a 500; no path redirects.
+    status, raw, _ = stack.request("POST", path, body={"content": "x" * 200_000}, headers={"User-Id": "2"})
+    assert status == 413 and "error" in json.loads(raw), raw[:200]
+    status, raw, _ = stack.request("POST", "/conversations", body=b'{"participant_ids": [1,')
+    assert status == 400 and "error" in json.loads(raw), raw[:200]
+    assert stack.request("GET", "/conversations/", headers={"User-Id": "1"})[0] not in (301, 302, 307, 308)
+    # Nothing refused was stored: the pair's conversation still ends at the second post.
+    status, page, _ = stack.get(f"{path}?after_index={second['message']['index'] - 1}")
+    assert [m["content"] for m in page["messages"]] == ["Picnic on a blustery day"], page
 
 
 def scale_to_five_and_back_under_load(stack: Stack) -> ClientLoop:
