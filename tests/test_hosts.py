@@ -20,18 +20,26 @@ import random
 import re
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from tests.support import figures
 from tests.support.infrastructure import INFRA
 from tests.support.load_balancer import ClientLoop
 from tests.support.platform import PLATFORM
 from tests.support.processes import REPO_ROOT, port_open, wait_until
 from tests.support.rabbitmq import QueueReader, RabbitVhost
-from tests.support.stack import Stack, run_transcript, run_tutorial_transcript, scale_to_five_and_back_under_load
+from tests.support.stack import (
+    Stack,
+    run_contract_cases,
+    run_transcript,
+    run_tutorial_transcript,
+    scale_to_five_and_back_under_load,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +48,11 @@ PLATFORM_HOST = HOSTS[0]  # the first manager (the swarm's first leader) and the
 STACK = "messenger"
 LB_PORT = 8085
 EDGE_CONSUL = "http://127.0.0.1:8500"
+MANAGER_ANSWERS_BOUND = 60  # a swarm's raft election takes seconds; a minute without any leader is a failure
 
 
 def report(name: str, value) -> None:
-    """A figure the drills measure, printed for `pytest -s` (not asserted beyond the issue's bounds)."""
-    print(f"\n[swarm figure] {name}: {value}")
+    figures.report("swarm", name, value)
 
 
 def run(*command: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
@@ -81,13 +89,35 @@ class Swarm(Stack):
         super().__init__({"HOSTS": str(len(HOSTS)), "MESSENGER_RUNTIME": "docker"}, LB_PORT)
 
     def docker(self, *args: str, host: str | None = None, check: bool = True) -> str:
-        """The docker client on a host's engine (default: a manager that answers)."""
-        for candidate in [host] if host else HOSTS:
-            result = run(str(INFRA / "hosts.sh"), "docker", candidate, *args, check=False)
-            if result.returncode == 0 or host:
-                assert not check or result.returncode == 0, result.stderr
-                return result.stdout
-        raise AssertionError(f"no manager answers: docker {' '.join(args)}")
+        """The docker client on a host's engine (default: the first manager that answers).
+
+        Right after a drill brings a node back, the managers may be electing a raft leader, and for those
+        seconds none answers a cluster command (seen: `docker service ps` refused on all three right after
+        the link-cut drill): the default waits for one, within MANAGER_ANSWERS_BOUND."""
+        if host:
+            result = run(str(INFRA / "hosts.sh"), "docker", host, *args, check=False)
+            assert not check or result.returncode == 0, result.stderr
+            return result.stdout
+        refusals: dict[str, str] = {}
+
+        def a_manager_answers():
+            for candidate in HOSTS:
+                result = run(str(INFRA / "hosts.sh"), "docker", candidate, *args, check=False)
+                if result.returncode == 0:
+                    return result
+                refusals[candidate] = result.stderr.strip()
+            return None
+
+        try:
+            return wait_until(a_manager_answers, MANAGER_ANSWERS_BOUND, interval=0.5, what="a manager").stdout
+        except TimeoutError:
+            raise AssertionError(f"no manager answers: docker {' '.join(args)}: {refusals}") from None
+
+    def containers(self, service: str, host: str) -> list[str]:
+        """Ids of the running containers of a stack service's tasks on one host."""
+        return self.docker(
+            "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={STACK}_{service}", host=host
+        ).split()  # fmt: skip
 
     def consul(self, path: str):
         return json.loads(run("curl", "--silent", "--fail", "--max-time", "5", f"{EDGE_CONSUL}{path}").stdout)
@@ -108,24 +138,39 @@ class Swarm(Stack):
         return [tuple(line.split()[:2]) for line in lines if line.split()[2:3] == ["Running"]]  # type: ignore[misc]
 
     def settled(self, instances: int = 3) -> set[tuple[str, int]]:
-        """Until `instances` tasks run healthy, as many pass in Consul, and 8085 answers from them."""
+        """Until `instances` tasks run healthy, as many pass in Consul, the load balancer routes to exactly those,
+        and 8085 answers from each. Every view is read again on each try: right after a host is lost, Consul can
+        still pass its instances for a few seconds (a new Consul leader first marks the lost node failed), and a
+        view taken then would wait for an instance that is gone."""
 
-        def ready():
+        def whole():
             passing = self.passing()
-            return len(self.running_tasks()) == instances and len(passing) == instances and passing
+            if len(self.running_tasks()) != instances or len(passing) != instances:
+                return None
+            expected = {f"{host}:{port}" for host, port in passing}
+            if self.routed() != expected:  # the load balancer's list has caught up with Consul's
+                return None
+            seen: set[str] = set()
+            deadline = time.monotonic() + 10
+            while not expected <= seen and time.monotonic() < deadline:
+                seen.add(self.get("/health")[2]["Upstream-Host"])
+            return passing if expected <= seen else None
 
-        passing = wait_until(ready, 180, interval=0.5, what=f"{instances} instances running and passing")
-        expected = {f"{host}:{port}" for host, port in passing}
-        # The load balancer's list has caught up with Consul: it sends nothing to an instance that left.
-        wait_until(lambda: self.routed() == expected, 60, interval=0.2, what=f"the load balancer routing to {expected}")
-        seen: set[str] = set()
+        return wait_until(whole, 240, interval=0.5, what=f"{instances} instances running, passing and answering")
 
-        def every_one_answered() -> bool:
-            seen.add(self.get("/health")[2]["Upstream-Host"])
-            return expected <= seen
+    def platform_whole(self) -> None:
+        """Until the database has a leader and both other members stream from it (one the synchronous standby),
+        and every broker node runs and serves chat_queue. A drill loses one host of a whole platform: one that
+        began while a member was still catching up after the last drill would be a double failure (a leader lost
+        with no standby to promote, or none to acknowledge its commits)."""
 
-        wait_until(every_one_answered, 60, interval=0.05, what=f"answers from {sorted(expected)} through {LB_PORT}")
-        return passing
+        def whole() -> bool:
+            members = self.db_members()
+            roles = sorted(role for role, state in members.values() if role == "leader" or state == "streaming")
+            online = self.chat_queue().get("online", [])
+            return roles == ["leader", "replica", "sync_standby"] and sorted(online) == [f"rabbit@{h}" for h in HOSTS]
+
+        wait_until(whole, 180, interval=0.5, what="the database and the broker whole on every host")
 
     def routed(self) -> set[str]:
         """The instances (address:port) in the upstream list NGINX runs with, in the edge's load balancer task."""
@@ -134,7 +179,7 @@ class Swarm(Stack):
         ).stdout.split()[0]  # fmt: skip
         rendered = run("docker", "exec", container, "cat", "/etc/nginx/messenger/messenger-upstream.conf").stdout
         block = rendered.split("upstream messenger_service {", 1)[1].split("}", 1)[0]
-        return set(re.findall(r"^\s*server (\S+:\d+);", block, re.MULTILINE))
+        return set(re.findall(r"^\s*server (\S+:\d+)[ ;]", block, re.MULTILINE))
 
     def kv(self, key: str) -> str:
         return wait_until(
@@ -224,13 +269,15 @@ def assert_every_201_stored_once(swarm: Swarm, loop: ClientLoop, conversation_id
 
 def assert_failures_only_in_flight_to(loop: ClientLoop, host: str, lost_at: float, out_at: float) -> None:
     """What failed was on its way to the lost host when it went (never a request sent after it was out), or
-    a bounded 503 from another instance while the database's leader, if the host held it, was replaced."""
+    an instance's own bounded 503 while commits waited on the database (its leader replaced, or the lost
+    host's member rejoining). An instance that answers 503 was reachable: such an answer may come from the
+    lost host's own instance too, once the host is back, as CI saw once (a 3 s statement timeout)."""
     for failure in loop.failures():
-        if failure.status == 503 and failure.upstream is not None and address(host) not in failure.upstream:
+        if failure.status == 503 and failure.upstream is not None and failure.upstream not in UPSTREAM_GROUPS:
             assert failure.ended - failure.started < 10 and failure.ended > lost_at, failure
             continue
         assert failure.started < out_at and failure.ended > lost_at, failure
-        assert failure.upstream is None or address(host) in failure.upstream, failure
+        assert on_its_way_to(host, failure), failure
 
 
 def assert_every_stored_post_has_its_event(swarm: Swarm, loop: ClientLoop, conversation_id: int = 1) -> None:
@@ -347,9 +394,7 @@ def test_make_scale_moves_the_engine_and_drops_no_request(swarm):
 def test_a_serving_task_whose_process_dies_is_replaced_by_the_engine(swarm):
     before = swarm.settled()
     host = swarm.host_of_instance()
-    container = swarm.docker(
-        "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={STACK}_messenger", host=host
-    ).split()[0]
+    container = swarm.containers("messenger", host)[0]
     pid = swarm.docker("inspect", "--format", "{{.State.Pid}}", container, host=host).strip()
     gone = (address(host), int(swarm.docker("exec", container, "cat", "/tmp/messenger.port", host=host)))
     with ClientLoop(swarm, conversation_id=1, user_id=1, threads=4, max_requests=100000, max_seconds=240) as loop:
@@ -443,12 +488,16 @@ def lose_a_node_and_bring_it_back(swarm: Swarm, lose: str, bring_back: str, what
     flight to it fail, and every acknowledged post is stored once.
     """
     swarm.settled()
+    swarm.platform_whole()
     host = swarm.host_of_instance()
     with ClientLoop(swarm, conversation_id=1, user_id=1, threads=4, max_requests=200000, max_seconds=400) as loop:
         wait_until(lambda: loop.count() >= 100, 30, what=f"100 requests before the {what}")
         lost_at = time.monotonic()
         hosts_sh(lose, host)
-        wait_until(lambda: swarm.node_state(host) == "down", 60, interval=0.2, what=f"{host} marked down")
+        # A node that led the swarm is marked down only after an election and the new leader's longer grace
+        # for nodes it has not heard from yet (many 5 s heartbeats): about 60 s measured (21.8 s with 1 s
+        # heartbeats). Traffic does not wait for it: Consul's checks route around the node within seconds.
+        wait_until(lambda: swarm.node_state(host) == "down", 150, interval=0.2, what=f"{host} marked down")
         down_at = time.monotonic()
         swarm.kv_round_trip(f"drill-{lose}")
         swarm.settled()
@@ -478,6 +527,7 @@ def lose_a_node_and_bring_it_back(swarm: Swarm, lose: str, bring_back: str, what
     assert_failures_only_in_flight_to(loop, host, lost_at, rescheduled_at)
     assert len(swarm.running_tasks()) == 3 and len(swarm.running_tasks("messenger-worker")) == 1
     assert_every_201_stored_once(swarm, loop)
+    run_contract_cases(swarm)
 
 
 def test_a_node_whose_link_is_cut_is_routed_around_and_rejoins_with_no_person_acting(swarm):
@@ -489,11 +539,11 @@ def test_a_node_that_dies_has_its_tasks_run_on_the_others_and_rejoins_when_boote
     lose_a_node_and_bring_it_back(swarm, "kill", "boot", "node lost")
 
 
-# How soon after a host is lost posts are acknowledged again. Issue 19 asks for 15 s, met when the
-# database's leader shares its host with neither the swarm's nor Consul's leader (7.0 s measured);
-# 26.6 s and 27.9 s when it did (messenger-host-1), not yet understood: the bound holds what is
-# measured, the figure is reported, and docs/hosts.md names the gap.
-WRITES_BACK_BOUND = 40
+# How soon after a host is lost posts are acknowledged again (issue 19): a drill starts with the platform
+# whole (Swarm.platform_whole). Once it began while the member of the host lost in the drill before was still
+# catching up: the new leader then had no standby to acknowledge its commits, and writes came back in 27 s.
+WRITES_BACK_BOUND = 15
+UPSTREAM_GROUPS = ("messenger_service", "messenger_live")  # load-balancer/messenger-server.conf's upstream blocks
 
 
 @dataclass
@@ -515,13 +565,15 @@ def lose_a_host_under_idempotent_posting(swarm: Swarm, host: str, replaced, rejo
     """SIGKILL every process of `host` (`hosts.sh kill`) under a client loop that posts with Idempotency-Keys,
     until `replaced()` is truthy; then boot it again, until `rejoined()`; the stack settled after each."""
     swarm.settled()
+    swarm.platform_whole()
     with ClientLoop(swarm, conversation_id=1, user_id=1, threads=4, max_requests=200000, max_seconds=400,
                     idempotent=True) as loop:  # fmt: skip
         wait_until(lambda: loop.count() >= 100, 30, what=f"100 requests before {what}")
         lost_at = time.monotonic()
         hosts_sh("kill", host)
         killed_at = time.monotonic()  # every process of the host is gone
-        new = wait_until(replaced, 60, interval=0.2, what=f"a replacement after {what}")
+        # A lost swarm leader's node is marked down in about 60 s (lose_a_node_and_bring_it_back says why).
+        new = wait_until(replaced, 150, interval=0.2, what=f"a replacement after {what}")
         replaced_at = time.monotonic()
         first_write = wait_until(
             lambda: min((o.ended for o in loop.snapshot() if o.method == "POST" and o.ok and o.started > killed_at),
@@ -550,14 +602,39 @@ def assert_nothing_accepted_was_lost(swarm: Swarm, loss: HostLoss) -> None:
     to the lost host's instance; every acknowledged post is stored once, and every stored post's event is on
     chat_queue."""
     outcomes = loss.loop.snapshot()
-    assert loss.first_write - loss.lost_at < WRITES_BACK_BOUND
+    assert loss.first_write - loss.lost_at < WRITES_BACK_BOUND, timeline(loss)
     assert max(o.ended - o.started for o in outcomes) < 10
     for failure in loss.loop.failures():
         if failure.status != 503:
             assert failure.started < loss.out_at and failure.ended > loss.lost_at, failure
-            assert failure.upstream is None or address(loss.host) in failure.upstream, failure
+            assert on_its_way_to(loss.host, failure), failure
     assert_every_201_stored_once(swarm, loss.loop)
     assert_every_stored_post_has_its_event(swarm, loss.loop)
+    run_contract_cases(swarm)  # every route and refusal answers as the contract says, after the drill
+
+
+def on_its_way_to(host: str, failure) -> bool:
+    """Whether a failure was the lost host's: the client's connection broke (no answer, so no Upstream-Host), NGINX
+    tried the host's instance, or NGINX had no live instance to try. In that last case NGINX answers 502 at once
+    and names the upstream group itself in $upstream_addr ("no live upstreams"): every instance it held had just
+    failed a connect (max_fails), which only the lost host's instance does; a survivor whose database is away
+    answers 503, which never marks it failed (proxy_next_upstream is error and timeout)."""
+    if failure.upstream is None or address(host) in failure.upstream:
+        return True
+    return failure.status == 502 and failure.upstream in UPSTREAM_GROUPS
+
+
+def timeline(loss: HostLoss) -> str:
+    """The posts of each second after the loss by how they ended (201, 503, other failure), and the load average:
+    what a slow failover's message shows."""
+    seconds: dict[int, Counter] = {}
+    for o in loss.loop.snapshot():
+        if o.method == "POST" and loss.lost_at <= o.ended <= loss.first_write + 2:
+            kind = "201" if o.ok else ("503" if o.status == 503 else "failed")
+            seconds.setdefault(int(o.ended - loss.lost_at), Counter())[kind] += 1
+    rows = [f"{s:>3}s " + " ".join(f"{k}:{n}" for k, n in sorted(c.items())) for s, c in sorted(seconds.items())]
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"posts by second after {loss.host} was lost (load average now {load}):\n" + "\n".join(rows)
 
 
 def describe(loss: HostLoss) -> str:
@@ -565,8 +642,10 @@ def describe(loss: HostLoss) -> str:
     return (
         f"{loss.host}: replaced by {loss.replaced} {loss.replaced_at - loss.lost_at:.1f}s after it, writes back "
         f"{loss.first_write - loss.lost_at:.1f}s after it; {sum(o.status == 503 for o in outcomes)} answers 503 and "
-        f"{len(loss.loop.failures())} failed in all of {len(outcomes)}, longest request "
-        f"{max(o.ended - o.started for o in outcomes):.1f}s; booted -> back {loss.rejoined_at - loss.booted_at:.1f}s"
+        f"{len(loss.loop.failures())} failed in all of {len(outcomes)}, {sum(o.replayed for o in outcomes)} ambiguous "
+        f"(a post that failed but was stored, answered by its retry as a replay), longest request "
+        f"{max(o.ended - o.started for o in outcomes):.1f}s; booted -> back {loss.rejoined_at - loss.booted_at:.1f}s; "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
 
 
@@ -574,6 +653,7 @@ def database_member_streams(host: str, swarm: Swarm):
     return lambda: swarm.db_members().get(host) in (("replica", "streaming"), ("sync_standby", "streaming"))
 
 
+@pytest.mark.quiet_machine
 def test_losing_the_database_leaders_host_elects_another_and_loses_no_acknowledged_post(swarm):
     """Patroni promotes the synchronous standby, clients find it by themselves (libpq's host list,
     read-write); the old leader, booted, streams from the new one (pg_rewind)."""
@@ -590,6 +670,7 @@ def test_losing_the_database_leaders_host_elects_another_and_loses_no_acknowledg
     assert_nothing_accepted_was_lost(swarm, loss)
 
 
+@pytest.mark.quiet_machine
 def test_losing_the_host_of_chat_queues_leader_loses_no_event(swarm):
     """Another node leads chat_queue's raft group, the relay publishes (with confirms) to a live node, and
     every stored post's event is on the queue; the node, booted, is back in the queue."""
@@ -605,6 +686,7 @@ def test_losing_the_host_of_chat_queues_leader_loses_no_event(swarm):
     assert_nothing_accepted_was_lost(swarm, loss)
 
 
+@pytest.mark.quiet_machine
 def test_any_one_host_lost_the_system_accepts_posts_again_with_no_person_acting(swarm):
     """A host chosen at random, whatever it ran (the platform's jobs' node, a database or queue leader)."""
     host = random.choice(HOSTS)
@@ -623,15 +705,80 @@ def test_any_one_host_lost_the_system_accepts_posts_again_with_no_person_acting(
     assert_nothing_accepted_was_lost(swarm, loss)
 
 
+def node_vm_stopped(pid: str) -> bool:
+    """Whether `pid` is a RabbitMQ node's Erlang VM (not a CLI tool's), stopped."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return b"beam.smp" in command and b"-s rabbit boot" in command and state == "T"
+
+
+@pytest.mark.quiet_machine
+def test_a_hung_broker_node_fails_its_health_check_and_is_replaced_losing_no_event(swarm):
+    """A RabbitMQ node that stops answering while its host lives on (Debian's Erlang/OTP 25.2 was seen to hang a
+    node this way): every process of chat_queue's leader's task is stopped (SIGSTOP), as a hung VM leaves them.
+    The queue elects another leader, the task's health check fails, the engine replaces the task on its node,
+    and the new node joins the queue again; posts go on, and every stored post's event is on chat_queue."""
+    swarm.settled()
+    swarm.platform_whole()
+    leader_node = swarm.chat_queue()["leader"]
+    host = leader_node.split("@", 1)[1]
+    container = swarm.containers("rabbitmq", host)[0]
+    processes = swarm.docker("top", container, "-eo", "pid", host=host).split()[1:]
+    with ClientLoop(swarm, conversation_id=1, user_id=1, threads=4, max_requests=200000, max_seconds=400,
+                    idempotent=True) as loop:  # fmt: skip
+        wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the broker node hangs")
+        hung_at = time.monotonic()
+        run("kill", "-STOP", *processes, check=False)  # a health check's own processes may have ended meanwhile
+        # Every thread of the VM stops as it next runs: a moment, not at once.
+        wait_until(
+            lambda: any(node_vm_stopped(pid) for pid in processes), 10, what=f"the node's VM among {processes} stopped"
+        )
+        wait_until(
+            lambda: (now := swarm.chat_queue().get("leader")) not in (None, leader_node) and now,
+            60,
+            interval=0.2,
+            what="another leader of chat_queue",
+        )
+        new_leader_at = time.monotonic()
+
+        def replaced() -> bool:
+            running = swarm.containers("rabbitmq", host)
+            return bool(running) and container not in running
+
+        wait_until(replaced, 180, interval=0.5, what=f"the engine replacing the hung node's task on {host}")
+        replaced_at = time.monotonic()
+        wait_until(
+            lambda: leader_node in swarm.chat_queue().get("online", []), 180, interval=0.5, what=f"{leader_node} back"
+        )
+        back_at = time.monotonic()
+        more = loop.count()
+        wait_until(lambda: loop.count() >= more + 100, 30, what="100 requests with the node back")
+    outcomes = loop.snapshot()
+    report(
+        "a hung broker node (chat_queue's leader)",
+        f"{host}: new queue leader {new_leader_at - hung_at:.1f}s after it hung, its task replaced by the engine "
+        f"{replaced_at - hung_at:.1f}s after it, back in the queue {back_at - hung_at:.1f}s after it; "
+        f"{len(loop.failures())} failed of {len(outcomes)}, longest request {max(o.ended - o.started for o in outcomes):.1f}s",
+    )
+    assert max(o.ended - o.started for o in outcomes) < 10
+    assert loop.failures() == []  # the database and every instance stayed: a hung broker costs no request
+    assert_every_201_stored_once(swarm, loop)
+    assert_every_stored_post_has_its_event(swarm, loop)
+    run_contract_cases(swarm)
+
+
+@pytest.mark.quiet_machine
 def test_a_database_switchover_under_load_loses_nothing(swarm):
     """`patronictl switchover` to the synchronous standby: the old leader is demoted, not lost."""
     swarm.settled()
+    swarm.platform_whole()
     members = swarm.db_members()
     leader = next(name for name, (role, _) in members.items() if role == "leader")
     candidate = next(name for name, (role, _) in members.items() if role == "sync_standby")
-    container = swarm.docker(
-        "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={STACK}_messenger-db", host=leader
-    ).split()[0]
+    container = swarm.containers("messenger-db", leader)[0]
     with ClientLoop(swarm, conversation_id=1, user_id=1, threads=4, max_requests=200000, max_seconds=300,
                     idempotent=True) as loop:  # fmt: skip
         wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the switchover")
@@ -648,12 +795,13 @@ def test_a_database_switchover_under_load_loses_nothing(swarm):
     report(
         "database switchover",
         f"{leader} -> {candidate}; longest gap between acknowledged posts {gap:.1f}s; "
-        f"{sum(o.status == 503 for o in posts)} answers 503 of {len(posts)} posts",
+        f"{sum(o.status == 503 for o in posts)} answers 503 of {len(posts)} posts, {sum(o.replayed for o in posts)} ambiguous",
     )
     assert max(o.ended - o.started for o in loop.snapshot()) < 10
     assert [f for f in loop.failures() if f.status != 503] == []  # no instance was lost: only bounded 503s
     assert_every_201_stored_once(swarm, loop)
     assert_every_stored_post_has_its_event(swarm, loop)
+    run_contract_cases(swarm)
 
 
 def test_make_reset_db_hosts_3_empties_and_seeds_through_the_migrator_job(swarm):
@@ -667,6 +815,7 @@ def test_make_reset_db_hosts_3_empties_and_seeds_through_the_migrator_job(swarm)
             "Flambaravo Chortleblatt",
         ]
     run_transcript(swarm)  # the tutorial's transcript on the fresh database, through 8085
+    run_contract_cases(swarm)
 
 
 def test_make_down_hosts_3_leaves_no_namespace_engine_container_volume_or_registration(swarm):
