@@ -46,6 +46,8 @@ SWARM_ADDRESS_POOL=10.77.192.0/18
 # Consul's checks take a lost instance out of NGINX's list within seconds.
 DISPATCHER_HEARTBEAT=5s
 ENGINE_START_SECONDS=60
+# How long `down` waits for an engine to have removed every container.
+ENGINE_EMPTY_SECONDS=60
 # The cgroup v1 hierarchies dockerd needs: `ip netns exec` remounts /sys, which
 # leaves /sys/fs/cgroup empty inside the namespace (ENVIRONMENT.md).
 CGROUP_HIERARCHIES="cpu cpuacct cpuset memory devices freezer blkio pids"
@@ -246,6 +248,20 @@ up() {
   images
 }
 
+# An engine that leaves the swarm removes its task containers itself, in the
+# background, and refuses a second removal of one it is removing ("removal of
+# container ... is already in progress"): remove whatever is left until nothing is.
+remove_containers() {
+  local host=$1 containers deadline=$((SECONDS + ENGINE_EMPTY_SECONDS))
+  while containers="$(on_host "${host}" ps --all --quiet)" && [ -n "${containers}" ]; do
+    if [ "${SECONDS}" -ge "${deadline}" ]; then
+      die "${host}: containers left after ${ENGINE_EMPTY_SECONDS}s: ${containers//$'\n'/ }"
+    fi
+    # shellcheck disable=SC2086  # container ids
+    on_host "${host}" rm --force --volumes ${containers} >/dev/null 2>&1 || sleep 0.5  # the engine's removal under way
+  done
+}
+
 # Each host leaves the swarm and its engine removes every container and volume
 # before it stops; the engine's image store stays (a host keeps what it
 # pulled), so the next `up` loads nothing it already has. An earlier run's host
@@ -261,9 +277,7 @@ down() {
     engine_answers "${host}" || (boot "${host}") || true
     if engine_answers "${host}"; then
       on_host "${host}" swarm leave --force >/dev/null 2>&1 || true
-      containers="$(on_host "${host}" ps --all --quiet)"
-      # shellcheck disable=SC2086  # container ids
-      [ -z "${containers}" ] || on_host "${host}" rm --force --volumes ${containers} >/dev/null
+      remove_containers "${host}"
       on_host "${host}" volume prune --force >/dev/null
       kill_host "${host}"
     else
