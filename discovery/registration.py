@@ -24,7 +24,9 @@ and port Consul and the load balancer reach it at, and an HTTP check on
   `CONSUL_CHECK_INTERVAL` (15s) later; a database outage turns every instance
   critical together, so the load balancer had none for that long after the
   database was back. Re-registering keeps a check's status; the check is
-  removed and registered anew with the status `/health` just gave.
+  removed and registered anew with the status `/health` just gave (between
+  the two calls the service has no check, which Consul counts as passing:
+  `/health` has just answered 200).
 
 `stop()` deregisters, once; nothing registers after it. Registering an id that
 is already registered replaces it, so every step here is safe to repeat.
