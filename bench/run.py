@@ -245,12 +245,16 @@ class DirectInstance:
         self.name = name
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Its live listener, where NGINX sends the plain reads of a page and of the list (conversations/live/reads.py).
+        self.live_port = free_port()
+        self.reads_url = f"http://127.0.0.1:{self.live_port}"
         parts = parse_conninfo(info)
         env = {
             **os.environ,
             "APP_ENV": "production",
             "BIND_HOST": "127.0.0.1",
             "PORT": str(self.port),
+            "LIVE_PORT": str(self.live_port),
             "PGHOST": parts.get("host", "127.0.0.1"),
             "PGPORT": parts.get("port", "5432"),
             "PGUSER": parts.get("user", "postgres"),
@@ -277,7 +281,9 @@ class DirectInstance:
                 raise RuntimeError(f"direct instance {self.name} exited; see {self.log.name}")
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
+                    healthy = response.status == 200
+                with urllib.request.urlopen(f"{self.reads_url}/health", timeout=2) as response:
+                    if healthy and response.status == 200:  # the live listener starts once the instance is ready
                         return
             except OSError:
                 pass
@@ -285,14 +291,19 @@ class DirectInstance:
         raise RuntimeError(f"direct instance {self.name} not healthy within {limit}s")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the gunicorn master and its workers."""
-        total = 0.0
+        """User + system CPU of the instance's whole process tree: the gunicorn master, its workers, its live
+        listener's master and worker."""
+        stats = {}
         for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            fields = _read(proc / "stat").rsplit(")", 1)[-1].split()
-            if len(fields) > 12 and self.process.pid in (int(proc.name), int(fields[1])):
-                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            if proc.name.isdigit():
+                fields = _read(proc / "stat").rsplit(")", 1)[-1].split()
+                if len(fields) > 12:
+                    stats[int(proc.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+        tree, total = {self.process.pid}, 0.0
+        for _ in range(3):  # master, workers and live master, live worker
+            tree |= {pid for pid, (parent, _) in stats.items() if parent in tree}
+        for pid in tree:
+            total += stats.get(pid, (0, 0.0))[1]
         return total
 
     def stop(self) -> None:
@@ -481,7 +492,7 @@ def direct_reads(info: str, data, duration: int, rounds: int, log_folder: Path) 
                         flush=True,
                     )
                     before = instance.cpu_seconds()
-                    result = wrk(instance.url, "get_path.lua", DIRECT_CONNECTIONS, duration, env)
+                    result = wrk(instance.reads_url, "get_path.lua", DIRECT_CONNECTIONS, duration, env)
                     result["instance_cpu_ms"] = (instance.cpu_seconds() - before) * 1000 / max(result["requests"], 1)
                     figures[instance.name].append(result)
             results += [(name, instance, rows) for instance, rows in figures.items()]

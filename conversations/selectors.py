@@ -11,6 +11,7 @@ render the same page.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -43,10 +44,26 @@ class JsonPage:
     last: int | None
 
 
-def _run(sql: str, parameters: dict) -> tuple:
+@dataclass(frozen=True)
+class PageRead:
+    """A hot page's one statement, its parameters, and what its one row means.
+
+    Run here through Django's connection (`messages_page`, `conversations_page`)
+    or by the live listener on its asyncio connections (conversations.live.reads):
+    one statement and one reading of its row, whichever connection carries it.
+    `interpret` raises the page's refusals.
+    """
+
+    sql: str
+    params: dict
+    interpret: Callable[[tuple], JsonPage]
+
+
+def run(read: PageRead) -> JsonPage:
+    """The page `read` gives, through Django's connection."""
     with pg.prepared_cursor() as cursor:
-        cursor.execute(sql, parameters)
-        return cursor.fetchone()
+        cursor.execute(read.sql, read.params)
+        return read.interpret(cursor.fetchone())
 
 
 # Refusals the page statement can return, in the order the API checks them.
@@ -91,34 +108,43 @@ def _sent(user_id: int | None) -> int:
     return user_id
 
 
-def messages_page(*, conversation_id: int, after_index: int, limit: int, user_id: int | None) -> JsonPage:
-    """One page of a conversation's messages in index order, as JSON text.
+def messages_page_read(*, conversation_id: int, after_index: int, limit: int, user_id: int | None) -> PageRead:
+    """One page of a conversation's messages in index order, as JSON text (`messages_page` runs it).
 
     `user_id` is the caller's User-Id (None: none sent): it must name a user,
-    and under READS_REQUIRE_MEMBER a participant. Raises the contract's
-    refusals in the API's order: the header missing (members only), an
-    unknown user, no such conversation, not a participant.
+    and under READS_REQUIRE_MEMBER a participant. Refuses in the API's order:
+    the header missing (members only, raised here), an unknown user, no such
+    conversation, not a participant (raised by `interpret`).
     """
     members_only = settings.READS_REQUIRE_MEMBER
     if members_only and user_id is None:
         raise InvalidInput(MISSING_USER_ID)
-    refusal, items, count, last, found = _run(
-        MESSAGES_PAGE_SQL,
-        {
-            "conversation": conversation_id,
-            "after": after_index,
-            "limit": limit,
-            "user": user_id,
-            "members_only": members_only,
-        },
+
+    def interpret(row: tuple) -> JsonPage:
+        refusal, items, count, last, found = row
+        if refusal == _UNKNOWN_USER:
+            raise unknown_user(_sent(user_id))
+        if not found:
+            raise conversation_not_found(conversation_id)
+        if refusal == _NOT_A_PARTICIPANT:
+            raise not_in_conversation(_sent(user_id))
+        return JsonPage(items=items or "", more=count > limit, last=last)
+
+    params = {
+        "conversation": conversation_id,
+        "after": after_index,
+        "limit": limit,
+        "user": user_id,
+        "members_only": members_only,
+    }
+    return PageRead(MESSAGES_PAGE_SQL, params, interpret)
+
+
+def messages_page(*, conversation_id: int, after_index: int, limit: int, user_id: int | None) -> JsonPage:
+    """`messages_page_read`'s page, read through Django's connection."""
+    return run(
+        messages_page_read(conversation_id=conversation_id, after_index=after_index, limit=limit, user_id=user_id)
     )
-    if refusal == _UNKNOWN_USER:
-        raise unknown_user(_sent(user_id))
-    if not found:
-        raise conversation_not_found(conversation_id)
-    if refusal == _NOT_A_PARTICIPANT:
-        raise not_in_conversation(_sent(user_id))
-    return JsonPage(items=items or "", more=count > limit, last=last)
 
 
 # One ordered index scan per side of the pair, (user_low_id, id) and
@@ -146,14 +172,23 @@ JOIN LATERAL (SELECT name FROM users WHERE id = p.other LIMIT 1) AS u ON true
 """
 
 
-def conversations_page(*, user_id: int | None, after_id: int, limit: int) -> JsonPage:
+def conversations_page_read(*, user_id: int | None, after_id: int, limit: int) -> PageRead:
     """One page of the caller's conversations by id, each named after the other participant, as JSON text.
 
-    Raises the contract's refusals: no User-Id sent, or one naming no user.
+    Refuses: no User-Id sent (raised here), or one naming no user (raised by `interpret`).
     """
     if user_id is None:
         raise InvalidInput(MISSING_USER_ID)
-    items, count, last, found = _run(CONVERSATIONS_PAGE_SQL, {"user": user_id, "after": after_id, "limit": limit})
-    if not found:
-        raise unknown_user(user_id)
-    return JsonPage(items=items or "", more=count > limit, last=last)
+
+    def interpret(row: tuple) -> JsonPage:
+        items, count, last, found = row
+        if not found:
+            raise unknown_user(user_id)
+        return JsonPage(items=items or "", more=count > limit, last=last)
+
+    return PageRead(CONVERSATIONS_PAGE_SQL, {"user": user_id, "after": after_id, "limit": limit}, interpret)
+
+
+def conversations_page(*, user_id: int | None, after_id: int, limit: int) -> JsonPage:
+    """`conversations_page_read`'s page, read through Django's connection."""
+    return run(conversations_page_read(user_id=user_id, after_id=after_id, limit=limit))

@@ -79,10 +79,11 @@ _NO_INSTANCE = [
 # The live routes go by conversation (the path), each to one listener while
 # the instances stay: a long-poll loop's next request then finds what its
 # listener remembered of the last answer, and the waiters of one conversation
-# share that listener's reads (conversations/live). `consistent` moves only the
-# conversations of an instance that comes or goes. Before `keepalive`, as NGINX
-# requires of a balancing method.
-_BY_CONVERSATION = ["    hash $uri consistent;"]
+# share that listener's reads (conversations/live). Plain reads hash by their
+# request id, so they spread (messenger-server.conf's $messenger_live_key).
+# `consistent` moves only the conversations of an instance that comes or goes.
+# Before `keepalive`, as NGINX requires of a balancing method.
+_BY_CONVERSATION = ["    hash $messenger_live_key consistent;"]
 
 
 def render_upstream(service: str, instances: Sequence[tuple[str, int] | tuple[str, int, int]]) -> str:

@@ -6,7 +6,9 @@ The project wires the pieces here, so the chat app (conversations.live) never
 imports the project: the live routes wrap the ordinary WSGI application.
 """
 
-from conversations.live.app import LiveApp
-from messenger.wsgi import application as wsgi_application
+from messenger.wsgi import application as wsgi_application  # first: it sets Django up
+
+# isort: split
+from conversations.live.app import LiveApp  # its reads import the chat's models
 
 application = LiveApp(wsgi_application)

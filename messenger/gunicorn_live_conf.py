@@ -19,6 +19,7 @@ worker_class = "asgi"
 workers = 1
 worker_connections = 20000
 
+asgi_loop = "auto"  # uvloop (requirements/production.txt), else asyncio's own
 asgi_lifespan = "on"  # the app opens its LISTEN connection at start-up
 graceful_timeout = int(_config.GRACEFUL_TIMEOUT)
 # The rest as the WSGI server has them (messenger/gunicorn_conf.py says why); the access log is the app's own.

@@ -606,7 +606,12 @@ def test_the_seeds_migration_sequence_through_the_scripts_keeps_the_migrator_out
         address = f"127.0.0.1:{infra.port(instance)}"
         wait_until(lambda: lb.routed() == [address], timeout=30, what="the load balancer to route to the instance")
         status, body, headers = lb.get("/conversations", {"User-Id": "1"})
-        assert (status, json.loads(body), headers["Upstream-Host"]) == (200, {"conversations": []}, address)
+        # A read goes to the instance's live listener, at the port its Consul entry advertises.
+        (entry,) = consul_agent.catalog_instances("messenger")
+        live_address = f"127.0.0.1:{entry['ServiceMeta']['live_port']}"
+        assert (status, json.loads(body), headers["Upstream-Host"]) == (200, {"conversations": []}, live_address)
+        status, _, headers = lb.get("/users")
+        assert (status, headers["Upstream-Host"]) == (200, address)
         assert (
             f"127.0.0.1:{migrator['ServicePort']}"
             not in (tmp_path / "state").joinpath("load-balancer", "nginx", "messenger-upstream.conf").read_text()

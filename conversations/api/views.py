@@ -16,13 +16,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from conversations import presenters, selectors, services, validation
-from conversations.api import openapi
+from conversations.api import openapi, pages
 from conversations.api.authentication import require_user
-from conversations.refusals import MISSING_USER_ID
-from conversations.validation import DEFAULT_PAGE, MAX_PAGE
 from core.db import liveness
 from core.http import errors, plain_json
-from core.http.errors import InvalidInput
 
 
 @errors.safe_methods_only
@@ -34,14 +31,6 @@ def health(request):
 
 
 # `request.GET` is DRF's `query_params` too, so these serve both ways of answering.
-def _page_limit(request) -> int:
-    return validation.query_int(request.GET, "limit", default=DEFAULT_PAGE, minimum=1, maximum=MAX_PAGE)
-
-
-def _cursor(request, name: str) -> int:
-    return validation.query_int(request.GET, name, default=0, minimum=0, maximum=validation.MAX_ID)
-
-
 def _next_link(request, cursor_name: str, cursor_value: int, limit: int) -> str:
     query = urlencode({cursor_name: cursor_value, "limit": limit})
     return request.build_absolute_uri(f"{request.path}?{query}")
@@ -58,26 +47,8 @@ def _paged(request, key: str, items: list, cursor_name: str, cursor_of, limit: i
     return body
 
 
-def _page_answer(request, key: str, cursor_name: str, page: selectors.JsonPage, limit: int) -> plain_json.JsonAnswer:
-    """`{key: [items], "next": ...}` around a page's JSON text, byte for byte as DRF renders it."""
-    body = b'{"' + key.encode() + b'":[' + page.items.encode() + b"]"
-    if page.more and page.last is not None:  # a further page follows a non-empty one
-        body += b',"next":' + plain_json.json_string(_next_link(request, cursor_name, page.last, limit))
-    return plain_json.JsonAnswer(body + b"}")
-
-
-def _caller_id(request) -> int | None:
-    """The User-Id header's id, None when absent (a malformed one is a 400); whether it names a user is the statement's to decide."""
-    raw = request.META.get("HTTP_USER_ID")
-    return None if raw is None else validation.positive_id(raw.strip(), "User-Id header")
-
-
-def _required_caller_id(request) -> int:
-    """The User-Id header's id; the contract's 400 when the header is missing."""
-    user_id = _caller_id(request)
-    if user_id is None:
-        raise InvalidInput(MISSING_USER_ID)
-    return user_id
+def _user_id_header(request) -> str | None:
+    return request.META.get("HTTP_USER_ID")
 
 
 class UsersView(APIView):
@@ -85,8 +56,8 @@ class UsersView(APIView):
 
     @openapi.users_list
     def get(self, request):
-        limit = _page_limit(request)
-        rows = selectors.users_page(after_id=_cursor(request, "after_id"), limit=limit + 1)
+        limit = pages.page_limit(request.GET)
+        rows = selectors.users_page(after_id=pages.cursor(request.GET, "after_id"), limit=limit + 1)
         users = [presenters.user(row) for row in rows]
         return Response(_paged(request, "users", users, "after_id", lambda u: u["id"], limit))
 
@@ -104,10 +75,8 @@ class ConversationsView(plain_json.PlainJsonMixin, APIView):
 
     @openapi.conversations_list
     def get(self, request):
-        user_id = _required_caller_id(request)
-        limit = _page_limit(request)
-        page = selectors.conversations_page(user_id=user_id, after_id=_cursor(request, "after_id"), limit=limit)
-        return _page_answer(request, "conversations", "after_id", page, limit)
+        read, limit = pages.conversations_read(request.GET, _user_id_header(request))
+        return pages.answer(pages.CONVERSATIONS, selectors.run(read), limit, request.build_absolute_uri, request.path)
 
     @openapi.conversations_create
     def post(self, request):
@@ -123,18 +92,12 @@ class MessagesView(plain_json.PlainJsonMixin, APIView):
 
     @openapi.messages_list
     def get(self, request, conversation_id: str):
-        user_id = _caller_id(request)
-        conversation_pk = validation.positive_id(conversation_id, "Conversation id")
-        limit = _page_limit(request)
-        validation.wait_seconds(request.GET)  # waiting is the live listener's (conversations/live)
-        page = selectors.messages_page(
-            conversation_id=conversation_pk, after_index=_cursor(request, "after_index"), limit=limit, user_id=user_id
-        )
-        return _page_answer(request, "messages", "after_index", page, limit)
+        read, limit = pages.messages_read(conversation_id, request.GET, _user_id_header(request))
+        return pages.answer(pages.MESSAGES, selectors.run(read), limit, request.build_absolute_uri, request.path)
 
     @openapi.messages_create
     def post(self, request, conversation_id: str):
-        user_id = _required_caller_id(request)
+        user_id = pages.required_caller_id(_user_id_header(request))
         conversation_pk = validation.positive_id(conversation_id, "Conversation id")
         content = validation.message_content(request.data)
         key = validation.idempotency_key(request.headers.get("Idempotency-Key"))

@@ -7,6 +7,9 @@
 - `GET /conversations/{id}/stream`: Server-Sent Events, one event per message
   with `id:` its index, from `Last-Event-ID` (header) or `after_index` onwards;
   a comment line every LIVE_HEARTBEAT keeps an idle stream open.
+- A plain JSON GET of a message page, the conversation list or `/health`
+  (NGINX sends every such GET here) is answered on this loop
+  (conversations.live.reads), as are the long-poll's and the stream's reads.
 - Any other GET or HEAD is passed to the ordinary application as it is.
 """
 
@@ -25,6 +28,7 @@ from django.conf import settings
 from django.db import connection
 
 from conversations import validation
+from conversations.live.reads import NativeReads
 from core.db.notifications import Hub
 from core.http import observability, plain_json
 from core.http.errors import InvalidInput
@@ -61,6 +65,8 @@ class LiveApp:
         # The ordinary application (messenger/asgi_live.py hands it in): every
         # page a waiter answers is that application's own answer.
         self.bridge = WsgiBridge(wsgi_application)
+        # The hot reads, answered on this loop; anything they do not cover goes through the bridge.
+        self.native = NativeReads()
         self.hub: Hub | None = None
         # Page reads under way, by the request they answer: (the hub's
         # generation when the read began, its answer).
@@ -91,7 +97,7 @@ class LiveApp:
         under_way = self._reads.get(key)
         if under_way is None or under_way[0] < since:
             began = hub.generation
-            read = asyncio.ensure_future(self.bridge.call(environ))
+            read = asyncio.ensure_future(self.ordinary_answer(environ))
             self._reads[key] = (began, read)
 
             def finished(done: asyncio.Future) -> None:
@@ -102,6 +108,10 @@ class LiveApp:
             return await asyncio.shield(read), False, began
         began, pending = under_way
         return await asyncio.shield(pending), True, began
+
+    async def ordinary_answer(self, environ: dict[str, Any]) -> WsgiAnswer:
+        """The ordinary route's answer: read on this loop when it is a plain JSON read, else Django's."""
+        return await self.native.answer(environ) or await self.bridge.call(environ)
 
     # -- ASGI
     async def __call__(self, scope: dict, receive: Receive, send: Send) -> None:
@@ -135,6 +145,7 @@ class LiveApp:
     async def stop(self) -> None:
         if self.hub is not None:
             await self.hub.stop()
+        await self.native.close()
         self.bridge.shutdown()
 
     async def _http(self, scope: dict, receive: Receive, send: Send) -> None:
@@ -150,7 +161,7 @@ class LiveApp:
             elif route and "wait" in query:
                 await self._wait(scope, receive, send, route.group(1), _wait_seconds(query))
             else:
-                await _answer(send, await self.bridge.call(environ_for(scope)))
+                await _answer(send, await self.ordinary_answer(environ_for(scope)))
         except InvalidInput as refusal:
             await _answer(send, _refusal(scope, 400, refusal.message))
 
@@ -230,7 +241,11 @@ class LiveApp:
 
         def read(cursor: int) -> Awaitable[tuple[WsgiAnswer, bool, int]]:
             query = urlencode({"after_index": cursor, "limit": STREAM_PAGE}).encode()
-            return self._read(hub, scope, since, environ_for(scope, path=path, query_string=query))
+            environ = environ_for(scope, path=path, query_string=query)
+            # The page is read as JSON whatever the stream's client accepts (a browser's EventSource
+            # sends `Accept: text/event-stream`, which the page route itself would refuse with a 406).
+            environ["HTTP_ACCEPT"] = "application/json"
+            return self._read(hub, scope, since, environ)
 
         with hub.subscription(_key(raw_id)) as woken:
             since = hub.generation

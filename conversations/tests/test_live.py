@@ -32,13 +32,17 @@ BOUND = 10
 async def _request(
     app: LiveApp, path: str, query: str = "", headers: dict | None = None, sent: list[dict] | None = None
 ) -> tuple[int, dict, bytes]:
-    """One GET through the ASGI app: (status, headers, the whole body); `sent` sees each ASGI message as it goes."""
+    """One GET through the ASGI app: (status, headers, the whole body); `sent` sees each ASGI message as it goes.
+
+    It sends a Host header, as every client through NGINX does, so plain reads are answered on the app's loop.
+    """
+    headers = {"Host": "testserver", **(headers or {})}
     scope = {
         "type": "http",
         "method": "GET",
         "path": path,
         "query_string": query.encode(),
-        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
         "server": ("testserver", 80),
         "client": ("127.0.0.1", 5000),
         "scheme": "http",
@@ -179,14 +183,14 @@ def test_waiters_of_one_page_woken_by_one_commit_share_one_read(api, users, conv
 
     async def work(app):
         nonlocal reads
-        call = app.bridge.call
+        call = app.ordinary_answer
 
         async def counted(environ):
             nonlocal reads
             reads += 1
             return await call(environ)
 
-        app.bridge.call = counted
+        app.ordinary_answer = counted
         await app.start().listening.wait()  # its own wake-up (everyone reads again) is behind us
         path = f"/conversations/{conversation.pk}/messages"
         waiters = [asyncio.ensure_future(_request(app, path, f"wait={LONG_WAIT}")) for _ in range(100)]
@@ -267,6 +271,24 @@ def test_the_stream_and_a_waited_page_answer_as_the_description_says(api, users,
     assert [status for status, _, _ in answers] == [200, 404, 400, 200]
 
 
+def test_a_browsers_stream_that_accepts_only_event_streams_gets_its_events(api, users, conversation):
+    """A browser's EventSource sends `Accept: text/event-stream`: the stream's page reads are still JSON (the page
+    route would refuse that Accept with a 406), and the events are the page's messages."""
+    post_message(api, conversation.pk, users[0].pk, "to a browser")
+    stream, page = f"/conversations/{conversation.pk}/stream", f"/conversations/{conversation.pk}/messages"
+
+    async def work(app):
+        streaming = asyncio.ensure_future(_request(app, stream, headers={"Accept": "text/event-stream"}))
+        await _subscribed(app, 1)
+        app.drain()
+        return await streaming
+
+    status, headers, body = _with_app(work)
+    assert (status, headers["content-type"]) == (200, "text/event-stream; charset=utf-8")
+    item = _ordinary(page)[1].removeprefix(b'{"messages":[').removesuffix(b"]}")
+    assert body == b"retry: 1000\n\nid: 1\ndata: " + item + b"\n\n"
+
+
 def test_an_idle_stream_gets_heartbeat_comments(conversation, settings):
     settings.LIVE_HEARTBEAT = 0.05
     sent: list[dict] = []
@@ -285,15 +307,15 @@ def test_an_idle_stream_gets_heartbeat_comments(conversation, settings):
 
 
 def _counting_reads(app: LiveApp) -> list[str]:
-    """Every page read the app makes through Django from now on, by its query string."""
+    """Every page read the app makes from now on (on its loop or through Django), by its query string."""
     reads: list[str] = []
-    call = app.bridge.call
+    call = app.ordinary_answer
 
     async def counted(environ):
         reads.append(environ["QUERY_STRING"])
         return await call(environ)
 
-    app.bridge.call = counted  # type: ignore[method-assign]
+    app.ordinary_answer = counted  # type: ignore[method-assign]
     return reads
 
 

@@ -70,12 +70,19 @@ _CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")
 def _route_template(request) -> str:
     """`/conversations/{conversation_id}/messages` for the route that served the request."""
     match = getattr(request, "resolver_match", None)
-    if match is None:  # answered before URL resolution (a 413, say): resolve it now
-        try:
-            match = resolve(request.path_info)
-        except Resolver404:
-            return UNMATCHED_ROUTE
-    route = match.route
+    return route_of(request.path_info) if match is None else _template(match.route)
+
+
+def route_of(path: str) -> str:
+    """The route template of the route `path` resolves to (for a request answered before, or without, URL resolution)."""
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return UNMATCHED_ROUTE
+    return _template(match.route)
+
+
+def _template(route: str) -> str:
     template = _ROUTE_TEMPLATES.get(route)
     if template is None:
         # The JSON 404 catch-all is a regex route: every unknown path shares one label.
@@ -136,7 +143,7 @@ def _encoded(value: str) -> str:
     return text
 
 
-def _log_line(request, route: str, status: int, elapsed: float) -> str:
+def _log_line(method: str, path: str, route: str, status: int, elapsed: float, request_id: str) -> str:
     """The request's JSON line, key for key what `json.dumps` of the dict would write, built as text.
 
     Only the path is encoded per request; a request id is plain by construction
@@ -146,11 +153,33 @@ def _log_line(request, route: str, status: int, elapsed: float) -> str:
     if _INSTANCE is None:
         _INSTANCE = _encoded(instance_id())
     return (
-        f'{{"ts":"{_timestamp(time.time())}","msg":"request","method":{_encoded(request.method)},'
-        f'"path":{_json(request.path)},"route":{_encoded(route)},"status":{status},'
+        f'{{"ts":"{_timestamp(time.time())}","msg":"request","method":{_encoded(method)},'
+        f'"path":{_json(path)},"route":{_encoded(route)},"status":{status},'
         f'"duration_ms":{round(elapsed * 1000, 3)!r},"instance":{_INSTANCE},'
-        f'"request_id":"{request.request_id}","pid":{os.getpid()}}}'
+        f'"request_id":"{request_id}","pid":{os.getpid()}}}'
     )
+
+
+def record(method: str, path: str, route: str, status: int, elapsed: float, request_id: str) -> None:
+    """Count a request answered and write its log line (the middleware's; the live listener's own answers too)."""
+    requests, latency = _series(method, route, str(status))
+    requests.inc()
+    latency.observe(elapsed)
+    if logger.isEnabledFor(logging.INFO):
+        # The record made directly: Logger.info would also walk the stack to
+        # find its caller, which no handler here prints. Handlers, filters and
+        # levels apply as they would.
+        logger.handle(
+            logging.LogRecord(
+                logger.name,
+                logging.INFO,
+                __file__,
+                0,
+                _log_line(method, path, route, status, elapsed, request_id),
+                None,
+                None,
+            )
+        )
 
 
 class RequestObservabilityMiddleware:
@@ -163,19 +192,7 @@ class RequestObservabilityMiddleware:
         response = self.get_response(request)
         elapsed = time.perf_counter() - started
         response[REQUEST_ID_HEADER] = request.request_id
-
-        route = _route_template(request)
-        status = response.status_code
-        requests, latency = _series(request.method, route, str(status))
-        requests.inc()
-        latency.observe(elapsed)
-        if logger.isEnabledFor(logging.INFO):
-            # The record made directly: Logger.info would also walk the stack to
-            # find its caller, which no handler here prints. Handlers, filters and
-            # levels apply as they would.
-            logger.handle(
-                logging.LogRecord(
-                    logger.name, logging.INFO, __file__, 0, _log_line(request, route, status, elapsed), None, None
-                )
-            )
+        record(
+            request.method, request.path, _route_template(request), response.status_code, elapsed, request.request_id
+        )
         return response

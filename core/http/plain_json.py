@@ -27,7 +27,7 @@ from core.http import errors
 
 # Accept headers DRF answers with JSONRenderer; anything else (a browser's
 # text/html, an `indent` parameter, ...) goes through DRF's negotiation.
-_JSON_ACCEPTS = frozenset({"", "*/*", "application/json"})
+JSON_ACCEPTS = frozenset({"", "*/*", "application/json"})
 _JSON_CONTENT_TYPES = frozenset(
     {"application/json", "application/json; charset=utf-8", "application/json;charset=utf-8"}
 )
@@ -45,7 +45,7 @@ class JsonAnswer:
 
 def wants_plain_json(request) -> bool:
     """DRF would pick its JSON renderer, with no URL format override."""
-    if request.META.get("HTTP_ACCEPT", "").strip().lower() not in _JSON_ACCEPTS:
+    if request.META.get("HTTP_ACCEPT", "").strip().lower() not in JSON_ACCEPTS:
         return False
     return not request.META.get("QUERY_STRING") or "format" not in request.GET
 

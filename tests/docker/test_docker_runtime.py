@@ -27,6 +27,7 @@ class DockerStack(Stack):
 
     def __init__(self, state_dir):
         self.consul_host_port = free_port()
+        self.consul_url = f"http://127.0.0.1:{self.consul_host_port}"
         self.rabbitmq_host_port = free_port()
         lb_port = free_port()
         super().__init__(

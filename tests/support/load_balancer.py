@@ -173,6 +173,27 @@ class ThroughLoadBalancer:
     """Whatever answers on 127.0.0.1:`lb_port` behind the load balancer: a test topology or a whole stack."""
 
     lb_port: int
+    # Where the instances register, for `instance_of`; None: upstream addresses are taken as they are.
+    consul_url: str | None = None
+
+    def instance_of(self, upstream: str | None) -> str | None:
+        """The instance (its address:port as Consul has it) behind an `Upstream-Host` ($upstream_addr): its own
+        port, or its live listener's port, where NGINX sends the plain reads (each of several addresses NGINX
+        tried, comma-separated). An address Consul does not name (an upstream group, an instance gone before
+        it was seen) is left as it is."""
+        if upstream is None or self.consul_url is None:
+            return upstream
+        known: dict[str, str] = self.__dict__.setdefault("_instance_by_live_address", {})
+        parts = upstream.split(", ")
+        if any(part not in known for part in parts):
+            status, body, _ = http_get(f"{self.consul_url}/v1/catalog/service/messenger", timeout=2)
+            for entry in json.loads(body) if status == 200 else []:
+                instance = f"{entry['ServiceAddress']}:{entry['ServicePort']}"
+                known[instance] = instance
+                live_port = (entry.get("ServiceMeta") or {}).get("live_port")
+                if live_port:
+                    known[f"{entry['ServiceAddress']}:{live_port}"] = instance
+        return ", ".join(known.get(part, part) for part in parts)
 
     def request(
         self, method: str, path: str, body: dict | bytes | None = None, headers: dict | None = None, timeout: float = 15
@@ -207,6 +228,7 @@ class Topology(ThroughLoadBalancer):
         self.consul = ConsulAgent()
         self.infra = Infrastructure(self.consul, state_dir, database, **self.TIMINGS)
         self.lb_port, self.closed_port = free_ports(2, exclude=(self.consul.http_port,))
+        self.consul_url = self.consul.url
         # The broker is deliberately absent (amqp-port names a closed loopback
         # port): events wait in each message's outbox row, and these tests leave
         # nothing in the machine's shared RabbitMQ. The events have their own tests.
@@ -360,7 +382,7 @@ class Outcome:
     started: float  # time.monotonic()
     ended: float
     status: int | None  # None: no HTTP answer at all (connection error, timeout)
-    upstream: str | None
+    upstream: str | None  # the instance that answered (ThroughLoadBalancer.instance_of), or the upstream group
     content: str | None = None  # a POSTed message's unique content
     error: str | None = None
     replayed: bool = False  # the answer to a retried post that an earlier attempt had stored (Idempotent-Replayed)
@@ -428,7 +450,7 @@ class ClientLoop:
                 started,
                 time.monotonic(),
                 status,
-                answer.get("Upstream-Host"),
+                self.topology.instance_of(answer.get("Upstream-Host")),
                 content,
                 replayed=answer.get("Idempotent-Replayed") == "true",
             )

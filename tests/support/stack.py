@@ -70,6 +70,7 @@ class LocalStack(Stack):
         self.state_dir = state_dir
         self.database = database
         self.consul_port, lb_port = free_ports(2)
+        self.consul_url = f"http://127.0.0.1:{self.consul_port}"
         super().__init__(
             {
                 "MESSENGER_RUNTIME": "local",

@@ -1,0 +1,119 @@
+"""A few asyncio PostgreSQL connections for one process's reads, with the request deadline of core.db.deadline.
+
+The live listener (conversations/live) answers the hot reads on its event
+loop: a statement runs on one of these connections while the loop serves
+everything else, so a read costs no thread hand-off. A connection serves one
+statement at a time; `SIZE` of them keep PostgreSQL busy for one process.
+
+Connections are opened with the parameters Django's backend computes (so the
+statement timeout, connect timeout, keepalives and target session attributes
+are the same), prepare every statement on first use unless
+PG_PREPARED_STATEMENTS is off, and are checked before reuse the way
+core.db.postgresql checks Django's: a quiet socket that turned readable was
+closed by the server, so it is replaced instead of failing the read. A read
+that still fails on a kept connection (closed between the check and the
+statement) is tried once more on a new one: a read changes nothing, so a
+second try is always safe. A read has the deadline the WSGI side's middleware
+gives a request (DATABASE_REQUEST_DEADLINE: PG_STATEMENT_TIMEOUT +
+PG_CONNECT_TIMEOUT + 1 s), over everything it waits for (a free connection
+too); past it the connection is dropped and the read fails as a lost database
+does (a 503), rather than queue behind a database that does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import select
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+SIZE = 4
+
+
+class DeadlinePassed(psycopg.OperationalError):
+    """The database did not answer within the request's deadline."""
+
+
+def _quiet(conn: psycopg.AsyncConnection) -> bool:
+    """Open, idle and with nothing to read: safe to send a statement on without asking the server first."""
+    if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE:
+        return False
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLPRI)
+    return not poller.poll(0)
+
+
+class AsyncReadPool:
+    def __init__(
+        self, connect_params: Callable[[], dict[str, Any]], deadline: Callable[[], float | None], size: int = SIZE
+    ):
+        self._params = connect_params
+        self._deadline = deadline
+        self._idle: list[psycopg.AsyncConnection] = []
+        self._slots = asyncio.Semaphore(size)
+
+    async def fetchone(self, sql: str, params: dict[str, Any], *, prepare: bool | None = None) -> tuple:
+        """The first row of `sql`; psycopg's errors as they come (OperationalError: the database is unreachable).
+
+        The deadline bounds the whole read: waiting for a free connection, opening one, the statement.
+        """
+        try:
+            async with asyncio.timeout(self._deadline()):
+                async with self._slots:
+                    return await self._fetch(sql, params, prepare)
+        except TimeoutError:
+            raise DeadlinePassed("the database did not answer within the request's deadline") from None
+
+    async def _fetch(self, sql: str, params: dict[str, Any], prepare: bool | None) -> tuple:
+        conn, kept = await self._take()
+        try:
+            row = await _execute(conn, sql, params, prepare)
+        except psycopg.OperationalError:
+            await _close(conn)
+            if not kept:
+                raise
+            conn = await self._open()  # closed between the check and the statement: once more, on a new one
+            try:
+                row = await _execute(conn, sql, params, prepare)
+            except BaseException:  # a cancelled statement leaves the connection in no known state
+                await _close(conn)
+                raise
+        except BaseException:
+            await _close(conn)
+            raise
+        self._idle.append(conn)
+        return row
+
+    async def close(self) -> None:
+        while self._idle:
+            await _close(self._idle.pop())
+
+    async def _take(self) -> tuple[psycopg.AsyncConnection, bool]:
+        """A kept connection that looks alive (and whether it was kept), else a new one."""
+        while self._idle:
+            conn = self._idle.pop()
+            if _quiet(conn):
+                return conn, True
+            await _close(conn)
+        return await self._open(), False
+
+    async def _open(self) -> psycopg.AsyncConnection:
+        return await psycopg.AsyncConnection.connect(**self._params(), autocommit=True)
+
+
+async def _execute(conn: psycopg.AsyncConnection, sql: str, params: dict[str, Any], prepare: bool | None) -> tuple:
+    cursor = await conn.execute(sql, params, prepare=prepare)
+    row = await cursor.fetchone()
+    if row is None:
+        raise psycopg.ProgrammingError("the statement returned no row")
+    return row
+
+
+async def _close(conn: psycopg.AsyncConnection) -> None:
+    try:
+        await conn.close()
+    except psycopg.Error:
+        pass
