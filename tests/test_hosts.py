@@ -87,6 +87,7 @@ class Swarm(Stack):
 
     def __init__(self):
         super().__init__({"HOSTS": str(len(HOSTS)), "MESSENGER_RUNTIME": "docker"}, LB_PORT)
+        self.consul_url = EDGE_CONSUL  # the reads' answers come from the instances' live ports (`instance_of`)
 
     def docker(self, *args: str, host: str | None = None, check: bool = True) -> str:
         """The docker client on a host's engine (default: the first manager that answers).

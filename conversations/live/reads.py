@@ -104,19 +104,21 @@ class NativeReads:
         await self.pool.close()
 
     async def answer(self, environ: dict[str, Any]) -> WsgiAnswer | None:
+        """The WSGI route's answer to this request (a WSGI environ, as core.http.wsgi_bridge builds it), or None."""
         started = time.perf_counter()
         if environ["REQUEST_METHOD"] != "GET":
             return None
         path = environ["PATH_INFO"]
+        conversation = None
         if path == "/health":
-            kind, page = "health", None
+            kind = "health"
         elif path == "/conversations":
-            kind, page = "conversations", None
+            kind = "conversations"
         else:
-            page = _PAGE.match(path)
-            if page is None:
+            page_path = _PAGE.match(path)
+            if page_path is None:
                 return None
-            kind = "messages"
+            kind, conversation = "messages", page_path.group(1)
         host = _host(environ)
         query = _query(environ)
         if host is None or query is None:
@@ -125,18 +127,26 @@ class NativeReads:
         if kind == "health":
             answer = await self._health(request_id)
         else:
-            answer = await self._page(kind, page, query, environ, host, request_id)
+            answer = await self._page(kind, conversation, query, environ, host, request_id)
         if answer.status >= 400:
             _log_refusal(answer.status, path)
         observability.record("GET", path, self._routes[kind], answer.status, time.perf_counter() - started, request_id)
         return answer
 
-    async def _page(self, kind: str, page, query, environ, host: str, request_id: str) -> WsgiAnswer:
+    async def _page(
+        self,
+        kind: str,
+        conversation: str | None,
+        query: dict[str, str],
+        environ: dict[str, Any],
+        host: str,
+        request_id: str,
+    ) -> WsgiAnswer:
         headers = [*self._json[kind], (b"x-request-id", request_id.encode())]
         user_id = environ.get("HTTP_USER_ID")
         try:
-            if kind == "messages":
-                read, limit = pages.messages_read(page.group(1), query, user_id)
+            if conversation is not None:
+                read, limit = pages.messages_read(conversation, query, user_id)
                 what = pages.MESSAGES
             else:
                 read, limit = pages.conversations_read(query, user_id)
@@ -173,9 +183,9 @@ class NativeReads:
         return True
 
 
-def _prepare() -> bool | None:
+def _prepare() -> bool:
     """psycopg's `prepare` for a hot statement: at once (as core.db.pg's cursor), or never with PG_PREPARED_STATEMENTS off."""
-    return True if settings.PG_PREPARED_STATEMENTS else False
+    return bool(settings.PG_PREPARED_STATEMENTS)
 
 
 def _host(environ: dict[str, Any]) -> str | None:

@@ -180,20 +180,34 @@ class ThroughLoadBalancer:
         """The instance (its address:port as Consul has it) behind an `Upstream-Host` ($upstream_addr): its own
         port, or its live listener's port, where NGINX sends the plain reads (each of several addresses NGINX
         tried, comma-separated). An address Consul does not name (an upstream group, an instance gone before
-        it was seen) is left as it is."""
+        it was seen, any while Consul does not answer) is left as it is. Consul is asked at most once a
+        second, briefly: the client loops call this for every answer, and a host-loss drill can take the
+        agent they ask away for a while."""
         if upstream is None or self.consul_url is None:
             return upstream
-        known: dict[str, str] = self.__dict__.setdefault("_instance_by_live_address", {})
+        known: dict[str, str] = self.__dict__.setdefault("_instance_by_address", {})
         parts = upstream.split(", ")
-        if any(part not in known for part in parts):
-            status, body, _ = http_get(f"{self.consul_url}/v1/catalog/service/messenger", timeout=2)
-            for entry in json.loads(body) if status == 200 else []:
-                instance = f"{entry['ServiceAddress']}:{entry['ServicePort']}"
-                known[instance] = instance
-                live_port = (entry.get("ServiceMeta") or {}).get("live_port")
-                if live_port:
-                    known[f"{entry['ServiceAddress']}:{live_port}"] = instance
+        with self.__dict__.setdefault("_instance_lock", threading.Lock()):
+            asked = self.__dict__.get("_instances_asked_at", 0.0)
+            if any(part not in known for part in parts) and time.monotonic() - asked >= 1.0:
+                self.__dict__["_instances_asked_at"] = time.monotonic()
+                known.update(self._instances_by_address())
         return ", ".join(known.get(part, part) for part in parts)
+
+    def _instances_by_address(self) -> dict[str, str]:
+        """Every address Consul's catalog names for an instance (its port, its live port) -> the instance."""
+        try:
+            status, body, _ = http_get(f"{self.consul_url}/v1/catalog/service/messenger", timeout=1)
+        except OSError:
+            return {}
+        found = {}
+        for entry in json.loads(body) if status == 200 else []:
+            instance = f"{entry['ServiceAddress']}:{entry['ServicePort']}"
+            found[instance] = instance
+            live_port = (entry.get("ServiceMeta") or {}).get("live_port")
+            if live_port:
+                found[f"{entry['ServiceAddress']}:{live_port}"] = instance
+        return found
 
     def request(
         self, method: str, path: str, body: dict | bytes | None = None, headers: dict | None = None, timeout: float = 15
