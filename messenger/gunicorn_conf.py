@@ -122,6 +122,9 @@ def when_ready(server):
         Path(_config.PORT_FILE).write_text(f"{_config.PORT}\n")
     if _live is not None:
         _live.start()
+        # NGINX sends every read to the live listener: the WSGI workers (whose /health is the Consul
+        # check) start only once it answers, so no instance passes while its reads would queue unserved.
+        _live.wait_serving()
     # ready() started it in the preloaded master; start() returns that registration.
     registration = discovery.start(_config)
     if registration is None:

@@ -71,7 +71,7 @@ class LiveListener:
         """Answer every waiter, then stop (SIGTERM: conversations.live drains, gunicorn finishes gracefully)."""
         if self.process is None or self.process.poll() is not None:
             return
-        self._wait_serving()
+        self.wait_serving()
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=self.graceful_timeout + 5)
@@ -79,9 +79,10 @@ class LiveListener:
             self.process.kill()
             self.process.wait()
 
-    def _wait_serving(self) -> None:
-        """Until the live server answers a request (bounded): a SIGTERM while it still starts would stop it
-        before it drains, and reset the connections queued on its socket (waiters NGINX already sent)."""
+    def wait_serving(self) -> None:
+        """Until the live server answers a request (bounded by GRACEFUL_TIMEOUT): before the instance's
+        workers start, so it passes its check only once its reads are served; and before a SIGTERM, which
+        while it still starts would stop it before it drains and reset the connections queued on its socket."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=self.graceful_timeout)
         try:
             conn.request("GET", "/health")
