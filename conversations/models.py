@@ -44,7 +44,7 @@ class Conversation(models.Model):
             models.CheckConstraint(condition=Q(user_low__lt=F("user_high")), name="channels_pair_ordered"),
         ]
         # A page of a user's conversations in id order is one ordered range scan per
-        # side of the pair (selectors.conversations_page), however many they have.
+        # side of the pair (selectors.conversations_page_read), however many they have.
         indexes = [
             models.Index(fields=["user_low", "id"], name="channels_user_low_id_idx"),
             models.Index(fields=["user_high", "id"], name="channels_user_high_id_idx"),

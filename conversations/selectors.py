@@ -1,7 +1,7 @@
 """Selectors: every read the API makes, one query per page.
 
 The two hot reads, a page of messages and a page of the caller's
-conversations, are one function each (`messages_page`, `conversations_page`)
+conversations, are one function each (`messages_page_read`, `conversations_page_read`)
 that also decides their refusals: an unknown caller, a reader outside the
 conversation (READS_REQUIRE_MEMBER), no such conversation. Each is one
 statement (prepared, core.db.pg) that does all of it and writes the page's
@@ -48,7 +48,7 @@ class JsonPage:
 class PageRead:
     """A hot page's one statement, its parameters, and what its one row means.
 
-    Run here through Django's connection (`messages_page`, `conversations_page`)
+    Run here through Django's connection (`run`)
     or by the live listener on its asyncio connections (conversations.live.reads):
     one statement and one reading of its row, whichever connection carries it.
     `interpret` raises the page's refusals.
@@ -109,7 +109,7 @@ def _sent(user_id: int | None) -> int:
 
 
 def messages_page_read(*, conversation_id: int, after_index: int, limit: int, user_id: int | None) -> PageRead:
-    """One page of a conversation's messages in index order, as JSON text (`messages_page` runs it).
+    """One page of a conversation's messages in index order, as JSON text.
 
     `user_id` is the caller's User-Id (None: none sent): it must name a user,
     and under READS_REQUIRE_MEMBER a participant. Refuses in the API's order:
@@ -138,13 +138,6 @@ def messages_page_read(*, conversation_id: int, after_index: int, limit: int, us
         "members_only": members_only,
     }
     return PageRead(MESSAGES_PAGE_SQL, params, interpret)
-
-
-def messages_page(*, conversation_id: int, after_index: int, limit: int, user_id: int | None) -> JsonPage:
-    """`messages_page_read`'s page, read through Django's connection."""
-    return run(
-        messages_page_read(conversation_id=conversation_id, after_index=after_index, limit=limit, user_id=user_id)
-    )
 
 
 # One ordered index scan per side of the pair, (user_low_id, id) and
@@ -187,8 +180,3 @@ def conversations_page_read(*, user_id: int | None, after_id: int, limit: int) -
         return JsonPage(items=items or "", more=count > limit, last=last)
 
     return PageRead(CONVERSATIONS_PAGE_SQL, {"user": user_id, "after": after_id, "limit": limit}, interpret)
-
-
-def conversations_page(*, user_id: int | None, after_id: int, limit: int) -> JsonPage:
-    """`conversations_page_read`'s page, read through Django's connection."""
-    return run(conversations_page_read(user_id=user_id, after_id=after_id, limit=limit))

@@ -7,8 +7,8 @@ looks like one of:
   to the repository's root or to the document's folder), or a bare file name
   with a known suffix, `gunicorn_conf.py`, which must exist somewhere in it;
 - a dotted Python path whose first part is one of the project's packages or
-  modules, `conversations.selectors.messages_page`, or a module's own file name
-  without `.py`, `selectors.messages_page`: its longest prefix that is a module
+  modules, `conversations.selectors.messages_page_read`, or a module's own file name
+  without `.py`, `selectors.messages_page_read`: its longest prefix that is a module
   must exist, and every later part must be a name defined in that module (a
   function, class, method or assignment), optionally called: `start()`.
 

@@ -71,7 +71,7 @@ class ConversationsView(plain_json.PlainJsonMixin, APIView):
     """Two-person conversations. `GET` lists the caller's (header `User-Id`)."""
 
     plain_methods = ("get",)
-    authentication_classes = ()  # the caller is the page statement's to check (selectors.conversations_page)
+    authentication_classes = ()  # the caller is the page statement's to check (selectors.conversations_page_read)
 
     @openapi.conversations_list
     def get(self, request):

@@ -25,10 +25,10 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from django.conf import settings
-from django.db import connection
 
 from conversations import validation
 from conversations.live.reads import NativeReads
+from core.db.async_pool import django_connect_params
 from core.db.notifications import Hub
 from core.http import observability, plain_json
 from core.http.errors import InvalidInput
@@ -50,14 +50,6 @@ REMEMBERED_ANSWERS = 100_000
 
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
-
-
-def _connect_params() -> dict[str, Any]:
-    """The default database's libpq parameters, as Django's backend computes them (no Django extras)."""
-    params = connection.get_connection_params()
-    for django_only in ("cursor_factory", "context", "prepare_threshold"):
-        params.pop(django_only, None)
-    return params
 
 
 class LiveApp:
@@ -133,7 +125,7 @@ class LiveApp:
 
     def start(self) -> Hub:
         if self.hub is None:
-            self.hub = Hub(CHANNEL, _connect_params())
+            self.hub = Hub(CHANNEL, django_connect_params(prepare=False))
             self.hub.start()
         return self.hub
 

@@ -30,13 +30,12 @@ from urllib.parse import parse_qsl
 
 import psycopg
 from django.conf import settings
-from django.db import connection
 from django.http.request import split_domain_port, validate_host
 
 from conversations.api import pages
 from conversations.api.views import ConversationsView, MessagesView
 from core.db import liveness
-from core.db.async_pool import AsyncReadPool
+from core.db.async_pool import AsyncReadPool, django_connect_params
 from core.http import errors, observability, plain_json
 from core.http.errors import ServiceError
 from core.http.wsgi_bridge import WsgiAnswer
@@ -47,13 +46,7 @@ _HEALTH_SQL = "SELECT 1"
 
 
 def _connect_params() -> dict[str, Any]:
-    """The default database's libpq parameters as Django's backend computes them, without Django's own extras."""
-    params = connection.get_connection_params()
-    for django_only in ("cursor_factory", "context"):
-        params.pop(django_only, None)
-    if not settings.PG_PREPARED_STATEMENTS:
-        params.pop("prepare_threshold", None)
-    return params
+    return django_connect_params(prepare=settings.PG_PREPARED_STATEMENTS)
 
 
 def _deadline() -> float | None:

@@ -33,6 +33,19 @@ from psycopg.pq import TransactionStatus
 SIZE = 4
 
 
+def django_connect_params(*, prepare: bool) -> dict[str, Any]:
+    """The default database's libpq parameters as Django's backend computes them, without Django's own extras;
+    with `prepare`, psycopg prepares each statement on first use (as Django's connection does)."""
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    for django_only in ("cursor_factory", "context"):
+        params.pop(django_only, None)
+    if not prepare:
+        params.pop("prepare_threshold", None)
+    return params
+
+
 class DeadlinePassed(psycopg.OperationalError):
     """The database did not answer within the request's deadline."""
 
