@@ -115,13 +115,18 @@ discovery.mark_serving_process()
 _live = live_listener.LiveListener(_config) if live_listener.LiveListener.wanted(_config) else None
 if _live is not None:
     discovery.advertise(live_port=str(_live.port))
+    # Started now, while this master preloads the app: the two imports of Django run side by side
+    # rather than one after the other (an instance's start, and so each step of a rolling deploy, was
+    # their sum). Only when gunicorn itself reads this file (it loads it as `__config__`); a process
+    # that imports the module for its settings starts nothing.
+    if __name__ == "__config__":
+        _live.start()
 
 
 def when_ready(server):
     if _config.PORT_FILE:  # what the container's health check asks, where PORT=0 chose the port
         Path(_config.PORT_FILE).write_text(f"{_config.PORT}\n")
     if _live is not None:
-        _live.start()
         # NGINX sends every read to the live listener: the WSGI workers (whose /health is the Consul
         # check) start only once it answers, so no instance passes while its reads would queue unserved.
         _live.wait_serving()

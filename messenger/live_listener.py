@@ -6,13 +6,14 @@ waiters would stop the instance serving; Django's ASGI handler would free
 them, but ENVIRONMENT.md measured it at about 3x gthread's CPU for ordinary
 routes. So an instance is two gunicorn servers: the WSGI one for every route,
 and this one (gunicorn's `asgi` worker class, `messenger.asgi_live`, the app of `conversations.live`) for the
-live routes only, which NGINX sends here.
+live routes and the plain JSON reads of a page or the list, which NGINX sends here.
 
 The WSGI master binds the live socket when it reads its configuration (a free
 port unless LIVE_PORT names one), advertises the port in its Consul entry
 (`live_port` in the service's meta, which the load balancer's upstream list
-reads), starts the live server on that socket once it is ready, and stops it
-when it stops: one process tree per instance, in every runtime that starts
+reads), starts the live server on that socket at once (its import of Django
+runs beside the master's preload), starts its own workers only once the live
+server answers, and stops it when it stops: one process tree per instance, in every runtime that starts
 `gunicorn -c messenger/gunicorn_conf.py` (local processes, containers, hosts).
 """
 
