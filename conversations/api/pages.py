@@ -78,6 +78,10 @@ def answer(
     key, cursor_name = what
     body = b'{"' + key.encode() + b'":[' + page.items.encode() + b"]"
     if page.more and page.last is not None:  # a further page follows a non-empty one
-        link = absolute(f"{path}?{urlencode({cursor_name: page.last, 'limit': limit})}")
-        body += b',"next":' + plain_json.json_string(link)
+        body += b',"next":' + plain_json.json_string(next_link(absolute, path, cursor_name, page.last, limit))
     return plain_json.JsonAnswer(body + b"}")
+
+
+def next_link(absolute: Callable[[str], str], path: str, cursor_name: str, last: int, limit: int) -> str:
+    """The URL of the page after the one whose last item's cursor is `last` (every paged route's `next`)."""
+    return absolute(f"{path}?{urlencode({cursor_name: last, 'limit': limit})}")

@@ -8,7 +8,6 @@ browser asks for HTML.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 from django.http import HttpResponse
 from rest_framework import status
@@ -30,12 +29,6 @@ def health(request):
     return HttpResponse("OK", content_type="text/plain")
 
 
-# `request.GET` is DRF's `query_params` too, so these serve both ways of answering.
-def _next_link(request, cursor_name: str, cursor_value: int, limit: int) -> str:
-    query = urlencode({cursor_name: cursor_value, "limit": limit})
-    return request.build_absolute_uri(f"{request.path}?{query}")
-
-
 def _paged(request, key: str, items: list, cursor_name: str, cursor_of, limit: int) -> dict:
     """`{key: items}`, plus a `next` link when a further page exists.
 
@@ -43,7 +36,8 @@ def _paged(request, key: str, items: list, cursor_name: str, cursor_of, limit: i
     """
     body: dict[str, Any] = {key: items[:limit]}
     if len(items) > limit:
-        body["next"] = _next_link(request, cursor_name, cursor_of(items[limit - 1]), limit)
+        last = cursor_of(items[limit - 1])
+        body["next"] = pages.next_link(request.build_absolute_uri, request.path, cursor_name, last, limit)
     return body
 
 
