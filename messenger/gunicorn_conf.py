@@ -9,6 +9,8 @@ import socket
 import time
 from pathlib import Path
 
+from gunicorn.errors import HaltServer
+
 from core import config as config_schema
 from core.http import gunicorn_refusals
 from core.logging import gunicorn_logging
@@ -130,6 +132,7 @@ def when_ready(server):
         # NGINX sends every read to the live listener: the WSGI workers (whose /health is the Consul
         # check) start only once it answers, so no instance passes while its reads would queue unserved.
         _live.wait_serving()
+        server.manage_workers = _halt_without_live(server.manage_workers, _live)
     # ready() started it in the preloaded master; start() returns that registration.
     registration = discovery.start(_config)
     if registration is None:
@@ -139,6 +142,21 @@ def when_ready(server):
     # signal to the arbiter's handle_<signal> method, so wrap those two.
     server.handle_term = _deregister_then(server.handle_term, server)
     server.handle_int = _deregister_then(server.handle_int, server)
+
+
+def _halt_without_live(manage_workers, live: live_listener.LiveListener):
+    """The master's loop calls manage_workers at least once a second. An instance whose live listener has
+    exited would go on passing its check (the WSGI workers' /health) while every read NGINX sends it is
+    refused: it leaves Consul and stops instead, with an error, for its platform to start it again whole
+    (the swarm or Docker's restart policy, supervisord in the local runtime)."""
+
+    def manage():
+        if live.exited():
+            discovery.stop()
+            raise HaltServer(f"the live listener (pid {live.process.pid}) exited; this instance stops with it", 1)
+        manage_workers()
+
+    return manage
 
 
 def _deregister_then(stop, server):

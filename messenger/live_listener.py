@@ -53,6 +53,7 @@ class LiveListener:
         self.host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.BIND_HOST, config.BIND_HOST)
         self.graceful_timeout = float(config.GRACEFUL_TIMEOUT)
         self.process: subprocess.Popen | None = None
+        self._stopping = False
 
     @staticmethod
     def wanted(config: Config) -> bool:
@@ -68,8 +69,14 @@ class LiveListener:
         # to the next instance, instead of queueing them where nobody accepts.
         self.socket.close()
 
+    def exited(self) -> bool:
+        """Whether the live server ended on its own (not through `stop`): a crash, a kill, a worker that
+        failed to boot. Its status is gunicorn's to have read: the master's reaping takes any child."""
+        return self.process is not None and not self._stopping and self.process.poll() is not None
+
     def stop(self) -> None:
         """Answer every waiter, then stop (SIGTERM: conversations.live drains, gunicorn finishes gracefully)."""
+        self._stopping = True
         if self.process is None or self.process.poll() is not None:
             return
         self.wait_serving()

@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -23,7 +24,7 @@ import pytest
 
 from core import config as config_schema
 from messenger.live_listener import LiveListener
-from tests.support.load_balancer import Topology
+from tests.support.load_balancer import Topology, alive
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.slow
@@ -298,3 +299,28 @@ def _established_to(addresses: list[tuple[str, int]]) -> int:
     locals_ = {f"{socket.inet_aton(a)[::-1].hex().upper()}:{p:04X}" for a, p in addresses}
     rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
     return sum(1 for row in rows if row.split()[1] in locals_ and row.split()[3] == "01")
+
+
+def _live_server_of(master: int) -> int:
+    """The pid of an instance's live server: the child of its WSGI master that runs gunicorn_live_conf.py."""
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return next(int(pid) for pid in children if b"gunicorn_live_conf" in Path(f"/proc/{pid}/cmdline").read_bytes())
+
+
+def test_an_instance_whose_live_listener_dies_stops_and_is_started_again_whole(topology, conversation):
+    """Its WSGI /health (the Consul check) would go on passing while every read NGINX sends it is refused:
+    the master leaves Consul and exits with an error instead, and its supervisor starts the instance again,
+    whose live listener then answers the reads."""
+    victim = topology.ensure_instances(2)[0]
+    master = topology.infra.pid(victim)
+    address = topology.address(victim)
+    os.kill(_live_server_of(master), signal.SIGKILL)
+
+    wait_until(lambda: not alive(master), 15, what="the instance's master to exit")
+    wait_until(lambda: topology.infra.pid(victim) != master, 30, what="supervisord to start the instance again")
+    topology.wait_routed({topology.address(i) for i in topology.running_instances()}, 60)
+    assert address in topology.passing_addresses()
+    _post(topology, conversation, "after the listener's loss")
+    for host, port in _live_addresses(topology):
+        status, body, _ = _get(host, port, f"/conversations/{conversation}/messages")
+        assert status == 200 and [m["content"] for m in json.loads(body)["messages"]] == ["after the listener's loss"]
