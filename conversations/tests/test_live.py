@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import psycopg
 import pytest
 from django.core.wsgi import get_wsgi_application
 from django.db import connections
@@ -18,6 +19,7 @@ from django.test import Client
 
 from conversations.live.app import LiveApp
 from conversations.tests.client import post_message
+from core.db.async_pool import django_connect_params
 from tests.support.openapi_check import ResponseChecker, served_schema
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -410,3 +412,35 @@ def test_only_the_same_request_but_its_after_index_skips_the_read(api, users, co
     assert answers[-1][2] == b'{"error":"wait must be an integer from 0 to 30"}'
     # The outsider's refusal, the page at once, two empty pages read before and after their wait, the bad wait.
     assert len(reads) == 1 + 1 + 2 + 2 + 1
+
+
+def _end_the_listen_connection() -> int:
+    """pg_terminate_backend on the live app's LISTEN connection (a server restart or failover would end it
+    too), from a connection of its own; how many backends it ended."""
+    with psycopg.connect(**django_connect_params(prepare=False), autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return ended[0] if ended else 0
+
+
+def test_a_waiter_gets_its_message_after_the_listen_connection_was_lost_and_made_again(api, users, conversation):
+    """The LISTEN connection ended under a held long-poll: the hub connects again and wakes every waiter
+    once (what was committed meanwhile is read), and the next commit's notification reaches the waiter."""
+    path = f"/conversations/{conversation.pk}/messages"
+
+    async def work(app):
+        hub = app.start()
+        waiting = asyncio.ensure_future(_request(app, path, f"wait={LONG_WAIT}"))
+        await _subscribed(app, 1)
+        before = hub.generation
+        assert await asyncio.to_thread(_end_the_listen_connection) == 1
+        while hub.generation == before or not hub.listening.is_set():  # lost, then up again: everyone woken
+            await asyncio.sleep(0.01)
+        assert not waiting.done()  # woken, it read its page again: still empty, so it waits on
+        await _post_from_another_thread(api, conversation.pk, users[0].pk, "after the reconnect")
+        return await waiting
+
+    status, _, body = _with_app(work)
+    assert status == 200 and b'"content":"after the reconnect"' in body
