@@ -14,6 +14,7 @@ import subprocess
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -55,8 +56,16 @@ def request_lines(service) -> list[dict]:
 
 
 def workers(service) -> set[int]:
+    """The master's WSGI workers: its children but its live listener (which, killed, stops the instance)."""
     found = subprocess.run(["pgrep", "-P", str(service.process.pid)], capture_output=True, text=True).stdout
-    return {int(pid) for pid in found.split()}
+    return {int(pid) for pid in found.split() if not _is_live_listener(int(pid))}
+
+
+def _is_live_listener(pid: int) -> bool:
+    try:
+        return b"gunicorn_live_conf" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
 
 
 def replace_every_worker(service) -> None:
