@@ -187,12 +187,23 @@ class ThroughLoadBalancer:
             return upstream
         known: dict[str, str] = self.__dict__.setdefault("_instance_by_address", {})
         parts = upstream.split(", ")
-        with self.__dict__.setdefault("_instance_lock", threading.Lock()):
+        with self._instances_lock():
             asked = self.__dict__.get("_instances_asked_at", 0.0)
             if any(part not in known for part in parts) and time.monotonic() - asked >= 1.0:
                 self.__dict__["_instances_asked_at"] = time.monotonic()
                 known.update(self._instances_by_address())
         return ", ".join(known.get(part, part) for part in parts)
+
+    def remember_instances(self) -> None:
+        """Read Consul's catalog into `instance_of`'s mapping now: before a drill takes Consul away, so that
+        the answers of an instance first seen during the outage are still named by their instance."""
+        if self.consul_url is not None:
+            with self._instances_lock():
+                self.__dict__["_instances_asked_at"] = time.monotonic()
+                self.__dict__.setdefault("_instance_by_address", {}).update(self._instances_by_address())
+
+    def _instances_lock(self) -> threading.Lock:
+        return self.__dict__.setdefault("_instance_lock", threading.Lock())
 
     def _instances_by_address(self) -> dict[str, str]:
         """Every address Consul's catalog names for an instance (its port, its live port) -> the instance."""
