@@ -25,7 +25,7 @@ import pytest
 from core import config as config_schema
 from messenger.live_listener import LiveListener
 from tests.support.load_balancer import Topology, alive
-from tests.support.processes import wait_until
+from tests.support.processes import is_live_listener, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -304,7 +304,7 @@ def _established_to(addresses: list[tuple[str, int]]) -> int:
 def _live_server_of(master: int) -> int:
     """The pid of an instance's live server: the child of its WSGI master that runs gunicorn_live_conf.py."""
     children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return next(int(pid) for pid in children if b"gunicorn_live_conf" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    return next(int(pid) for pid in children if is_live_listener(int(pid)))
 
 
 def test_an_instance_whose_live_listener_dies_stops_and_is_started_again_whole(topology, conversation):

@@ -14,14 +14,13 @@ import subprocess
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from outbox.models import OutboxEvent
 from tests.support.live_service import database_env, seed_chat
 from tests.support.metrics import sample
-from tests.support.processes import wait_until
+from tests.support.processes import is_live_listener, wait_until
 from tests.support.service import ServiceProcess, call
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, reset_sequences=True)]
@@ -58,14 +57,7 @@ def request_lines(service) -> list[dict]:
 def workers(service) -> set[int]:
     """The master's WSGI workers: its children but its live listener (which, killed, stops the instance)."""
     found = subprocess.run(["pgrep", "-P", str(service.process.pid)], capture_output=True, text=True).stdout
-    return {int(pid) for pid in found.split() if not _is_live_listener(int(pid))}
-
-
-def _is_live_listener(pid: int) -> bool:
-    try:
-        return b"gunicorn_live_conf" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return False
+    return {int(pid) for pid in found.split() if not is_live_listener(int(pid))}
 
 
 def replace_every_worker(service) -> None:

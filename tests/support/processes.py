@@ -58,6 +58,14 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})")
 
 
+def is_live_listener(pid: int) -> bool:
+    """Whether a process is an instance's live server (messenger/live_listener.py: gunicorn_live_conf.py)."""
+    try:
+        return b"gunicorn_live_conf" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+
+
 def http_get(url: str, timeout: float = 5.0, headers: dict | None = None) -> tuple[int, bytes, dict]:
     request = urllib.request.Request(url, headers=headers or {})
     try:
