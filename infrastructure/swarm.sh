@@ -24,8 +24,9 @@ STACK=messenger
 INSTANCES="${STACK_INSTANCES:-3}"
 HOSTS="${HOSTS:-3}"
 HOSTS_SH="${INFRA_DIR}/hosts.sh"
-# How long a deploy may take to converge before this script gives up waiting.
-CONVERGE_SECONDS=300
+# How long a deploy may take to converge before this script gives up waiting: a
+# rollout of three tasks on a busy host of two cores was seen to take over 300 s.
+CONVERGE_SECONDS=420
 # The edge's Consul client agent (a task of the stack on this machine).
 export CONSUL_HOST=127.0.0.1 CONSUL_PORT="${CONSUL_HTTP_PORT}"
 export MESSENGER_RUNTIME=docker  # what lib.sh reads (require_consul_location)
@@ -196,20 +197,38 @@ run_migrator() {  # [args]
   wait_for_job messenger-migrator "${before}"
 }
 
+# Why a rollout was rolled back: the task the swarm named, as its node saw it
+# (its health check's last results, or how it ended), then its last log lines.
+report_failed_task() {  # task id
+  local task=$1 node host container on_node=(docker)
+  log "the swarm rolled back over task ${task}"
+  node="$(manager inspect --format '{{.NodeID}}' "${task}" 2>/dev/null)" || return 0
+  host="$(manager node inspect --format '{{.Description.Hostname}}' "${node}" 2>/dev/null)" || return 0
+  if "${HOSTS_SH}" list | grep -qx "${host}"; then on_node=("${HOSTS_SH}" docker "${host}"); fi
+  container="$(manager inspect --format '{{.Status.ContainerStatus.ContainerID}}' "${task}")"
+  log "task ${task} on ${host}: $("${on_node[@]}" inspect --format \
+    '{{if .State.Health}}health {{.State.Health.Status}}; its last checks:{{range .State.Health.Log}} exit {{.ExitCode}} {{printf "%q" .Output}};{{end}}{{end}} exited {{.State.ExitCode}}' \
+    "${container}" 2>/dev/null || echo 'its container is gone')"
+  manager service logs --raw --tail 30 "${task}" >&2 2>&1 || true
+}
+
 update_started() { manager service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.StartedAt}}{{end}}' "$(service "$1")"; }
 running_image() { manager service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$(service "$1")" 2>/dev/null || true; }
 
 # wait_for_update SERVICE STARTED-BEFORE: until the update the last deploy began
 # (its start time differs from the one before) has ended; prints its last state
-# (completed, rollback_completed, paused...).
+# (completed, rollback_completed, paused...), then for a rollback the task the
+# swarm rolled back over (its message names it only while the rollback runs).
 wait_for_update() {
-  local state deadline=$((SECONDS + CONVERGE_SECONDS))
+  local status state failed="" deadline=$((SECONDS + CONVERGE_SECONDS))
   while [ "${SECONDS}" -lt "${deadline}" ]; do
     if [ "$(update_started "$1")" != "$2" ]; then
-      state="$(manager service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}' "$(service "$1")")"
+      status="$(manager service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.State}} {{.UpdateStatus.Message}}{{end}}' "$(service "$1")")"
+      state="${status%% *}"
+      if [[ "${status}" =~ \ task\ ([a-z0-9]+)$ ]]; then failed="${BASH_REMATCH[1]}"; fi
       case "${state}" in
         "" | updating | rollback_started) ;;
-        *) echo "${state}"; return 0 ;;
+        *) echo "${state} ${failed}"; return 0 ;;
       esac
     fi
     sleep 1
@@ -268,13 +287,14 @@ deploy() {
   # One deploy per rollout: a deploy during an update replaces the update (and its rollback watch).
   MIGRATOR_IMAGE_REF="${target}" MESSENGER_IMAGE_REF="${target}" deploy_stack
   result="$(wait_for_update messenger "${started}")"
-  case "${result}" in
+  case "${result%% *}" in
     completed) log "$(service messenger): now ${target}" ;;
     rollback_completed)
       # The swarm put the instances back; the stack declares the previous image
       # again, so the worker and the migrator job run it too.
       wait_for_update messenger-worker "${worker_started}" >/dev/null
       MIGRATOR_IMAGE_REF="${previous}" MESSENGER_IMAGE_REF="${previous}" deploy_stack
+      [ -z "${result#* }" ] || report_failed_task "${result#* }"
       die "${target} (${image}) failed its health check: $(service messenger) rolled back to ${previous}"
       ;;
     *) die "$(service messenger): update ${result} (docker service ps $(service messenger))" ;;

@@ -419,7 +419,7 @@ def test_a_serving_task_whose_process_dies_is_replaced_by_the_engine(swarm):
     assert_every_201_stored_once(swarm, loop)
 
 
-# How long a drill lets `make deploy` run: above swarm.sh's own bound on the rollout (CONVERGE_SECONDS, 300 s) plus
+# How long a drill lets `make deploy` run: above swarm.sh's own bound on the rollout (CONVERGE_SECONDS, 420 s) plus
 # loading the image on three engines and the migrator job, so a slow rollout fails with the script's own message
 # naming what did not converge. (On 2 cores beside the other tests, CI once saw `make deploy` pass 400 s.)
 DEPLOY_BOUND = 600
@@ -477,6 +477,10 @@ def test_a_deploy_whose_health_check_fails_rolls_back_by_itself_with_no_failed_r
         wait_until(lambda: loop.count() >= more + 100, 30, what="100 requests after the rollback")
     assert deploy.returncode != 0
     assert "failed its health check" in deploy.stderr and "rolled back" in deploy.stderr, deploy.stderr
+    # Why, as the node that ran the task saw it: its container's health and the checks' last results.
+    assert re.search(r"task \w+ on messenger-host-\d: health unhealthy; its last checks: exit 1", deploy.stderr), (
+        deploy.stderr
+    )
     assert loop.failures() == []
     swarm.settled()
     assert {image for _, image in swarm.running_tasks()} == serving
