@@ -70,7 +70,17 @@ on_host() {  # HOST ARGS...: the docker client on HOST's engine
   shift
   docker -H "unix://$(engine_socket "${host}")" "$@"
 }
-engine_answers() { timeout 10 docker -H "unix://$(engine_socket "$1")" info >/dev/null 2>&1; }
+# `version`, not `info`: info reports the swarm too, and a manager whose swarm is
+# electing a leader (a peer just left) can take longer than the timeout to give it.
+engine_answers() { timeout 10 docker -H "unix://$(engine_socket "$1")" version >/dev/null 2>&1; }
+
+wait_for_engine() {  # host data-folder
+  local deadline=$((SECONDS + ENGINE_START_SECONDS))
+  until engine_answers "$1"; do
+    [ "${SECONDS}" -lt "${deadline}" ] || die "$1: its engine did not answer within ${ENGINE_START_SECONDS}s (log: $2/dockerd.log)"
+    sleep 0.5
+  done
+}
 
 require_host() {
   hosts | grep -qx -- "$1" || die "no host '$1' (known: $(hosts | tr '\n' ' '))"
@@ -108,6 +118,16 @@ boot() {
   if engine_answers "${host}"; then return 0; fi
   data="${HOSTS_STATE_DIR}/${host}"
   run="${RUN_DIR}/${host}"
+  # An engine that runs but is slow to answer is waited for, never started twice:
+  # a second dockerd on its data root fails, and taking its socket would leave
+  # the first one unreachable.
+  local pid
+  pid="$(cat "${run}/dockerd.pid" 2>/dev/null || true)"
+  if [ -n "${pid}" ] && [ "$(cat "/proc/${pid}/comm" 2>/dev/null)" = dockerd ] &&
+    [ "$(ip netns identify "${pid}" 2>/dev/null)" = "${host}" ]; then
+    wait_for_engine "${host}" "${data}"
+    return 0
+  fi
   mkdir -p "${data}/docker" "${run}"
   rm -f "${run}/docker.sock" "${run}/dockerd.pid"
   # dockerd trusts containerd's pid file; after a crash, that pid may belong to
@@ -139,11 +159,7 @@ boot() {
     --bridge=none --iptables=false --ip-masq=false \
     --default-address-pool "base=${ENGINE_ADDRESS_POOL},size=24" \
     </dev/null >>"${data}/dockerd.log" 2>&1 &
-  local deadline=$((SECONDS + ENGINE_START_SECONDS))
-  until engine_answers "${host}"; do
-    [ "${SECONDS}" -lt "${deadline}" ] || die "${host}: its engine did not answer within ${ENGINE_START_SECONDS}s (log: ${data}/dockerd.log)"
-    sleep 0.5
-  done
+  wait_for_engine "${host}" "${data}"
   log "${host}: engine up ($(engine_socket "${host}"))"
 }
 
