@@ -189,6 +189,17 @@ def _exited(pid: int, pgid: int) -> bool:
     return fields[0] in ("Z", "X") or int(fields[2]) != pgid
 
 
+def _evidence(topology, instance_id: str) -> str:
+    """What a failed drill shows beside its figures: NGINX's error log and the instance's own log, their ends."""
+    error_log = topology.nginx_dir / "logs" / "error.log"
+    instance_log = topology.state_dir / "messenger" / f"{instance_id}.log"
+    return "\n".join(
+        f"--- {path.name}, its last lines:\n" + "\n".join(path.read_text().splitlines()[-30:])
+        for path in (error_log, instance_log)
+        if path.exists()
+    )
+
+
 def test_sigkill_under_load_fails_only_requests_in_flight_and_stores_no_post_twice(topology, conversation):
     """SIGKILL an instance under load: only what it had in flight fails, and its supervisor brings it back."""
     instances = topology.ensure_instances(3)
@@ -246,11 +257,14 @@ def test_sigkill_under_load_fails_only_requests_in_flight_and_stores_no_post_twi
     # response the instance had begun to send is cut short. Once they have ended, its port refuses, and NGINX
     # passes the request on. The margin is the poll's own granularity.
     for failure in failures:
-        assert failure.started < gone_at + 0.05 and failure.ended > killed_at, failure
+        assert failure.started < gone_at + 0.05 and failure.ended > killed_at, (failure, _evidence(topology, victim))
         if failure.status is None:
             assert "IncompleteRead" in failure.error, failure
         else:
-            assert (failure.method, failure.status, failure.upstream) == ("POST", 502, address), failure
+            assert (failure.method, failure.status, failure.upstream) == ("POST", 502, address), (
+                failure,
+                _evidence(topology, victim),
+            )
     assert_each_post_stored_once(topology, loop, conversation)
 
 
