@@ -182,6 +182,16 @@ class Swarm(Stack):
         block = rendered.split("upstream messenger_service {", 1)[1].split("}", 1)[0]
         return set(re.findall(r"^\s*server (\S+:\d+)[ ;]", block, re.MULTILINE))
 
+    def load_balancer_errors(self) -> str:
+        """The last errors NGINX logged in the edge's load balancer task (its error log is the container's stderr)."""
+        container = run(
+            "docker", "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={STACK}_messenger-lb"
+        ).stdout.split()[0]  # fmt: skip
+        # All of it: the access log (its stdout) is most of the lines, and a tail would miss the drill's errors.
+        logged = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=60)
+        errors = [line for line in logged.stderr.splitlines() if "[error]" in line or "[warn]" in line]
+        return "NGINX's last errors:\n" + "\n".join(errors[-40:])
+
     def kv(self, key: str) -> str:
         return wait_until(
             lambda: run("curl", "--silent", "--fail", "--max-time", "5", f"{EDGE_CONSUL}/v1/kv/{key}?raw").stdout,
@@ -268,7 +278,15 @@ def assert_every_201_stored_once(swarm: Swarm, loop: ClientLoop, conversation_id
     assert indexes == list(range(1, len(indexes) + 1))
 
 
-def assert_failures_only_in_flight_to(loop: ClientLoop, host: str, lost_at: float, out_at: float) -> None:
+def failure_kinds(loop: ClientLoop) -> str:
+    """The failures by method, status and the instance (or upstream group) NGINX named: what a drill's figure shows."""
+    kinds = Counter((f.method, f.status, f.upstream) for f in loop.failures())
+    return ", ".join(f"{n} {method} {status} via {upstream}" for (method, status, upstream), n in kinds.most_common(8))
+
+
+def assert_failures_only_in_flight_to(
+    loop: ClientLoop, host: str, lost_at: float, out_at: float, swarm: Swarm | None = None
+) -> None:
     """What failed was on its way to the lost host when it went (never a request sent after it was out), or
     an instance's own bounded 503 while commits waited on the database (its leader replaced, or the lost
     host's member rejoining). An instance that answers 503 was reachable: such an answer may come from the
@@ -278,7 +296,7 @@ def assert_failures_only_in_flight_to(loop: ClientLoop, host: str, lost_at: floa
             assert failure.ended - failure.started < 10 and failure.ended > lost_at, failure
             continue
         assert failure.started < out_at and failure.ended > lost_at, failure
-        assert on_its_way_to(host, failure), failure
+        assert on_its_way_to(host, failure), (failure, swarm.load_balancer_errors() if swarm else "")
 
 
 def assert_every_stored_post_has_its_event(swarm: Swarm, loop: ClientLoop, conversation_id: int = 1) -> None:
@@ -537,9 +555,9 @@ def lose_a_node_and_bring_it_back(swarm: Swarm, lose: str, bring_back: str, what
         what,
         f"node down {down_at - lost_at:.1f}s after it, its tasks healthy on the others {rescheduled_at - lost_at:.1f}s "
         f"after it; {bring_back} -> ready and a raft peer {rejoined_at - back_at:.1f}s ({loop.count()} requests, "
-        f"{len(loop.failures())} failed)",
+        f"{len(loop.failures())} failed: {failure_kinds(loop)})",
     )
-    assert_failures_only_in_flight_to(loop, host, lost_at, rescheduled_at)
+    assert_failures_only_in_flight_to(loop, host, lost_at, rescheduled_at, swarm)
     assert len(swarm.running_tasks()) == 3 and len(swarm.running_tasks("messenger-worker")) == 1
     assert_every_201_stored_once(swarm, loop)
     run_contract_cases(swarm)
