@@ -202,14 +202,13 @@ run_migrator() {  # [args]
 report_failed_task() {  # task id
   local task=$1 node host container on_node=(docker)
   log "the swarm rolled back over task ${task}"
-  node="$(manager inspect --format '{{.NodeID}}' "${task}" 2>/dev/null)" || return 0
+  read -r node container < <(manager inspect --format '{{.NodeID}} {{.Status.ContainerStatus.ContainerID}}' "${task}" 2>/dev/null) || return 0
   host="$(manager node inspect --format '{{.Description.Hostname}}' "${node}" 2>/dev/null)" || return 0
   if "${HOSTS_SH}" list | grep -qx "${host}"; then on_node=("${HOSTS_SH}" docker "${host}"); fi
-  container="$(manager inspect --format '{{.Status.ContainerStatus.ContainerID}}' "${task}")"
   log "task ${task} on ${host}: $("${on_node[@]}" inspect --format \
     '{{if .State.Health}}health {{.State.Health.Status}}; its last checks:{{range .State.Health.Log}} exit {{.ExitCode}} {{printf "%q" .Output}};{{end}}{{end}} exited {{.State.ExitCode}}' \
     "${container}" 2>/dev/null || echo 'its container is gone')"
-  manager service logs --raw --tail 30 "${task}" >&2 2>&1 || true
+  manager service logs --raw --tail 30 "${task}" >&2 || true
 }
 
 update_started() { manager service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.StartedAt}}{{end}}' "$(service "$1")"; }

@@ -175,20 +175,25 @@ class Swarm(Stack):
 
     def routed(self) -> set[str]:
         """The instances (address:port) in the upstream list NGINX runs with, in the edge's load balancer task."""
-        container = run(
-            "docker", "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={STACK}_messenger-lb"
-        ).stdout.split()[0]  # fmt: skip
-        rendered = run("docker", "exec", container, "cat", "/etc/nginx/messenger/messenger-upstream.conf").stdout
+        rendered = run(
+            "docker", "exec", self.load_balancer_container(), "cat", "/etc/nginx/messenger/messenger-upstream.conf"
+        ).stdout  # fmt: skip
         block = rendered.split("upstream messenger_service {", 1)[1].split("}", 1)[0]
         return set(re.findall(r"^\s*server (\S+:\d+)[ ;]", block, re.MULTILINE))
 
-    def load_balancer_errors(self) -> str:
-        """The last errors NGINX logged in the edge's load balancer task (its error log is the container's stderr)."""
-        container = run(
+    @staticmethod
+    def load_balancer_container() -> str:
+        """The container of the edge's load balancer task (on this machine's engine)."""
+        return run(
             "docker", "ps", "--quiet", "--filter", f"label=com.docker.swarm.service.name={STACK}_messenger-lb"
         ).stdout.split()[0]  # fmt: skip
+
+    def load_balancer_errors(self) -> str:
+        """The last errors NGINX logged in the edge's load balancer task (its error log is the container's stderr)."""
         # All of it: the access log (its stdout) is most of the lines, and a tail would miss the drill's errors.
-        logged = subprocess.run(["docker", "logs", container], capture_output=True, text=True, timeout=60)
+        logged = subprocess.run(
+            ["docker", "logs", self.load_balancer_container()], capture_output=True, text=True, timeout=60
+        )
         errors = [line for line in logged.stderr.splitlines() if "[error]" in line or "[warn]" in line]
         return "NGINX's last errors:\n" + "\n".join(errors[-40:])
 

@@ -191,7 +191,7 @@ def _exited(pid: int, pgid: int) -> bool:
 
 def _evidence(topology, instance_id: str) -> str:
     """What a failed drill shows beside its figures: NGINX's error log and the instance's own log, their ends."""
-    error_log = topology.nginx_dir / "logs" / "error.log"
+    error_log = topology.nginx_log("error")
     instance_log = topology.state_dir / "messenger" / f"{instance_id}.log"
     return "\n".join(
         f"--- {path.name}, its last lines:\n" + "\n".join(path.read_text().splitlines()[-30:])
@@ -236,7 +236,7 @@ def test_sigkill_under_load_fails_only_requests_in_flight_and_stores_no_post_twi
 
     killed_ids = entries_at_address()
     group = _process_group(victim_pid)
-    error_log = topology.nginx_dir / "logs" / "error.log"
+    error_log = topology.nginx_log("error")
     error_log_offset = error_log.stat().st_size
     with ClientLoop(topology, conversation, user_id=1) as loop:
         wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the kill")
@@ -386,7 +386,7 @@ def test_browsable_api_renders_in_chromium_through_the_load_balancer(topology, t
     stylesheets = re.findall(r'<link rel="stylesheet" type="text/css" href="(/static/[^"]+\.css)"', dom)
     assert "/static/rest_framework/css/bootstrap.min.css" in stylesheets
     # The browser itself fetched every stylesheet through the load balancer...
-    access_log = (topology.nginx_dir / "logs" / "access.log").read_text()
+    access_log = topology.nginx_log("access").read_text()
     for href in stylesheets:
         assert re.search(rf'"GET {re.escape(href)} HTTP/1\.1" 200 .*HeadlessChrome', access_log), href
         # ...and an instance served it as CSS.

@@ -340,6 +340,10 @@ class Topology(ThroughLoadBalancer):
     def watcher_status(self) -> dict:
         return json.loads((self.nginx_dir / "status.json").read_text())
 
+    def nginx_log(self, name: str) -> Path:
+        """NGINX's `access` or `error` log, as the watcher runs it (nginx.conf's logs/ under its prefix)."""
+        return self.nginx_dir / "logs" / f"{name}.log"
+
     def nginx_master_pid(self) -> int:
         return int((self.nginx_dir / "nginx.pid").read_text())
 
