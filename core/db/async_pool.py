@@ -16,8 +16,9 @@ statement) is tried once more on a new one: a read changes nothing, so a
 second try is always safe. A read has the deadline the WSGI side's middleware
 gives a request (DATABASE_REQUEST_DEADLINE: PG_STATEMENT_TIMEOUT +
 PG_CONNECT_TIMEOUT + 1 s), over everything it waits for (a free connection
-too); past it the connection is dropped and the read fails as a lost database
-does (a 503), rather than queue behind a database that does not answer.
+too); past it the read fails at once as a lost database does (a 503), rather
+than queue behind a database that does not answer, and its connection is
+dropped once psycopg has ended the statement.
 """
 
 from __future__ import annotations
@@ -67,18 +68,38 @@ class AsyncReadPool:
         self._deadline = deadline
         self._idle: list[psycopg.AsyncConnection] = []
         self._slots = asyncio.Semaphore(size)
+        # Reads past their deadline, still ending (held here: asyncio keeps tasks weakly).
+        self._abandoned: set[asyncio.Task] = set()
 
     async def fetchone(self, sql: str, params: dict[str, Any], *, prepare: bool | None = None) -> tuple:
         """The first row of `sql`; psycopg's errors as they come (OperationalError: the database is unreachable).
 
-        The deadline bounds the whole read: waiting for a free connection, opening one, the statement.
+        The deadline bounds the whole read: waiting for a free connection, opening one, the statement. A read
+        past it is cancelled and left to end on its own: psycopg answers a cancelled statement by asking the
+        server to cancel it and waiting for that, up to 5 s each, which on a silent link (a cut between hosts)
+        would hold the caller up to 10 s past its deadline. The abandoned read keeps its slot until it has ended.
         """
+        read = asyncio.ensure_future(self._fetch_in_a_slot(sql, params, prepare))
         try:
-            async with asyncio.timeout(self._deadline()):
-                async with self._slots:
-                    return await self._fetch(sql, params, prepare)
-        except TimeoutError:
-            raise DeadlinePassed("the database did not answer within the request's deadline") from None
+            done, _ = await asyncio.wait({read}, timeout=self._deadline())
+        except asyncio.CancelledError:
+            read.cancel()
+            raise
+        if read in done:
+            return read.result()
+        read.cancel()
+        self._abandoned.add(read)
+        read.add_done_callback(self._forget)
+        raise DeadlinePassed("the database did not answer within the request's deadline")
+
+    def _forget(self, read: asyncio.Task) -> None:
+        self._abandoned.discard(read)
+        if not read.cancelled():
+            read.exception()  # retrieved: its caller has had its answer already
+
+    async def _fetch_in_a_slot(self, sql: str, params: dict[str, Any], prepare: bool | None) -> tuple:
+        async with self._slots:
+            return await self._fetch(sql, params, prepare)
 
     async def _fetch(self, sql: str, params: dict[str, Any], prepare: bool | None) -> tuple:
         conn, kept = await self._take()
