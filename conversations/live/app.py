@@ -7,9 +7,11 @@
 - `GET /conversations/{id}/stream`: Server-Sent Events, one event per message
   with `id:` its index, from `Last-Event-ID` (header) or `after_index` onwards;
   a comment line every LIVE_HEARTBEAT keeps an idle stream open.
-- A plain JSON GET of a message page, the conversation list or `/health`
-  (NGINX sends every such GET here) is answered on this loop
-  (conversations.live.reads), as are the long-poll's and the stream's reads.
+- A plain JSON GET of a message page or of the conversation list (NGINX
+  sends every GET of those here) is answered on this loop
+  (conversations.live.reads), as are the long-poll's and the stream's reads;
+  so is `/health` (the listener's own start-up check asks it: NGINX and
+  Consul ask the ordinary port's).
 - Any other GET or HEAD is passed to the ordinary application as it is.
 """
 
