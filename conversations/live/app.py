@@ -31,7 +31,7 @@ from django.conf import settings
 from conversations import validation
 from conversations.live.reads import NativeReads
 from core.db.async_pool import django_connect_params
-from core.db.notifications import Hub
+from core.db.notifications import Hub, Wake
 from core.http import observability, plain_json
 from core.http.errors import InvalidInput
 from core.http.wsgi_bridge import WsgiAnswer, WsgiBridge, environ_for
@@ -351,7 +351,7 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-async def _woken(woken: asyncio.Event, timeout: float) -> bool:
+async def _woken(woken: Wake, timeout: float) -> bool:
     """Until woken (a notification, the drain, the client gone) or `timeout` seconds: True unless it
     timed out. No task of its own: ten thousand idle waiters each hold only the event's future."""
     try:

@@ -2,9 +2,9 @@
 
 A process that holds many waiters (conversations/live) keeps one async psycopg
 connection that LISTENs on one channel, and wakes the waiters subscribed to a
-notification's payload. A waiter holds an `asyncio.Event`, never a thread or a
-connection of its own, so ten thousand idle waiters cost ten thousand small
-objects.
+notification's payload. A waiter holds a `Wake` (an `asyncio.Event` for one
+waiter), never a thread or a connection of its own, so ten thousand idle
+waiters cost ten thousand small objects.
 
 A wake-up is only a hint to read again: whoever is woken reads what the
 database holds, so a notification lost while the connection was down loses
@@ -18,8 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict, defaultdict
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
@@ -34,13 +33,73 @@ LAST_RETRY_SECONDS = 5.0
 REMEMBERED_PAYLOADS = 100_000
 
 
+class Wake:
+    """`asyncio.Event`'s `set`, `clear`, `is_set` and `wait`, for one waiter at a time.
+
+    An idle waiter holds one of these for as long as it waits: an Event costs
+    about 860 bytes (its deque of waiters), this about 60, plus a future while
+    it is awaited. One waiter, because that future is shared: a second one
+    awaiting it would be cancelled along with the first.
+    """
+
+    __slots__ = ("_set", "_future")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._future: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            if self._future is not None and not self._future.done():
+                self._future.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        if self._future is not None and not self._future.done():
+            raise RuntimeError("a Wake has one waiter at a time")
+        # A future cancelled with its waiter (a timeout) is done, and replaced here.
+        self._future = asyncio.get_running_loop().create_future()
+        await self._future
+        return True
+
+
+class Subscription:
+    """`with hub.subscription(key) as woken:` the `Wake` set whenever `key` is notified, while the block runs."""
+
+    __slots__ = ("_hub", "_key", "wake")
+
+    def __init__(self, hub: Hub, key: str) -> None:
+        self._hub, self._key, self.wake = hub, key, Wake()
+
+    def __enter__(self) -> Wake:
+        if self._hub.draining.is_set():
+            self.wake.set()
+        self._hub._waiters[self._key].add(self.wake)
+        return self.wake
+
+    def __exit__(self, *exc_info: object) -> None:
+        waiters = self._hub._waiters.get(self._key)
+        if waiters is not None:
+            waiters.discard(self.wake)
+            if not waiters:
+                del self._hub._waiters[self._key]
+
+
 class Hub:
     """One LISTEN connection and the waiters of each payload (a conversation id, as text)."""
 
     def __init__(self, channel: str, connect_params: dict[str, Any]):
         self.channel = channel
         self._params = connect_params
-        self._waiters: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._waiters: defaultdict[str, set[Wake]] = defaultdict(set)
         self._task: asyncio.Task | None = None
         self.listening = asyncio.Event()  # set while the LISTEN connection is up
         self.draining = asyncio.Event()  # set on shutdown: every waiter answers now
@@ -53,24 +112,12 @@ class Hub:
         self._last_wake: OrderedDict[str, int] = OrderedDict()
         self._forgotten = 0
 
-    @contextmanager
-    def subscription(self, key: str) -> Iterator[asyncio.Event]:
-        """An event set whenever `key` is notified (or on reconnect or drain); subscribe before reading."""
-        event = asyncio.Event()
-        if self.draining.is_set():
-            event.set()
-        self._waiters[key].add(event)
-        try:
-            yield event
-        finally:
-            waiters = self._waiters.get(key)
-            if waiters is not None:
-                waiters.discard(event)
-                if not waiters:
-                    del self._waiters[key]
+    def subscription(self, key: str) -> Subscription:
+        """A `Wake` set whenever `key` is notified (or on reconnect or drain); subscribe before reading."""
+        return Subscription(self, key)
 
     def waiter_count(self) -> int:
-        return sum(len(events) for events in self._waiters.values())
+        return sum(len(wakes) for wakes in self._waiters.values())
 
     def woken_since(self, key: str, generation: int) -> bool:
         """Whether `key` may have been notified after `generation` (or every waiter woken): False only when
@@ -88,9 +135,9 @@ class Hub:
             if len(self._last_wake) > REMEMBERED_PAYLOADS:
                 self._forgotten = max(self._forgotten, self._last_wake.popitem(last=False)[1])
         groups = self._waiters.values() if key is None else [self._waiters.get(key, ())]
-        for events in groups:
-            for event in events:
-                event.set()
+        for wakes in groups:
+            for wake in wakes:
+                wake.set()
 
     def start(self) -> None:
         if self._task is None:
