@@ -74,6 +74,13 @@ def pytest_configure(config):
     os.environ["PGDATABASE"] = database
 
 
+def pytest_sessionfinish(session, exitstatus):
+    # The databases the process tests made on the machine's PostgreSQL (each worker drops its own).
+    from tests.support.infrastructure import drop_created_databases
+
+    drop_created_databases()
+
+
 def pytest_itemcollected(item):
     # As each test is collected, before any pytest_collection_modifyitems: `-m docker` selects by these marks, and
     # pytest-xdist (which reads xdist_group in its own modifyitems hook on each worker) sees the group.

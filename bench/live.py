@@ -320,6 +320,7 @@ def main() -> int:
     if not args.own_topology:
         return measure(args)
     sys.path.insert(0, str(BENCH_DIR.parent))
+    from tests.support.infrastructure import drop_created_databases
     from tests.support.load_balancer import Topology
 
     state_dir = Path(tempfile.mkdtemp(prefix="messenger-bench-live-"))
@@ -331,6 +332,7 @@ def main() -> int:
         return measure(args)
     finally:
         topology.stop()
+        drop_created_databases()
         shutil.rmtree(state_dir, ignore_errors=True)
 
 

@@ -15,6 +15,7 @@ import subprocess
 import psycopg
 import pytest
 
+from tests.support.infrastructure import CREATED_DATABASES
 from tests.support.processes import REPO_ROOT, port_open
 from tests.support.stack import (
     SEED,
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def stack(tmp_path):
     database = f"{os.environ.get('PGDATABASE', 'messenger')}_stack"
+    CREATED_DATABASES.add(database)  # make up creates it; dropped when the session ends
     with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     stack = LocalStack(tmp_path / "state", database)

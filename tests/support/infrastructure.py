@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from tests.support.processes import REPO_ROOT, run_command, wait_until
 
@@ -27,8 +28,16 @@ CREATE_DB_JOB = [
 ]  # fmt: skip
 
 
+# The databases this process's tests created on the machine's PostgreSQL: dropped when its session ends
+# (`drop_created_databases`, from the root conftest.py), so a run leaves none behind.
+CREATED_DATABASES: set[str] = set()
+
+
 def migrated_database(name: str) -> str:
-    """Create database `name` on the machine's PostgreSQL if missing and migrate it; return the name."""
+    """Create database `name` on the machine's PostgreSQL if missing and migrate it; return the name.
+
+    It is dropped when the test session ends."""
+    CREATED_DATABASES.add(name)
     with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
             conn.execute(f'CREATE DATABASE "{name}"')
@@ -49,6 +58,17 @@ def migrated_database(name: str) -> str:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return name
+
+
+def drop_created_databases() -> list[str]:
+    """Drop every database this process's tests created (`CREATED_DATABASES`); returns their names."""
+    dropped = sorted(CREATED_DATABASES)
+    if dropped:
+        with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True) as conn:
+            for name in dropped:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    CREATED_DATABASES.clear()
+    return dropped
 
 
 class Infrastructure:
