@@ -179,6 +179,29 @@ def test_a_member_waiting_gets_the_message_committed_meanwhile(api, users, conve
     assert b'"content":"while you wait"' in body
 
 
+def test_a_waiter_cancelled_as_gunicorn_cancels_a_gone_clients_request_leaves_nothing_behind(api, users, conversation):
+    """gunicorn cancels a request's task once its client has been gone for `asgi_disconnect_grace_period`; the
+    long-poll does not watch for the disconnect itself. Cancelled, a waiter leaves its subscription, and the
+    next waiter of the same page is still woken by the next commit."""
+    path = f"/conversations/{conversation.pk}/messages"
+
+    async def work(app):
+        gone = asyncio.ensure_future(_request(app, path, f"wait={LONG_WAIT}", {"User-Id": str(users[1].pk)}))
+        await _subscribed(app, 1)
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        left = app.start().waiter_count()
+        waiter = asyncio.ensure_future(_request(app, path, f"wait={LONG_WAIT}", {"User-Id": str(users[1].pk)}))
+        await _subscribed(app, 1)
+        await _post_from_another_thread(api, conversation.pk, users[0].pk, "after the other one left")
+        return left, await waiter
+
+    left, (status, _, body) = _with_app(work)
+    assert left == 0
+    assert status == 200 and b'"content":"after the other one left"' in body
+
+
 def test_waiters_of_one_page_woken_by_one_commit_share_one_read(api, users, conversation):
     """A hundred waiters asking the same page: one read for the wake-up, each answer with its own request id."""
     reads = 0
