@@ -36,6 +36,7 @@ NOT_MODULES = {
     "messenger.tasks": "Celery's own queue",
     "docker.io": "Debian's Docker package",
     "http.server": "the standard library's",
+    "http.disconnect": "the ASGI message a server sends when the client has gone",
 }
 
 
