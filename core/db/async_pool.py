@@ -82,15 +82,19 @@ class AsyncReadPool:
         read = asyncio.ensure_future(self._fetch_in_a_slot(sql, params, prepare))
         try:
             done, _ = await asyncio.wait({read}, timeout=self._deadline())
-        except asyncio.CancelledError:
-            read.cancel()
+        except asyncio.CancelledError:  # the caller's own request ended (gunicorn cancels a gone client's)
+            self._abandon(read)
             raise
         if read in done:
             return read.result()
+        self._abandon(read)
+        raise DeadlinePassed("the database did not answer within the request's deadline")
+
+    def _abandon(self, read: asyncio.Task) -> None:
+        """Cancel a read nobody waits for any more, and hold it until it has ended."""
         read.cancel()
         self._abandoned.add(read)
         read.add_done_callback(self._forget)
-        raise DeadlinePassed("the database did not answer within the request's deadline")
 
     def _forget(self, read: asyncio.Task) -> None:
         self._abandoned.discard(read)

@@ -41,3 +41,29 @@ def test_a_read_on_a_database_gone_silent_fails_at_its_deadline_not_after_psycop
         first, took = asyncio.run(cut_under_a_kept_connection())
     assert first == (1,)
     assert DEADLINE <= took < DEADLINE + 1.0, f"the read failed {took:.1f}s after it began"
+
+
+def test_a_read_whose_caller_is_cancelled_is_held_until_it_ends_and_the_pool_serves_on():
+    """gunicorn cancels a gone client's request: its read is abandoned as one past its deadline is, not dropped."""
+    settings = connection.settings_dict
+    with TcpProxy(int(settings["PORT"]), settings["HOST"]) as proxy:
+        params = {**django_connect_params(prepare=False), "host": "127.0.0.1", "port": proxy.port}
+        pool = AsyncReadPool(lambda: params, lambda: DEADLINE * 30)
+
+        async def cancel_a_read_on_a_silent_link() -> tuple[int, tuple]:
+            await pool.fetchone("SELECT 1", {})
+            proxy.cut(BLACKHOLE)
+            caller = asyncio.ensure_future(pool.fetchone("SELECT 2", {}))
+            await asyncio.sleep(DEADLINE / 10)  # the statement is sent and unanswered
+            caller.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await caller
+            held = len(pool._abandoned)
+            proxy.restore()
+            after = await pool.fetchone("SELECT 3", {})
+            await pool.close()
+            return held, after
+
+        held, after = asyncio.run(cancel_a_read_on_a_silent_link())
+    assert held == 1
+    assert after == (3,)
