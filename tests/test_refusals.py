@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from core.http import gunicorn_refusals
-from tests.support.infrastructure import migrated_database
+from tests.support.infrastructure import fresh_database, migrated_database
 from tests.support.load_balancer import nginx_in_front_of
 from tests.support.service import ServiceProcess, call, manage
 
@@ -195,9 +195,7 @@ def _dechunk(body: bytes) -> bytes:
 @pytest.fixture(scope="module")
 def database():
     """A migrated database of this module's own, with the seed users and conversation 1 between users 1 and 2."""
-    name = f"{os.environ['PGDATABASE']}_refusals"
-    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    name = fresh_database(f"{os.environ['PGDATABASE']}_refusals")
     env = {"PGHOST": "127.0.0.1", "PGUSER": "postgres", "PGDATABASE": migrated_database(name)}
     seeded = manage("seed", env=env)
     assert seeded.returncode == 0, seeded.stdout + seeded.stderr

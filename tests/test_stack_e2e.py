@@ -15,7 +15,7 @@ import subprocess
 import psycopg
 import pytest
 
-from tests.support.infrastructure import CREATED_DATABASES
+from tests.support.infrastructure import fresh_database
 from tests.support.processes import REPO_ROOT, port_open
 from tests.support.stack import (
     SEED,
@@ -30,10 +30,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def stack(tmp_path):
-    database = f"{os.environ.get('PGDATABASE', 'messenger')}_stack"
-    CREATED_DATABASES.add(database)  # make up creates it; dropped when the session ends
-    with psycopg.connect(host="127.0.0.1", user="postgres", dbname="postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    database = fresh_database(f"{os.environ.get('PGDATABASE', 'messenger')}_stack")  # make up creates it
     stack = LocalStack(tmp_path / "state", database)
     try:
         yield stack

@@ -60,13 +60,25 @@ def migrated_database(name: str) -> str:
     return name
 
 
+def _drop(*names: str) -> None:
+    with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def fresh_database(name: str) -> str:
+    """No database `name` (what an earlier run left is dropped, its connections ended); the caller's test then
+    creates it, and it is dropped when the session ends. Returns the name."""
+    CREATED_DATABASES.add(name)
+    _drop(name)
+    return name
+
+
 def drop_created_databases() -> list[str]:
     """Drop every database this process's tests created (`CREATED_DATABASES`); returns their names."""
     dropped = sorted(CREATED_DATABASES)
     if dropped:
-        with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True) as conn:
-            for name in dropped:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        _drop(*dropped)
     CREATED_DATABASES.clear()
     return dropped
 

@@ -30,9 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
-from psycopg import sql
 
-from tests.support.infrastructure import INFRA, Infrastructure, migrated_database  # noqa: F401 (INFRA re-exported)
+from tests.support.infrastructure import (  # noqa: F401 (INFRA re-exported)
+    INFRA,
+    Infrastructure,
+    fresh_database,
+    migrated_database,
+)
 from tests.support.platform import PLATFORM
 from tests.support.processes import REPO_ROOT, ConsulAgent, free_port, free_ports, http_get, wait_until
 from tests.support.service import manage
@@ -262,9 +266,7 @@ class Topology(ThroughLoadBalancer):
     def start(self) -> Topology:
         self.consul.start()
         self.write_kv()
-        with psycopg.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.database)))
-        migrated_database(self.database)
+        migrated_database(fresh_database(self.database))
         seeded = manage("seed", env={"PGHOST": "127.0.0.1", "PGUSER": "postgres", "PGDATABASE": self.database})
         assert seeded.returncode == 0, seeded.stdout + seeded.stderr
         self.deploy_load_balancer()
