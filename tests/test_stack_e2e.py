@@ -1,5 +1,5 @@
 """The whole system as `make up` runs it, end to end: the tutorial's final transcript through port 8085's
-stand-in, spread over three instances, events on chat_queue, scaling under load, and `make down`.
+stand-in, spread over three instances, events on chat_queue, live delivery, scaling under load, and `make down`.
 
 Runs the real Makefile targets in the local-process runtime (tests/docker/ runs the Docker one): a Consul agent,
 this machine's PostgreSQL and RabbitMQ, the migrator job, three gunicorn instances, the Celery worker
@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from tests.support.infrastructure import fresh_database
+from tests.support.live import run_live_cases
 from tests.support.processes import REPO_ROOT, port_open
 from tests.support.stack import (
     SEED,
@@ -46,6 +47,8 @@ def test_make_up_runs_the_tutorial_end_to_end_and_make_down_leaves_nothing(stack
     run_tutorial_transcript(stack)
     run_contract_cases(stack)  # every route and refusal, once more on a database that now holds data
     run_contract_cases(stack)
+    # Live delivery through the load balancer: waiters on every instance, a wait that expires, a stream resumed.
+    run_live_cases(stack)
 
     # Scale to five and back to three under a steady bounded load: no request fails.
     scale_to_five_and_back_under_load(stack)
