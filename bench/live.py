@@ -15,9 +15,12 @@ start it (tests/support/load_balancer.py), stopped when the bench ends.
   post's 201 to the waiter's answer, p50 and p99 over `--rounds` posts;
 - the ordinary page's rate (wrk, as make bench's page scenario) with no waiter
   and with `--waiters` held;
-- the mixed chat scenario twice, `--pairs` readers polling every second and
-  then waiting, while one client posts 10 messages a second across their
-  conversations: requests and the instances' CPU per delivered message;
+- make bench's mixed chat scenario (bench/run.py: `--pairs` conversations,
+  by default its 200, and CHAT_POST_EVERY - 1 reads to a post) with its
+  readers polling, then long-polling, then on event streams, while one client
+  posts 10 messages a second across their conversations: the requests and the
+  instances' CPU per delivered message, counted over 30 s of steady state (each
+  reader's first request, and its last wait cut short, fall outside it);
 - the live listener's RSS with 0, `--waiters` and `--idle` idle waiters held on
   one instance, sent straight to its live port (the one Consul advertises):
   the load balancer's own connection limit is not what is measured.
@@ -32,6 +35,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -46,7 +50,8 @@ from urllib.parse import urlsplit
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from run import wrk  # noqa: E402
+from dataset import CHAT_CONVERSATIONS  # noqa: E402
+from run import CHAT_POST_EVERY, wrk  # noqa: E402
 
 WAIT = 30
 # A wait that expires answers its empty page within a second of its own seconds (issue 21): measured here, on a
@@ -55,6 +60,11 @@ EXPIRING_WAIT = 2
 EXPIRING_WAITERS = 50
 # How long the live listeners' CPU is measured while the waiters are held and nothing else is sent.
 HELD_CPU_WINDOW = 3.0
+# The mixed scenarios: one client posts this many messages a second across the readers' conversations;
+# each is measured over MIXED_WINDOW seconds once MIXED_SETTLE seconds have let every reader start.
+POSTS_PER_SECOND = 10
+MIXED_SETTLE = 5.0
+MIXED_WINDOW = 30.0
 
 
 def request(base: str, method: str, path: str, body: dict | None = None, user: int | None = None) -> tuple[int, dict]:
@@ -239,69 +249,100 @@ def _instances_cpu_seconds(database: str) -> dict[str, float]:
     return total
 
 
-def _follow_stream(base: str, conversation: int, streams: list[socket.socket]) -> int:
-    """One event stream, held until the caller shuts its socket (in `streams`): the messages it
-    delivered (each an `id:` line)."""
+def _follow_stream(base: str, conversation: int, streams: list[socket.socket], delivered_at: list[float]) -> None:
+    """One event stream, held until the caller shuts its socket (in `streams`): when each message it
+    delivered (each an `id:` line) arrived, appended to `delivered_at`."""
     parts = urlsplit(base)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=WAIT + 10)
-    events = 0
     try:
         conn.request("GET", f"/conversations/{conversation}/stream")
         response = conn.getresponse()
         streams.append(conn.sock)
         while line := response.fp.readline():
-            events += line.startswith(b"id: ")
+            if line.startswith(b"id: "):
+                delivered_at.append(time.monotonic())
     except OSError:
         pass  # shut by the caller
     finally:
         conn.close()
-    return events
 
 
-def mixed(base: str, database: str, pairs: int, seconds: float, readers_do: str) -> dict[str, float]:
-    """`pairs` readers follow their conversation while one client posts to each in turn, 10 posts a
-    second: requests, and instances' CPU, per delivered message. `readers_do`: "poll" (every second),
-    "wait" (long-poll), "stream" (one event stream each) or "nothing" (no readers: the posts' own CPU)."""
+def mixed(base: str, database: str, pairs: int, window: float, readers_do: str) -> dict[str, float]:
+    """make bench's mixed chat workload with `pairs` readers, each following its conversation, while one
+    client posts POSTS_PER_SECOND messages a second across their conversations: the requests readers sent,
+    the messages they received and the instances' CPU, all counted over `window` seconds of steady state
+    (after MIXED_SETTLE seconds in which every reader has sent its first request).
+
+    `readers_do`: "poll" (each reader asks every `poll_interval`, so that there are CHAT_POST_EVERY - 1
+    reads to a post, as in make bench's mixed scenario), "wait" (long-poll), "stream" (one event stream
+    each) or "nothing" (no readers: the posts' own CPU)."""
     conversations = [new_conversation(base) for _ in range(pairs)]
-    stop = time.monotonic() + seconds
-    delivered = [0] * pairs
-    requests = [0] * pairs
+    # Each conversation gets a post every pairs / POSTS_PER_SECOND seconds.
+    poll_interval = pairs / POSTS_PER_SECOND / (CHAT_POST_EVERY - 1)
+    begin = time.monotonic() + MIXED_SETTLE
+    end = begin + window
+    stop = end + 1
+    delivered_at: list[float] = []
+    requested_at: list[float] = []
     streams: list[socket.socket] = []
 
     def reader(n: int) -> None:
         conversation, _ = conversations[n]
         if readers_do == "stream":
-            requests[n], delivered[n] = 1, _follow_stream(base, conversation, streams)
+            requested_at.append(time.monotonic())
+            _follow_stream(base, conversation, streams, delivered_at)
             return
         after = 0
+        # Polling clients opened at different moments: spread over one interval, not all at once.
+        next_poll = time.monotonic() + random.uniform(0, poll_interval)
         while time.monotonic() < stop:
+            if readers_do == "poll":
+                time.sleep(max(0.0, next_poll - time.monotonic()))  # the polling client's interval
+                next_poll += poll_interval
             wait = f"&wait={min(WAIT, max(1, int(stop - time.monotonic())))}" if readers_do == "wait" else ""
+            requested_at.append(time.monotonic())
             _, body = request(base, "GET", f"/conversations/{conversation}/messages?after_index={after}{wait}")
-            requests[n] += 1
             if body["messages"]:
-                delivered[n] += len(body["messages"])
+                received = time.monotonic()
+                delivered_at.extend([received] * len(body["messages"]))
                 after = body["messages"][-1]["index"]
-            elif readers_do == "poll":
-                time.sleep(1.0)  # the polling client's interval
 
     readers = [threading.Thread(target=reader, args=(n,)) for n in range(pairs if readers_do != "nothing" else 0)]
-    cpu_before = _instances_cpu_seconds(database)
     for thread in readers:
         thread.start()
-    posts = 0
-    while time.monotonic() < stop - 1:
-        conversation, user = conversations[posts % pairs]
-        request(base, "POST", f"/conversations/{conversation}/messages", {"content": f"mixed {posts}"}, user)
-        posts += 1
-        time.sleep(0.1)
-    time.sleep(max(0.0, stop - time.monotonic()))  # the last posts' deliveries, as the other readers get
+    posts_at: list[float] = []
+    cpu_begin = cpu_end = None
+    next_post = time.monotonic()
+    while (now := time.monotonic()) < stop - 1:
+        if cpu_begin is None and now >= begin:
+            cpu_begin = _instances_cpu_seconds(database)
+        if cpu_end is None and now >= end:
+            cpu_end = _instances_cpu_seconds(database)
+        conversation, user = conversations[len(posts_at) % pairs]
+        request(base, "POST", f"/conversations/{conversation}/messages", {"content": f"mixed {len(posts_at)}"}, user)
+        posts_at.append(time.monotonic())
+        next_post += 1 / POSTS_PER_SECOND
+        time.sleep(max(0.0, next_post - time.monotonic()))  # the posting client's rate
+    cpu_end = cpu_end or _instances_cpu_seconds(database)
+    time.sleep(max(0.0, stop - time.monotonic()))  # the readers' last waits end at `stop`
     for sock in list(streams):
         sock.shutdown(socket.SHUT_RDWR)
     for thread in readers:
         thread.join(timeout=WAIT + 10)
-    cpu_after = _instances_cpu_seconds(database)
-    cpu = {server: cpu_after[server] - cpu_before[server] for server in cpu_after}
-    return {"posts": posts, "delivered": sum(delivered), "requests": sum(requests), **cpu}
+    assert cpu_begin is not None
+    cpu = {server: cpu_end[server] - cpu_begin[server] for server in cpu_end}
+
+    def within(times: list[float]) -> int:
+        return sum(begin <= t < end for t in times)
+
+    return {
+        "posts": within(posts_at),
+        "delivered": within(delivered_at),
+        "requests": within(requested_at),
+        "all_posts": len(posts_at),
+        "all_delivered": len(delivered_at),
+        **cpu,
+    }
 
 
 def main() -> int:
@@ -313,7 +354,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--page-rounds", type=int, default=3, help="interleaved page runs without and with waiters")
-    parser.add_argument("--pairs", type=int, default=50, help="readers in the mixed scenarios")
+    parser.add_argument("--pairs", type=int, default=CHAT_CONVERSATIONS, help="readers in the mixed scenarios")
     parser.add_argument("--database", default=os.environ.get("PGDATABASE", "messenger"), help="the stack's database")
     parser.add_argument("--own-topology", action="store_true", help="start Consul, 2 instances and NGINX on free ports")
     args = parser.parse_args()
@@ -397,19 +438,24 @@ def measure(args: argparse.Namespace) -> int:
     # The WSGI servers' CPU is the posts' in every run, and is printed, not subtracted: its
     # difference between two runs is the machine's noise, which made the readers' figure
     # negative when the whole of both was subtracted.
-    posting = mixed(args.url, args.database, args.pairs, 20, "nothing")
+    posting = mixed(args.url, args.database, args.pairs, MIXED_WINDOW, "nothing")
     post_cpu = (posting["wsgi"] + posting["live"]) / max(posting["posts"], 1)
     post_live_cpu = posting["live"] / max(posting["posts"], 1)
     rows.append(
         (
             "mixed chat, the posts alone",
             f"{post_cpu * 1000:.2f} CPU ms per post (live listeners {post_live_cpu * 1000:.2f})",
-            f"{posting['posts']} posts",
+            f"{posting['posts']} posts in {MIXED_WINDOW:.0f} s",
         )
     )
     readers_cpu = {}
-    for mode, name in (("poll", "polling every 1 s"), ("wait", "long-polling"), ("stream", "on event streams")):
-        figures = mixed(args.url, args.database, args.pairs, 20, mode)
+    poll_interval = args.pairs / POSTS_PER_SECOND / (CHAT_POST_EVERY - 1)
+    for mode, name in (
+        ("poll", f"polling every {poll_interval:.1f} s"),
+        ("wait", "long-polling"),
+        ("stream", "on event streams"),
+    ):
+        figures = mixed(args.url, args.database, args.pairs, MIXED_WINDOW, mode)
         got = max(figures["delivered"], 1)
         total = figures["wsgi"] + figures["live"]
         readers_cpu[mode] = (figures["live"] - figures["posts"] * post_live_cpu) / got
@@ -419,7 +465,7 @@ def measure(args: argparse.Namespace) -> int:
                 f"{readers_cpu[mode] * 1000:.2f} CPU ms readers' and {total * 1000 / got:.2f} in all (WSGI"
                 f" {figures['wsgi'] * 1000 / got:.2f}, live {figures['live'] * 1000 / got:.2f}),"
                 f" {figures['requests'] / got:.2f} requests, per delivered message",
-                f"{figures['delivered']}/{figures['posts']} delivered",
+                f"{figures['delivered']} delivered in {MIXED_WINDOW:.0f} s; of all posts, {figures['all_delivered']}/{figures['all_posts']}",
             )
         )
     ratios = {mode: readers_cpu["poll"] / max(readers_cpu[mode], 1e-6) for mode in ("wait", "stream")}
