@@ -318,8 +318,8 @@ class OursSide:
         if scenario.kind == "post":
             empty_ours(self.info, self.shapes.hot_conversation)
         instance = self.instances[scenario.members_only]
-        # Each route where NGINX sends it: reads to the instance's live listener, the rest to its own port.
-        url = instance.reads_url if scenario.kind == "read" else instance.url
+        # Each route where NGINX sends it: reads and /health to the instance's live listener, posts to its own port.
+        url = instance.reads_url if scenario.kind in ("read", "health") else instance.url
         return measure(url, instance.cpu_seconds, scenario, self.shapes, duration)
 
     def stop(self) -> None:

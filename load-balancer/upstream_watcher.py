@@ -86,6 +86,11 @@ _NO_INSTANCE = [
 _BY_CONVERSATION = ["    hash $messenger_live_key consistent;"]
 
 
+def _host(address: str) -> str:
+    """An address as NGINX writes it before a port (an IPv6 literal in brackets)."""
+    return f"[{address}]" if ":" in address else address
+
+
 def render_upstream(service: str, instances: Sequence[tuple[str, int] | tuple[str, int, int]]) -> str:
     """The upstream lists for these instances, as nginx.ctmpl renders them.
 
@@ -99,8 +104,7 @@ def render_upstream(service: str, instances: Sequence[tuple[str, int] | tuple[st
     for upstream, port_of in (("messenger_service", 1), ("messenger_live", 2)):
         lines.append(f"upstream {upstream} {{")
         for server in servers:
-            host = f"[{server[0]}]" if ":" in server[0] else server[0]  # IPv6 literal
-            lines.append(f"    server {host}:{server[port_of]};")
+            lines.append(f"    server {_host(server[0])}:{server[port_of]};")
         lines += [
             *(_NO_INSTANCE if not servers else []),
             *(_BY_CONVERSATION if port_of == 2 else []),
@@ -108,6 +112,14 @@ def render_upstream(service: str, instances: Sequence[tuple[str, int] | tuple[st
         ]
         lines += ["}", ""]
     lines += [
+        "# Upstream-Host names the instance that answered as Consul's catalog does (its",
+        "# address and registered port), also when its live listener did; an address",
+        "# this list does not hold (several tried, comma-separated) is shown as it is.",
+        "map $upstream_addr $messenger_upstream_host {",
+        "    default $upstream_addr;",
+        *(f"    {_host(address)}:{live} {_host(address)}:{port};" for address, port, live in servers),
+        "}",
+        "",
         "# How many instances the upstream holds; 0 makes the server block answer 503.",
         'map "" $messenger_instances {',
         f"    default {len(servers)};",

@@ -96,6 +96,32 @@ def test_requests_through_the_load_balancer_reach_all_three_instances(topology):
     report("300 requests per instance", dict(served))
 
 
+def test_health_and_reads_reach_the_live_listener_and_upstream_host_names_the_instance_as_consul_does(
+    topology, conversation
+):
+    """NGINX sends a client's /health and the plain reads to the instance's live listener (its access log records
+    the live port) and a write to its ordinary port; Upstream-Host names the instance by its catalog address and
+    port in every case."""
+    [instance] = topology.ensure_instances(1)
+    address = topology.address(instance)
+    [entry] = topology.infra.passing().values()
+    live_address = f"{entry['Address']}:{entry['Meta']['live_port']}"
+    assert live_address != address
+    agent = f"upstream-host-probe-{time.monotonic_ns()}"
+    calls = [
+        ("GET", "/health", None, "live"),
+        ("GET", f"/conversations/{conversation}/messages", None, "live"),
+        ("GET", "/conversations", None, "live"),
+        ("POST", "/users", {"name": agent}, "ordinary"),
+    ]
+    for method, path, body, _ in calls:
+        status, _, headers = topology.request(method, path, body, headers={"User-Agent": agent, "User-Id": "1"})
+        assert status in (200, 201) and headers["Upstream-Host"] == address, (method, path, status, headers)
+    logged = [line for line in topology.nginx_log("access").read_text().splitlines() if agent in line]
+    upstreams = [re.search(r"upstream=(\S+)", line).group(1) for line in logged]
+    assert upstreams == [live_address if port == "live" else address for *_, port in calls], logged
+
+
 def test_links_the_service_builds_point_back_through_the_load_balancer(topology):
     """Host is passed through, so `next` pages (and the browsable API's links) stay behind port LB."""
     topology.ensure_instances(1)

@@ -10,8 +10,8 @@
 - A plain JSON GET of a message page or of the conversation list (NGINX
   sends every GET of those here) is answered on this loop
   (conversations.live.reads), as are the long-poll's and the stream's reads;
-  so is `/health` (the listener's own start-up check asks it: NGINX and
-  Consul ask the ordinary port's).
+  so is `/health` (NGINX sends a client's here, and the listener's own
+  start-up check asks it; Consul's check asks the ordinary port's).
 - Any other GET or HEAD is passed to the ordinary application as it is.
 """
 

@@ -1,9 +1,9 @@
 """The hot reads answered on the live listener's event loop, without Django's request cycle.
 
-NGINX sends every GET of a message page and of the conversation list to the
-instance's live listener (gunicorn's asyncio worker), which also answers
-`/health` for its own start-up check (NGINX and Consul ask the ordinary
-port's). A plain JSON request there (what DRF would answer with its JSON renderer) is
+NGINX sends every GET of a message page, of the conversation list and of
+`/health` to the instance's live listener (gunicorn's asyncio worker; Consul's
+check asks the ordinary port's `/health`, and so does the listener's own
+start-up check). A plain JSON request there (what DRF would answer with its JSON renderer) is
 answered here: its statement runs on one of the listener's asyncio
 connections (core.db.async_pool) and the answer is the one the WSGI route
 gives, byte for byte and header for header, with its log line, its metrics
