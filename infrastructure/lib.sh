@@ -428,11 +428,11 @@ stop_idle_supervisor() {
 
 # What every service instance is given, by name; each deploy script sets the
 # others. A name left unset (or empty) here takes the service's own default,
-# declared once in core/config.py: JSON_BODY_LIMIT and the discovery timings
-# are the caller's to change (the test suite shortens the timings), never
-# restated here.
+# declared once in core/config.py: JSON_BODY_LIMIT, READS_REQUIRE_MEMBER and the
+# discovery timings are the caller's to change (the test suite shortens the
+# timings), never restated here.
 INSTANCE_VARIABLES=(
-  APP_ENV PORT BIND_HOST JSON_BODY_LIMIT
+  APP_ENV PORT BIND_HOST JSON_BODY_LIMIT READS_REQUIRE_MEMBER
   PGUSER PGPORT PGHOST PGPASSWORD PGDATABASE
   AMQPHOST AMQPPORT
   CONSUL_HOST CONSUL_PORT CONSUL_SERVICE_NAME CONSUL_SERVICE_ADDRESS

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from conversations.refusals import MISSING_USER_ID, NOT_IN_CONVERSATION
 from core import config as config_schema
 from messenger.live_listener import LiveListener
 from tests.support.live import (
@@ -30,6 +31,7 @@ from tests.support.live import (
     get,
     live_addresses,
     new_conversation,
+    new_user,
     post,
 )
 from tests.support.load_balancer import Topology, alive
@@ -137,6 +139,55 @@ def test_a_thousand_held_waiters_do_not_stop_ordinary_requests_and_all_get_the_n
         bodies = [json.loads(answer.split(b"\r\n\r\n", 1)[1]) for answer in answers]
         assert all([m["id"] for m in body["messages"]] == [message["id"]] for body in bodies)
     finally:
+        topology.ensure_instances(2)
+
+
+def test_members_only_rules_hold_for_waiters_through_the_load_balancer(topology):
+    """Instances deployed with READS_REQUIRE_MEMBER on: a long-poll without User-Id or from an outsider, and an
+    outsider's stream, are refused at once through NGINX; a participant waiting on each instance gets the message
+    the other participant posts through NGINX meanwhile."""
+    member, outsider = new_user(topology), new_user(topology)
+    conversation = new_conversation(topology, member)
+    topology.stop_instance()  # all of them: every instance behind NGINX reads members only
+    members_only = [topology.infra.deploy(READS_REQUIRE_MEMBER="true") for _ in range(2)]
+    try:
+        topology.wait_routed({topology.address(i) for i in members_only})
+        page = f"/conversations/{conversation}/messages?wait=30"
+        cases = [
+            (page, {}, MISSING_USER_ID),
+            (page, {"User-Id": str(outsider)}, NOT_IN_CONVERSATION.format(user_id=outsider)),
+            (
+                f"/conversations/{conversation}/stream",
+                {"User-Id": str(outsider)},
+                NOT_IN_CONVERSATION.format(user_id=outsider),
+            ),
+        ]
+        for path, headers, error in cases:
+            status, body, seconds = get("127.0.0.1", topology.lb_port, path, headers)
+            assert (status, json.loads(body)) == (400, {"error": error}), (path, headers)
+            assert seconds < 5, (path, headers)  # refused, not held until the wait's 30 s
+        after = post(topology, conversation, "before the members wait")["index"]
+        addresses = live_addresses(topology)
+        answers: list[tuple[int, bytes, float]] = []
+        waiters = [
+            threading.Thread(
+                target=lambda address=address: answers.append(
+                    get(*address, f"{page}&after_index={after}", {"User-Id": str(member)})
+                )
+            )
+            for address in addresses
+        ]
+        for thread in waiters:
+            thread.start()
+        wait_until(lambda: established_to(addresses) >= 2, 10, what="both waiters held")
+        message = post(topology, conversation, "for members")
+        for thread in waiters:
+            thread.join(timeout=40)
+        assert [(status, [m["id"] for m in json.loads(body)["messages"]]) for status, body, _ in answers] == [
+            (200, [message["id"]])
+        ] * 2
+    finally:
+        topology.stop_instance(*members_only)
         topology.ensure_instances(2)
 
 

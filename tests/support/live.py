@@ -45,11 +45,15 @@ def live_addresses(system: ThroughLoadBalancer) -> list[tuple[str, int]]:
     return sorted((e["Service"]["Address"], int(e["Service"]["Meta"]["live_port"])) for e in json.loads(body))
 
 
-def new_conversation(system: ThroughLoadBalancer) -> int:
-    """A fresh conversation between a new user and seed user 1, through the load balancer."""
+def new_user(system: ThroughLoadBalancer) -> int:
     status, body, _ = system.request("POST", "/users", {"name": f"live {time.monotonic_ns()}"})
     assert status == 201, body
-    participants = [1, json.loads(body)["user"]["id"]]
+    return json.loads(body)["user"]["id"]
+
+
+def new_conversation(system: ThroughLoadBalancer, user: int | None = None) -> int:
+    """A fresh conversation between seed user 1 and `user` (a new user if none), through the load balancer."""
+    participants = [1, user or new_user(system)]
     status, body, _ = system.request("POST", "/conversations", {"participant_ids": participants})
     assert status == 201, body
     return json.loads(body)["conversation"]["id"]
