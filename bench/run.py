@@ -23,7 +23,8 @@ Besides the table it prints the CPU each part of the stack spent per request in
 each scenario (which is steadier than requests/s on a shared machine, and says
 where a scenario's time goes) and memory: RSS per serving instance, and the
 whole stack as PSS (shared pages counted once). Only this stack's processes are
-counted: instances and worker by the database they serve, PostgreSQL's backends
+counted: instances (each one's WSGI server and live listener, their masters and
+workers) and worker by the database they serve, PostgreSQL's backends
 of that database and its own processes, the load balancer's NGINX under
 MESSENGER_STATE_DIR, the Consul agent on CONSUL_PORT, RabbitMQ. Before the read
 scenarios it waits for the worker to relay the posts' events, and says how long
@@ -384,7 +385,8 @@ class Stack:
 
     def _component(self, process: Process) -> str | None:
         cmdline = process.cmdline
-        if "gunicorn" in cmdline and "messenger.wsgi" in cmdline:
+        # An instance is two gunicorn servers: the WSGI one and the live listener it starts (messenger.asgi_live).
+        if "gunicorn" in cmdline and ("messenger.wsgi" in cmdline or "messenger.asgi_live" in cmdline):
             return "instances" if _environ(process.pid).get("PGDATABASE") == self.database else None
         if "celery" in cmdline and "messenger" in cmdline:
             return "worker" if _environ(process.pid).get("PGDATABASE") == self.database else None
@@ -413,14 +415,13 @@ class Stack:
     def memory_mib(self) -> tuple[list[float], dict[str, float]]:
         """RSS of each serving instance (gunicorn master plus workers), and PSS by component."""
         processes = self.processes()
+        serving = {p.pid: p for p in processes if p.component == "instances"}
         instance_of = {}
-        for process in processes:
-            if process.component == "instances":
-                instance_of[process.pid] = (
-                    process.parent
-                    if any(p.pid == process.parent and p.component == "instances" for p in processes)
-                    else process.pid
-                )
+        for process in serving.values():
+            root = process  # the WSGI master: its workers, its live listener's master and worker are below it
+            while root.parent in serving:
+                root = serving[root.parent]
+            instance_of[process.pid] = root.pid
         rss: dict[int, float] = {}
         pss = {component: 0.0 for component in COMPONENTS}
         for process in processes:
