@@ -1,10 +1,14 @@
 """`make bench` fails when a target is missed, and says which (bench/run.py's missed_targets)."""
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.processes import wait_until
 
 _spec = importlib.util.spec_from_file_location("bench_run", Path(__file__).resolve().parent.parent / "bench" / "run.py")
 assert _spec and _spec.loader
@@ -100,3 +104,44 @@ def test_reference_rows_meeting_their_targets_miss_none():
 def test_a_missed_reference_target_is_named_with_its_figure(key, ours, reference, missed):
     result = bench_reference.missed_targets(side_by_side(key, ours, reference))
     assert len(result) == 1 and result[0].startswith(missed), result
+
+
+def test_an_instances_live_listener_is_counted_with_it():
+    """The stack's figures count each instance's whole process tree: its WSGI gunicorn and the live listener's
+    gunicorn it starts (messenger.asgi_live), grouped as one instance. Stand-in processes with those command
+    lines and the bench's database (the live listener's had been left out of the CPU and memory figures)."""
+    database = f"bench_attribution_{os.getpid()}"
+    sleeper = "import time; time.sleep(60)"
+    live = [
+        sys.executable,
+        "-c",
+        sleeper,
+        "gunicorn",
+        "-c",
+        "messenger/gunicorn_live_conf.py",
+        "messenger.asgi_live:application",
+    ]
+    master = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess; subprocess.Popen({live!r}); {sleeper}",
+            "gunicorn",
+            "messenger.wsgi",
+        ],
+        env={**os.environ, "PGDATABASE": database},
+    )
+    try:
+        stack = bench_run.Stack(database)
+        instances = wait_until(
+            lambda: len(found := [p for p in stack.processes() if p.component == "instances"]) == 2 and found,
+            10,
+            what="the stand-in instance and its live listener",
+        )
+        assert sorted(p.pid == master.pid for p in instances) == [False, True]
+        rss, pss = stack.memory_mib()
+        assert len(rss) == 1 and pss["instances"] > 0  # one instance, both processes in it
+    finally:
+        subprocess.run(["pkill", "-KILL", "-P", str(master.pid)], check=False)
+        master.kill()
+        master.wait()
