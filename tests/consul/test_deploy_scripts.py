@@ -43,6 +43,7 @@ INSTANCE_VARIABLES = {
     "PORT",
     "BIND_HOST",
     "JSON_BODY_LIMIT",
+    "READS_REQUIRE_MEMBER",
     "PGUSER",
     "PGPORT",
     "PGHOST",
@@ -117,6 +118,7 @@ def test_db_script_keys_reach_the_instance_the_deploy_script_starts(infrastructu
         "BIND_HOST": "127.0.0.1",
         # Left to the service's own default (core/config.py), which the config command below shows.
         "JSON_BODY_LIMIT": "",
+        "READS_REQUIRE_MEMBER": "",
         "PGUSER": PLATFORM["POSTGRES_APPLICATION_USER"],
         "PGPORT": PLATFORM["POSTGRES_PORT"],
         "PGHOST": "127.0.0.1",
