@@ -211,6 +211,13 @@ report_failed_task() {  # task id
   manager service logs --raw --tail 30 "${task}" >&2 || true
 }
 
+# The newest task of SERVICE that ran IMAGE (`docker service ps` lists each slot's tasks newest first);
+# nothing when none is found.
+last_task_of_image() {  # service image
+  { manager service ps --no-trunc --format '{{.ID}} {{.Image}}' "$(service "$1")" 2>/dev/null || true; } |
+    awk -v image="$2" '$2 == image || index($2, image "@") == 1 { print $1; exit }'
+}
+
 update_started() { manager service inspect --format '{{if .UpdateStatus}}{{.UpdateStatus.StartedAt}}{{end}}' "$(service "$1")"; }
 running_image() { manager service inspect --format '{{.Spec.TaskTemplate.ContainerSpec.Image}}' "$(service "$1")" 2>/dev/null || true; }
 
@@ -263,7 +270,7 @@ up() {
 # and kept only once healthy; a task that fails its health check rolls the
 # whole service back (compose.swarm.yaml's update_config).
 deploy() {
-  local image=${1:-} target previous result started worker_started
+  local image=${1:-} target previous result started worker_started failed_task
   if [ -z "${image}" ]; then
     step "building the messenger image from this tree"
     replace_image "${MESSENGER_IMAGE}:latest" -f "${REPO_ROOT}/docker/Dockerfile" "${REPO_ROOT}"
@@ -293,7 +300,11 @@ deploy() {
       # again, so the worker and the migrator job run it too.
       wait_for_update messenger-worker "${worker_started}" >/dev/null
       MIGRATOR_IMAGE_REF="${previous}" MESSENGER_IMAGE_REF="${previous}" deploy_stack
-      [ -z "${result#* }" ] || report_failed_task "${result#* }"
+      # The update's message names the task only while the rollback runs; a rollback that
+      # ended between two looks is reported by the newest task that ran the image.
+      failed_task="${result#* }"
+      [ -n "${failed_task}" ] || failed_task="$(last_task_of_image messenger "${target}")"
+      [ -z "${failed_task}" ] || report_failed_task "${failed_task}"
       die "${target} (${image}) failed its health check: $(service messenger) rolled back to ${previous}"
       ;;
     *) die "$(service messenger): update ${result} (docker service ps $(service messenger))" ;;
