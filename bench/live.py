@@ -267,18 +267,22 @@ def _follow_stream(base: str, conversation: int, streams: list[socket.socket], d
         conn.close()
 
 
+def poll_interval(pairs: int) -> float:
+    """How often a polling reader asks: each conversation gets a post every pairs / POSTS_PER_SECOND seconds,
+    and make bench's mixed scenario has CHAT_POST_EVERY - 1 reads to a post."""
+    return pairs / POSTS_PER_SECOND / (CHAT_POST_EVERY - 1)
+
+
 def mixed(base: str, database: str, pairs: int, window: float, readers_do: str) -> dict[str, float]:
     """make bench's mixed chat workload with `pairs` readers, each following its conversation, while one
     client posts POSTS_PER_SECOND messages a second across their conversations: the requests readers sent,
     the messages they received and the instances' CPU, all counted over `window` seconds of steady state
     (after MIXED_SETTLE seconds in which every reader has sent its first request).
 
-    `readers_do`: "poll" (each reader asks every `poll_interval`, so that there are CHAT_POST_EVERY - 1
-    reads to a post, as in make bench's mixed scenario), "wait" (long-poll), "stream" (one event stream
+    `readers_do`: "poll" (each reader asks every `poll_interval(pairs)`), "wait" (long-poll), "stream" (one event stream
     each) or "nothing" (no readers: the posts' own CPU)."""
     conversations = [new_conversation(base) for _ in range(pairs)]
-    # Each conversation gets a post every pairs / POSTS_PER_SECOND seconds.
-    poll_interval = pairs / POSTS_PER_SECOND / (CHAT_POST_EVERY - 1)
+    interval = poll_interval(pairs)
     begin = time.monotonic() + MIXED_SETTLE
     end = begin + window
     stop = end + 1
@@ -294,11 +298,11 @@ def mixed(base: str, database: str, pairs: int, window: float, readers_do: str) 
             return
         after = 0
         # Polling clients opened at different moments: spread over one interval, not all at once.
-        next_poll = time.monotonic() + random.uniform(0, poll_interval)
+        next_poll = time.monotonic() + random.uniform(0, interval)
         while time.monotonic() < stop:
             if readers_do == "poll":
                 time.sleep(max(0.0, next_poll - time.monotonic()))  # the polling client's interval
-                next_poll += poll_interval
+                next_poll += interval
             wait = f"&wait={min(WAIT, max(1, int(stop - time.monotonic())))}" if readers_do == "wait" else ""
             requested_at.append(time.monotonic())
             _, body = request(base, "GET", f"/conversations/{conversation}/messages?after_index={after}{wait}")
@@ -449,9 +453,8 @@ def measure(args: argparse.Namespace) -> int:
         )
     )
     readers_cpu = {}
-    poll_interval = args.pairs / POSTS_PER_SECOND / (CHAT_POST_EVERY - 1)
     for mode, name in (
-        ("poll", f"polling every {poll_interval:.1f} s"),
+        ("poll", f"polling every {poll_interval(args.pairs):.1f} s"),
         ("wait", "long-polling"),
         ("stream", "on event streams"),
     ):
