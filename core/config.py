@@ -202,7 +202,7 @@ SCHEMA: tuple[Setting, ...] = (
             default="1m"),
     Setting("CONSUL_RETRY_INTERVAL", "duration", "Longest wait between registration attempts while Consul is unreachable (once registered, the agent is asked every second).",
             default="10s"),
-    Setting("SHUTDOWN_DRAIN_SECONDS", "float", "Seconds a registered instance keeps serving after deregistering on SIGTERM/SIGINT, so the load balancer drops it first.",
+    Setting("SHUTDOWN_DRAIN_SECONDS", "float", "Seconds a registered instance keeps serving after deregistering on SIGTERM/SIGINT, so the load balancer drops it first; as long again at most while requests still arrive.",
             default=5, env_defaults={"test": 0.5}),
     # --- API behaviour and observability -------------------------------------
     Setting("READS_REQUIRE_MEMBER", "bool", "Only participants may read a conversation's messages (User-Id required); off keeps the tutorial's open reads.",

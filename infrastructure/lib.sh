@@ -33,9 +33,6 @@ while IFS= read -r docker_env_line; do
   [ -n "${!docker_env_name:-}" ] || printf -v "${docker_env_name}" '%s' "${docker_env_line#*=}"
 done <"${REPO_ROOT}/docker/.env"
 unset docker_env_line docker_env_name
-# Longer than an instance's SHUTDOWN_DRAIN_SECONDS plus GRACEFUL_TIMEOUT
-# (5 + 20 by default): a graceful stop is never cut short by a SIGKILL.
-STOP_TIMEOUT_SECONDS=40
 
 # Where the local runtime keeps pid, log and environment files.
 MESSENGER_STATE_DIR="${MESSENGER_STATE_DIR:-${REPO_ROOT}/.state}"

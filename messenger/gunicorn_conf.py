@@ -6,7 +6,6 @@ Start a serving instance with:
 
 import os
 import socket
-import time
 from pathlib import Path
 
 from gunicorn.errors import HaltServer
@@ -15,7 +14,7 @@ from core import config as config_schema
 from core.http import gunicorn_refusals
 from core.logging import gunicorn_logging
 from discovery import registration as discovery
-from messenger import live_listener, startup_checks
+from messenger import live_listener, shutdown_drain, startup_checks
 
 _config = config_schema.load()
 
@@ -125,6 +124,15 @@ if _live is not None:
         _live.start()
 
 
+# When a request last reached a worker: the drain on SIGTERM lasts while requests still arrive.
+# Made here, in the master, so every worker it forks writes to the same memory.
+_traffic = shutdown_drain.Traffic()
+
+
+def pre_request(worker, req):
+    _traffic.seen(req.path)
+
+
 def when_ready(server):
     if _config.PORT_FILE:  # what the container's health check asks, where PORT=0 chose the port
         Path(_config.PORT_FILE).write_text(f"{_config.PORT}\n")
@@ -168,8 +176,8 @@ def _deregister_then(stop, server):
             server.log.info(
                 "Deregistered from Consul; serving %ss more before stopping", _config.SHUTDOWN_DRAIN_SECONDS
             )
-            # The workers keep serving while the master waits here.
-            time.sleep(_config.SHUTDOWN_DRAIN_SECONDS)
+            # The workers keep serving while the master waits here (longer while requests still arrive).
+            shutdown_drain.drain(_traffic, _config.SHUTDOWN_DRAIN_SECONDS, server.log.warning)
         if _live is not None:
             _live.stop()  # its waiters are answered, not cut, while no new ones arrive
         stop()

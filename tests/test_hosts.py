@@ -197,6 +197,16 @@ class Swarm(Stack):
         errors = [line for line in logged.stderr.splitlines() if "[error]" in line or "[warn]" in line]
         return "NGINX's last errors:\n" + "\n".join(errors[-40:])
 
+    def instances_lifecycle(self) -> str:
+        """The serving tasks' own lines other than the request log (start, registration, SIGTERM, drain, stop,
+        warnings), their last 60, and NGINX's errors: what a drill that saw a failed request shows with it."""
+        logged = run(
+            str(INFRA / "hosts.sh"), "docker", HOSTS[0], "service", "logs", "--raw", f"{STACK}_messenger",
+            timeout=120, check=False,
+        )  # fmt: skip
+        lines = [line for line in (logged.stdout + logged.stderr).splitlines() if '"msg":"request"' not in line]
+        return "the instances' lifecycle:\n" + "\n".join(lines[-60:]) + "\n" + self.load_balancer_errors()
+
     def kv(self, key: str) -> str:
         return wait_until(
             lambda: run("curl", "--silent", "--fail", "--max-time", "5", f"{EDGE_CONSUL}/v1/kv/{key}?raw").stdout,
@@ -474,7 +484,7 @@ def test_make_deploy_rolls_a_new_image_out_under_load_with_no_failed_request(swa
         more = loop.count()
         wait_until(lambda: loop.count() >= more + 100, 30, what="100 requests after the deploy")
     report("make deploy (3 instances, one at a time)", f"{took:.1f}s, {loop.count()} requests, 0 failed expected")
-    assert loop.failures() == []
+    assert loop.failures() == [], swarm.instances_lifecycle()
     new_id = run("docker", "image", "inspect", "--format", "{{.Id}}", image).stdout.strip().removeprefix("sha256:")
     assert {image for _, image in swarm.running_tasks()} == {f"messenger:{new_id[:12]}"}
     assert_every_201_stored_once(swarm, loop)
@@ -504,7 +514,7 @@ def test_a_deploy_whose_health_check_fails_rolls_back_by_itself_with_no_failed_r
     assert re.search(r"task \w+ on messenger-host-\d: health unhealthy; its last checks: exit 1", deploy.stderr), (
         deploy.stderr
     )
-    assert loop.failures() == []
+    assert loop.failures() == [], swarm.instances_lifecycle()
     swarm.settled()
     assert {image for _, image in swarm.running_tasks()} == serving
     # The stack declares the previous image again, so the worker (rolled with the instances) returns to it.

@@ -193,6 +193,57 @@ def test_graceful_stop_under_load_fails_no_request(topology, conversation):
     assert_each_post_stored_once(topology, loop, conversation)
 
 
+def test_a_stopping_instance_the_load_balancer_still_routes_to_serves_past_its_drain_and_fails_no_request(
+    topology, conversation
+):
+    """The load balancer drops a deregistered instance late (its watcher paused here: a loaded host, a slow
+    agent): the instance goes on serving past SHUTDOWN_DRAIN_SECONDS while requests arrive, and stops once
+    they stop, so no request meets a server that no longer accepts."""
+    (other,) = topology.ensure_instances(1)
+    drain = 6.0
+    # Past the drain, and past the second or two the instance's live listener takes to stop (the WSGI
+    # workers serve on meanwhile), yet within the longest drain (twice `drain`) with time left for the
+    # watcher to render the list once it runs again.
+    late = drain + 3.0
+    victim = topology.infra.deploy(SHUTDOWN_DRAIN_SECONDS=str(drain))
+    topology.wait_routed({topology.address(other), topology.address(victim)})
+    watcher = topology.watcher_pid()
+
+    with ClientLoop(topology, conversation, user_id=1, threads=4, max_requests=100000, max_seconds=120) as loop:
+        wait_until(lambda: loop.count() >= 100, 30, what="100 requests before the stop")
+        os.kill(watcher, signal.SIGSTOP)  # NGINX's list keeps naming the victim after it deregisters
+        try:
+            stopped_at = time.monotonic()
+            stopping = topology.infra.start("messenger-stop.sh", victim)
+            try:
+                served_late = wait_until(
+                    lambda: [
+                        o
+                        for o in loop.snapshot()
+                        if o.upstream == topology.address(victim) and o.ok and o.started > stopped_at + late
+                    ],
+                    late + 10,
+                    interval=0.05,
+                    what=f"a request the stopping instance served more than {late}s after its SIGTERM",
+                )
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}\n{_evidence(topology, victim)}") from None
+            assert stopping.poll() is None, "the instance stopped while the load balancer still routed to it"
+        finally:
+            os.kill(watcher, signal.SIGCONT)
+        topology.wait_routed({topology.address(other)})
+        _, stop_errors = stopping.communicate(timeout=60)
+        stopped = time.monotonic() - stopped_at
+        after = loop.count()
+        wait_until(lambda: loop.count() >= after + 100, 30, what="100 requests after the stop")
+
+    report("a late render: the stopping instance served until", f"{stopped:.1f}s after its SIGTERM (drain {drain}s)")
+    assert stopping.returncode == 0, stop_errors
+    assert served_late
+    assert loop.failures() == [], _evidence(topology, victim)
+    assert_each_post_stored_once(topology, loop, conversation)
+
+
 def _process_group(pgid: int) -> list[int]:
     """The processes whose process group is `pgid` (an instance: its master and workers)."""
     members = []
