@@ -11,7 +11,7 @@ from pathlib import Path
 from gunicorn.errors import HaltServer
 
 from core import config as config_schema
-from core.http import gunicorn_refusals
+from core.http import gunicorn_keepalive, gunicorn_refusals
 from core.logging import gunicorn_logging
 from discovery import registration as discovery
 from messenger import live_listener, shutdown_drain, startup_checks
@@ -131,6 +131,7 @@ _traffic = shutdown_drain.Traffic()
 
 def pre_request(worker, req):
     _traffic.seen(req.path)
+    gunicorn_keepalive.close_after_a_body_it_cannot_drain(req)
 
 
 def when_ready(server):

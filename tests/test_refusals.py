@@ -245,6 +245,47 @@ def test_gunicorn_quotes_its_own_limit_in_the_refusal(service):
     }
 
 
+def keep_alive_request(method: str, target: str, headers: str = "", body: bytes = b"") -> bytes:
+    """`request` without `Connection: close`: HTTP/1.1's default, a connection kept for the next request."""
+    return request(method, target, headers, body).replace(b"Connection: close\r\n", b"", 1)
+
+
+# A body the service refuses by its Content-Length alone, without reading it (past JSON_BODY_LIMIT, 100kb).
+OVER_THE_LIMIT = b'{"content":"' + b"x" * 200_000 + b'"}'
+
+
+def test_an_answer_before_a_body_too_long_to_drain_says_connection_close(service):
+    """gunicorn reads an unread body (to keep the connection) only up to 64 KiB, then closes: the answer says so
+    (core/http/gunicorn_keepalive.py). A short refused body keeps the connection, and the next request is served."""
+    with socket.create_connection(("127.0.0.1", service.port), timeout=15) as sock:
+        sock.sendall(keep_alive_request("POST", "/conversations/1/messages", JSON + USER, OVER_THE_LIMIT))
+        answer = b""
+        while chunk := sock.recv(65536):  # until the server closes: it must, having said so
+            answer += chunk
+    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    assert head.startswith("http/1.1 413") and "\r\nconnection: close" in head, head
+
+    with socket.create_connection(("127.0.0.1", service.port), timeout=15) as sock:
+        sock.sendall(keep_alive_request("POST", "/conversations/1/messages", JSON + USER, b'{"content":' + b" " * 1000))
+        sock.sendall(request("GET", "/health"))  # on the same connection, after the refused one
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b"connection: close" not in answer.lower().split(b"\r\n\r\n")[0]
+    assert answer.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200" in answer, answer[-500:]
+
+
+def test_a_refused_long_body_leaves_the_load_balancer_no_broken_connection_for_the_next_post(service, load_balancer):
+    """NGINX keeps its connections to the instance for the next client. One an over-long body's refusal left
+    announced as kept but closed after it, and the next POST sent on it was answered 502 (CI saw it twice)."""
+    refused = request("POST", "/conversations/1/messages", JSON + USER, OVER_THE_LIMIT)
+    after = request("POST", "/conversations", JSON, b'{"participant_ids":[1,1]}')  # refused 400: stores nothing
+    for attempt in range(30):
+        assert send(load_balancer.port, refused)[0] == 413
+        status, _, body = send(load_balancer.port, after)
+        assert status == 400, (attempt, body)
+
+
 def test_no_refused_request_stored_anything_or_failed_inside_the_service(service, load_balancer, database):
     """Every case sent once more to both layers, then: no message row exists, and the request log has no 5xx and
     no traceback. (The cases above are spread over the xdist workers, each with the module's service of its own:
