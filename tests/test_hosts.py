@@ -197,15 +197,37 @@ class Swarm(Stack):
         errors = [line for line in logged.stderr.splitlines() if "[error]" in line or "[warn]" in line]
         return "NGINX's last errors:\n" + "\n".join(errors[-40:])
 
-    def instances_lifecycle(self) -> str:
-        """The serving tasks' own lines other than the request log (start, registration, SIGTERM, drain, stop,
-        warnings), their last 60, and NGINX's errors: what a drill that saw a failed request shows with it."""
-        logged = run(
-            str(INFRA / "hosts.sh"), "docker", HOSTS[0], "service", "logs", "--raw", f"{STACK}_messenger",
-            timeout=120, check=False,
-        )  # fmt: skip
-        lines = [line for line in (logged.stdout + logged.stderr).splitlines() if '"msg":"request"' not in line]
-        return "the instances' lifecycle:\n" + "\n".join(lines[-60:]) + "\n" + self.load_balancer_errors()
+    def instances_lifecycle(self, failures: list) -> str:
+        """What a drill that saw failed requests shows with them: the failures, each serving task's own lines
+        other than the request log (start, registration, SIGTERM, drain, stop, warnings) as its node keeps
+        them, and NGINX's errors. Each look is bounded and may fail on its own: the report never hides the
+        failures it comes with."""
+        report = [f"{len(failures)} failed: {failures[:10]}"]
+        for host in HOSTS:
+            try:
+                containers = self.containers_of("messenger", host)
+                for container in containers[:8]:
+                    logged = run(
+                        str(INFRA / "hosts.sh"), "docker", host, "logs", "--tail", "400", container,
+                        timeout=30, check=False,
+                    )  # fmt: skip
+                    lines = [
+                        line for line in (logged.stdout + logged.stderr).splitlines() if '"msg":"request"' not in line
+                    ]
+                    report.append(f"--- {host} {container}:\n" + "\n".join(lines[-25:]))
+            except (subprocess.SubprocessError, OSError, AssertionError) as exc:
+                report.append(f"--- {host}: no logs ({exc!r})")
+        try:
+            report.append(self.load_balancer_errors())
+        except (subprocess.SubprocessError, OSError, AssertionError) as exc:
+            report.append(f"NGINX's errors unavailable ({exc!r})")
+        return "\n".join(report)
+
+    def containers_of(self, service: str, host: str) -> list[str]:
+        """Ids of every container (running or ended) of a stack service's tasks on one host, newest first."""
+        return self.docker(
+            "ps", "--all", "--quiet", "--filter", f"label=com.docker.swarm.service.name={STACK}_{service}", host=host
+        ).split()  # fmt: skip
 
     def kv(self, key: str) -> str:
         return wait_until(
@@ -471,6 +493,7 @@ def _image_with(tag: str, dockerfile_tail: str) -> str:
     return tag
 
 
+@pytest.mark.quiet_machine
 def test_make_deploy_rolls_a_new_image_out_under_load_with_no_failed_request(swarm):
     swarm.settled()
     image = _image_with("messenger:drill-next", f"LABEL org.messenger.drill={time.time_ns()}")
@@ -484,12 +507,13 @@ def test_make_deploy_rolls_a_new_image_out_under_load_with_no_failed_request(swa
         more = loop.count()
         wait_until(lambda: loop.count() >= more + 100, 30, what="100 requests after the deploy")
     report("make deploy (3 instances, one at a time)", f"{took:.1f}s, {loop.count()} requests, 0 failed expected")
-    assert loop.failures() == [], swarm.instances_lifecycle()
+    assert loop.failures() == [], swarm.instances_lifecycle(loop.failures())
     new_id = run("docker", "image", "inspect", "--format", "{{.Id}}", image).stdout.strip().removeprefix("sha256:")
     assert {image for _, image in swarm.running_tasks()} == {f"messenger:{new_id[:12]}"}
     assert_every_201_stored_once(swarm, loop)
 
 
+@pytest.mark.quiet_machine
 def test_a_deploy_whose_health_check_fails_rolls_back_by_itself_with_no_failed_request(swarm):
     swarm.settled()
     serving = {image for _, image in swarm.running_tasks()}
@@ -514,7 +538,7 @@ def test_a_deploy_whose_health_check_fails_rolls_back_by_itself_with_no_failed_r
     assert re.search(r"task \w+ on messenger-host-\d: health unhealthy; its last checks: exit 1", deploy.stderr), (
         deploy.stderr
     )
-    assert loop.failures() == [], swarm.instances_lifecycle()
+    assert loop.failures() == [], swarm.instances_lifecycle(loop.failures())
     swarm.settled()
     assert {image for _, image in swarm.running_tasks()} == serving
     # The stack declares the previous image again, so the worker (rolled with the instances) returns to it.
