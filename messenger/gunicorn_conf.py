@@ -97,6 +97,8 @@ limit_request_line = gunicorn_refusals.LIMIT_REQUEST_LINE
 limit_request_fields = gunicorn_refusals.LIMIT_REQUEST_FIELDS
 limit_request_field_size = gunicorn_refusals.LIMIT_REQUEST_FIELD_SIZE
 gunicorn_refusals.install()
+# An unread body is read to its end, up to NGINX's cap, before the connection serves again.
+gunicorn_keepalive.install()
 
 
 def on_starting(server):

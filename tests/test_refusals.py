@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 
 import psycopg
 import pytest
 
-from core.http import gunicorn_refusals
+from core.http import gunicorn_keepalive, gunicorn_refusals
 from tests.support.infrastructure import fresh_database, migrated_database
 from tests.support.load_balancer import nginx_in_front_of
+from tests.support.processes import REPO_ROOT
 from tests.support.service import ServiceProcess, call, manage
 
 pytestmark = pytest.mark.slow
@@ -254,25 +256,44 @@ def keep_alive_request(method: str, target: str, headers: str = "", body: bytes 
 OVER_THE_LIMIT = b'{"content":"' + b"x" * 200_000 + b'"}'
 
 
-def test_an_answer_before_a_body_too_long_to_drain_says_connection_close(service):
-    """gunicorn reads an unread body (to keep the connection) only up to 64 KiB, then closes: the answer says so
-    (core/http/gunicorn_keepalive.py). A short refused body keeps the connection, and the next request is served."""
+def read_to_the_end(sock: socket.socket) -> bytes:
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_a_refused_body_is_read_to_its_end_and_its_connection_serves_the_next_request(service):
+    """A body refused unread (past JSON_BODY_LIMIT) is read after the answer, up to NGINX's cap, so the connection
+    the answer kept alive serves the next request (core/http/gunicorn_keepalive.py)."""
     with socket.create_connection(("127.0.0.1", service.port), timeout=15) as sock:
         sock.sendall(keep_alive_request("POST", "/conversations/1/messages", JSON + USER, OVER_THE_LIMIT))
-        answer = b""
-        while chunk := sock.recv(65536):  # until the server closes: it must, having said so
-            answer += chunk
-    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
-    assert head.startswith("http/1.1 413") and "\r\nconnection: close" in head, head
-
-    with socket.create_connection(("127.0.0.1", service.port), timeout=15) as sock:
-        sock.sendall(keep_alive_request("POST", "/conversations/1/messages", JSON + USER, b'{"content":' + b" " * 1000))
         sock.sendall(request("GET", "/health"))  # on the same connection, after the refused one
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    assert answer.startswith(b"HTTP/1.1 400") and b"connection: close" not in answer.lower().split(b"\r\n\r\n")[0]
+        answer = read_to_the_end(sock)
+    first_head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    assert first_head.startswith("http/1.1 413") and "connection: close" not in first_head, first_head
     assert answer.count(b"HTTP/1.1 ") == 2 and b"HTTP/1.1 200" in answer, answer[-500:]
+
+
+def test_a_body_longer_than_gunicorn_reads_is_answered_with_connection_close(service):
+    """Past what gunicorn reads of an unread body (only a client that bypasses NGINX can send one), the answer
+    says the connection closes, and it does."""
+    declared = gunicorn_keepalive.DRAINED_AT_MOST + 1
+    head = (
+        f"POST /conversations/1/messages HTTP/1.1\r\nHost: localhost\r\n{JSON}{USER}Content-Length: {declared}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", service.port), timeout=15) as sock:
+        sock.sendall(head.encode("latin-1") + b'{"content":"')
+        answer = read_to_the_end(sock)  # ends: the server closes
+    answer_head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    assert answer_head.startswith("http/1.1 413") and "\r\nconnection: close" in answer_head, answer_head
+
+
+def test_gunicorn_reads_every_body_nginx_passes():
+    """NGINX's client_max_body_size is no more than what gunicorn reads of an unread body."""
+    conf = (REPO_ROOT / "load-balancer" / "messenger-server.conf").read_text()
+    megabytes = int(re.search(r"^\s*client_max_body_size (\d+)m;", conf, re.MULTILINE).group(1))
+    assert megabytes * 1024 * 1024 <= gunicorn_keepalive.DRAINED_AT_MOST
 
 
 def test_a_refused_long_body_leaves_the_load_balancer_no_broken_connection_for_the_next_post(service, load_balancer):
