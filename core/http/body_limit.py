@@ -1,7 +1,8 @@
 """Refuse oversized request bodies before anything reads them.
 
 Runs first in the middleware stack. A declared `Content-Length` over
-`JSON_BODY_LIMIT` is refused at once, unread. A chunked body (no
+`JSON_BODY_LIMIT` is refused at once, unread (gunicorn reads it after the
+answer, so the connection can serve again: core/http/gunicorn_keepalive.py). A chunked body (no
 Content-Length) is read up to one byte past the limit, refused if it goes
 past (413) or if its chunked framing is broken (400), and otherwise handed on
 as a normal body — Django itself ignores chunked
