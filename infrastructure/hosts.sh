@@ -83,7 +83,7 @@ wait_for_engine() {  # host data-folder
 }
 
 require_host() {
-  hosts | grep -qx -- "$1" || die "no host '$1' (known: $(hosts | tr '\n' ' '))"
+  hosts | grep -x -- "$1" >/dev/null || die "no host '$1' (known: $(hosts | tr '\n' ' '))"
 }
 
 make_host() {  # HOST: its namespace, link and address, and a hosts file naming every host
@@ -255,7 +255,7 @@ up() {
   ip link set "${BRIDGE}" up
   for n in $(seq 1 "${count}"); do
     host="${HOST_PREFIX}${n}"
-    hosts | grep -qx -- "${host}" || make_host "${host}"
+    hosts | grep -x -- "${host}" >/dev/null || make_host "${host}"
     ip link set "$(host_link "${host}")" up  # a host whose link was cut comes back too
   done
   write_hosts_files

@@ -373,7 +373,7 @@ supervise() {
     [ -n "${pid}" ] || pid="${now}"
     if [ -n "${pid}" ]; then
       case "${ready}" in
-        log:*) tail -c "+$((log_offset + 1))" "${logfile}" 2>/dev/null | grep -qF -- "${ready#log:}" && is_ready=true ;;
+        log:*) tail -c "+$((log_offset + 1))" "${logfile}" 2>/dev/null | grep -F -- "${ready#log:}" >/dev/null && is_ready=true ;;
         *) port_answers 127.0.0.1 "${ready}" && is_ready=true ;;
       esac
       # Whether it became ready, not which poll this was: the last one counts too.

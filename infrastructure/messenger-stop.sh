@@ -43,7 +43,9 @@ if [ "${ALL}" = true ]; then
   [ "${#IDS[@]}" -gt 0 ] || { log "no ${SERVICE} instance is running"; exit 0; }
 else
   for id in "${IDS[@]}"; do
-    printf '%s\n' "${KNOWN[@]}" | grep -qx -- "${id}" ||
+    # Not grep -q: leaving at the first match can end printf's next write with SIGPIPE, and pipefail
+    # then counts the id as unknown (a fresh-clone run's make scale N=3 met it).
+    printf '%s\n' "${KNOWN[@]}" | grep -x -- "${id}" >/dev/null ||
       die "no ${SERVICE} instance '${id}' (known: ${KNOWN[*]:-none})"
   done
 fi

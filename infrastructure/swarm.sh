@@ -178,7 +178,7 @@ migrate() {
     wait_for_job messenger-migrator "${before}"
     return
   fi
-  last="$(manager service ps --format '{{.CurrentState}}' "$(service messenger-migrator)" | head -n 1)"
+  last="$(manager service ps --format '{{.CurrentState}}' "$(service messenger-migrator)" | sed -n 1p)"
   case "${last}" in
     Complete*) log "job messenger-migrator: ran for this image already (${last})" ;;
     *) run_migrator ;;
@@ -204,7 +204,7 @@ report_failed_task() {  # task id
   log "the swarm rolled back over task ${task}"
   read -r node container < <(manager inspect --format '{{.NodeID}} {{.Status.ContainerStatus.ContainerID}}' "${task}" 2>/dev/null) || return 0
   host="$(manager node inspect --format '{{.Description.Hostname}}' "${node}" 2>/dev/null)" || return 0
-  if "${HOSTS_SH}" list | grep -qx "${host}"; then on_node=("${HOSTS_SH}" docker "${host}"); fi
+  if "${HOSTS_SH}" list | grep -x -- "${host}" >/dev/null; then on_node=("${HOSTS_SH}" docker "${host}"); fi
   log "task ${task} on ${host}: $("${on_node[@]}" inspect --format \
     '{{if .State.Health}}health {{.State.Health.Status}}; its last checks:{{range .State.Health.Log}} exit {{.ExitCode}} {{printf "%q" .Output}};{{end}}{{end}} exited {{.State.ExitCode}}' \
     "${container}" 2>/dev/null || echo 'its container is gone')"

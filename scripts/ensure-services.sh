@@ -22,7 +22,7 @@ wait_for() {  # name, seconds, command...
 if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   if command -v pg_ctlcluster >/dev/null 2>&1; then
     log "starting PostgreSQL"
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sed -n 1p)" main start || true
   fi
 fi
 wait_for PostgreSQL 60 pg_isready -h 127.0.0.1 -p 5432 -q

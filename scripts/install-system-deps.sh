@@ -40,7 +40,7 @@ mirror_uri() {
   # The first Debian (non-security) URI this machine's apt already uses.
   local uri=""
   if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-    uri=$(awk '/^URIs:/ {print $2}' /etc/apt/sources.list.d/debian.sources | grep -v security | head -n 1 || true)
+    uri=$(awk '/^URIs:/ {print $2}' /etc/apt/sources.list.d/debian.sources | grep -v security | sed -n 1p || true)
   fi
   if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
     uri=$(awk '/^deb / && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list || true)
@@ -83,4 +83,4 @@ fi
 # Debian's package starts its own NGINX on port 80 where there is no systemd;
 # stop that one (by its package pid file) and no other.
 if [ -f /run/nginx.pid ]; then $SUDO nginx -s quit >/dev/null 2>&1 || true; fi
-log "installed: $(nginx -v 2>&1) / $(consul version | head -n 1) / $(chromium --version 2>/dev/null)"
+log "installed: $(nginx -v 2>&1) / $(consul version | sed -n 1p) / $(chromium --version 2>/dev/null)"

@@ -499,6 +499,35 @@ def test_deploy_scripts_pass_shellcheck():
     assert result.returncode == 0, result.stdout
 
 
+# A reader that may leave before its writer has finished: grep -q at its first match, head after its lines.
+_EARLY_LEAVING_READER = re.compile(r"\|\s*(grep\s+(-\w*q\w*|--quiet)\b|head\b)")
+
+
+def test_no_pipeline_of_a_pipefail_script_ends_in_a_reader_that_may_leave_early():
+    """Under pipefail a writer killed by SIGPIPE fails its pipeline though the reader found what it sought.
+
+    bash's printf writes one line at a time, so `printf '%s\\n' "${KNOWN[@]}" | grep -qx id` failed now and
+    then on a loaded machine (1 in 3,000 here with three busy loops): a fresh-clone run's make scale N=3 was
+    told an instance it had just listed did not exist. `grep ... >/dev/null` and `sed -n 1p` read to the end.
+    """
+    repo = INFRA.parent
+    offenders = [
+        f"{path.relative_to(repo)}:{number}: {line.strip()}"
+        for path in sorted(
+            [
+                *INFRA.glob("*.sh"),
+                *(repo / "scripts").glob("*.sh"),
+                *(repo / "tests").rglob("*.sh"),
+                repo / ".ci" / "run",
+            ]
+        )
+        if "pipefail" in (text := path.read_text()) or path.parent == INFRA  # lib.sh is sourced under pipefail
+        for number, line in enumerate(text.splitlines(), 1)
+        if not line.lstrip().startswith("#") and _EARLY_LEAVING_READER.search(line)
+    ]
+    assert offenders == [], "\n".join(offenders)
+
+
 def test_seed_consul_client_name_means_this_machine_in_the_local_runtime(infrastructure, consul_agent, instances_db):
     """The seed types CONSUL_HOST=consul-client; locally that name does not resolve, and the agent is here."""
     seed_location = {"CONSUL_HOST": "consul-client", "CONSUL_PORT": str(consul_agent.http_port)}

@@ -54,7 +54,7 @@ mirror_uri() {
   # The first Debian (non-security) URI this machine's apt uses.
   local uri=""
   if [ -f "${DEBIAN_SOURCES}" ]; then
-    uri="$(awk '/^URIs:/ {print $2}' "${DEBIAN_SOURCES}" | grep -v security | head -n 1 || true)"
+    uri="$(awk '/^URIs:/ {print $2}' "${DEBIAN_SOURCES}" | grep -v security | sed -n 1p || true)"
   fi
   if [ -z "${uri}" ] && [ -f /etc/apt/sources.list ]; then
     uri="$(awk '/^deb / && $0 !~ /security/ {print $2; exit}' /etc/apt/sources.list || true)"
