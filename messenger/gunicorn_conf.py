@@ -80,6 +80,11 @@ threads = _config.WEB_THREADS
 worker_class = "gthread" if _config.WEB_THREADS > 1 else "sync"
 graceful_timeout = int(_config.GRACEFUL_TIMEOUT)
 timeout = 30
+# Each worker proves it is alive to the master by touching a file every second; on a disk-backed
+# /tmp (a container's overlay, a loaded host) that touch can block for as long as the disk stalls,
+# and the master then kills a worker mid-request after `timeout` (gunicorn's docs: worker_tmp_dir).
+# Memory-backed where there is such a folder (Docker gives each container one).
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 keepalive = 75  # longer than NGINX's upstream keepalive_timeout, so NGINX closes first
 accesslog = None
 errorlog = "-"

@@ -4,6 +4,7 @@ gunicorn -c messenger/gunicorn_live_conf.py --bind fd://N messenger.asgi_live:ap
 """
 
 import asyncio
+import os
 import resource
 import signal
 
@@ -24,6 +25,7 @@ asgi_lifespan = "on"  # the app opens its LISTEN connection at start-up
 graceful_timeout = int(_config.GRACEFUL_TIMEOUT)
 # The rest as the WSGI server has them (messenger/gunicorn_conf.py says why); the access log is the app's own.
 keepalive = 75
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 loglevel = _config.LOG_LEVEL.lower()
 proc_name = "messenger-live"
 control_socket_disable = True
