@@ -49,9 +49,12 @@ from urllib.parse import urlsplit
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
+sys.path.insert(1, str(BENCH_DIR.parent))
 
 from dataset import CHAT_CONVERSATIONS  # noqa: E402
 from run import CHAT_POST_EVERY, wrk  # noqa: E402
+
+from messenger.live_listener import PROCESS_NAME as LIVE_PROCESS_NAME  # noqa: E402
 
 WAIT = 30
 # A wait that expires answers its empty page within a second of its own seconds (issue 21): measured here, on a
@@ -242,7 +245,8 @@ def _instances_cpu_seconds(database: str) -> dict[str, float]:
             if environ.get("PGDATABASE") != database:
                 continue
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            server = "live" if b"gunicorn_live_conf" in cmdline or b"messenger-live" in cmdline else "wsgi"
+            # The live listener is forked from the WSGI master (the same command line) and names itself in its comm.
+            server = "live" if (proc / "comm").read_bytes().strip() == LIVE_PROCESS_NAME else "wsgi"
             total[server] += (int(fields[11]) + int(fields[12])) / tick
         except (OSError, ValueError):
             continue
@@ -364,7 +368,6 @@ def main() -> int:
     args = parser.parse_args()
     if not args.own_topology:
         return measure(args)
-    sys.path.insert(0, str(BENCH_DIR.parent))
     from tests.support.infrastructure import drop_created_databases
     from tests.support.load_balancer import Topology
 

@@ -1,4 +1,4 @@
-"""ASGI entry point of an instance's live listener (messenger/live_listener.py starts it).
+"""ASGI entry point of an instance's live listener (messenger/live_listener.py forks it from the WSGI master).
 
     gunicorn -c messenger/gunicorn_live_conf.py --bind fd://N messenger.asgi_live:application
 

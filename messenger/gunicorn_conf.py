@@ -119,16 +119,11 @@ def on_starting(server):
 discovery.mark_serving_process()
 
 # The live routes' server (messenger/live_listener.py): its socket is bound now,
-# so the port is known before the preloaded app registers with Consul.
+# so the port is known before the preloaded app registers with Consul. when_ready
+# forks it from this master once the app is loaded, so it shares Django's pages.
 _live = live_listener.LiveListener(_config) if live_listener.LiveListener.wanted(_config) else None
 if _live is not None:
     discovery.advertise(live_port=str(_live.port))
-    # Started now, while this master preloads the app: the two imports of Django run side by side
-    # rather than one after the other (an instance's start, and so each step of a rolling deploy, was
-    # their sum). Only when gunicorn itself reads this file (it loads it as `__config__`); a process
-    # that imports the module for its settings starts nothing.
-    if __name__ == "__config__":
-        _live.start()
 
 
 # When a request last reached a worker: the drain on SIGTERM lasts while requests still arrive.
@@ -145,6 +140,10 @@ def when_ready(server):
     if _config.PORT_FILE:  # what the container's health check asks, where PORT=0 chose the port
         Path(_config.PORT_FILE).write_text(f"{_config.PORT}\n")
     if _live is not None:
+        # The WSGI port's descriptors stay the master's: a live server holding them would keep the
+        # port queueing connections after this master is gone.
+        wsgi_sockets = [listener.fileno() for listener in server.LISTENERS]
+        _live.start(inherited=wsgi_sockets + ([_free_port_socket.fileno()] if _free_port_socket else []))
         # NGINX sends every read to the live listener: the WSGI workers (whose /health is the Consul
         # check) start only once it answers, so no instance passes while its reads would queue unserved.
         _live.wait_serving()
@@ -169,7 +168,7 @@ def _halt_without_live(manage_workers, live: live_listener.LiveListener):
     def manage():
         if live.exited():
             discovery.stop()
-            raise HaltServer(f"the live listener (pid {live.process.pid}) exited; this instance stops with it", 1)
+            raise HaltServer(f"the live listener (pid {live.pid}) exited; this instance stops with it", 1)
         manage_workers()
 
     return manage

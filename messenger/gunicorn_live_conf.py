@@ -1,4 +1,5 @@
-"""gunicorn settings of the live listener (messenger/live_listener.py starts it, on a socket it binds):
+"""gunicorn settings of the live listener (messenger/live_listener.py forks it from the preloaded WSGI master, on a
+socket that master binds). The same server by hand:
 
 gunicorn -c messenger/gunicorn_live_conf.py --bind fd://N messenger.asgi_live:application
 """

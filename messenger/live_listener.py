@@ -11,10 +11,16 @@ live routes and the plain JSON reads of a page or the list, which NGINX sends he
 The WSGI master binds the live socket when it reads its configuration (a free
 port unless LIVE_PORT names one), advertises the port in its Consul entry
 (`live_port` in the service's meta, which the load balancer's upstream list
-reads), starts the live server on that socket at once (its import of Django
-runs beside the master's preload), starts its own workers only once the live
-server answers, and stops it when it stops: one process tree per instance, in every runtime that starts
+reads), forks the live server once it has preloaded the app, starts its own
+workers only once the live server answers, and stops it when it stops: one
+process tree per instance, in every runtime that starts
 `gunicorn -c messenger/gunicorn_conf.py` (local processes, containers, hosts).
+
+Forked, not started as a new interpreter: the live server then shares the
+pages of Django and the app the master has imported (copy-on-write) instead of
+importing them again into memory of its own, and needs no second import at
+start-up. Its processes are named `messenger-live` (their `comm`, what `ps -o
+comm` and `/proc/<pid>/comm` show), since their command line is the master's.
 """
 
 from __future__ import annotations
@@ -22,23 +28,44 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import http.client
+import os
+import select
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 from core.config import Config
 
-APPLICATION = "messenger.asgi_live:application"
 CONFIG_FILE = Path(__file__).with_name("gunicorn_live_conf.py")
+PROCESS_NAME = b"messenger-live"  # the live server's processes' comm (at most 15 bytes)
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: a SIGKILLed WSGI master takes its live server with it (Linux)."""
+def _prctl(option: int, argument: int | bytes) -> None:
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(option, argument)
+
+
+def _serve(fd: int) -> None:
+    """In the forked child: gunicorn's arbiter with gunicorn_live_conf.py on the live socket; never returns."""
+    from gunicorn.app.base import Application
+
+    class LiveServer(Application):
+        def init(self, parser, opts, args):
+            return None
+
+        def load_config(self) -> None:
+            self.load_config_from_file(str(CONFIG_FILE))
+            self.cfg.set("bind", [f"fd://{fd}"])
+
+        def load(self):
+            from messenger.asgi_live import application
+
+            return application
+
+    LiveServer().run()
 
 
 class LiveListener:
@@ -52,7 +79,8 @@ class LiveListener:
         self.port: int = self.socket.getsockname()[1]
         self.host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(config.BIND_HOST, config.BIND_HOST)
         self.graceful_timeout = float(config.GRACEFUL_TIMEOUT)
-        self.process: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self._ended: int | None = None  # a pidfd of the live server's master
         self._stopping = False
 
     @staticmethod
@@ -60,32 +88,66 @@ class LiveListener:
         """Live delivery serves instances behind the load balancer: `make run` (PGHOST unset, the embedded PostgreSQL) starts none."""
         return bool(config.PGHOST)
 
-    def start(self) -> None:
+    def start(self, inherited: list[int]) -> None:
+        """Fork the live server from this (the WSGI master's) process, once it has preloaded the app.
+
+        `inherited` are descriptors of the WSGI master the child must not hold (its listening socket:
+        held by the child too, it would go on queueing connections nobody accepts once the master is
+        gone). Only the child holds the live socket from then on: when it exits, the port refuses
+        connections, which NGINX passes to the next instance.
+        """
         fd = self.socket.fileno()
-        command = [sys.executable, "-m", "gunicorn", "-c", str(CONFIG_FILE), "--bind", f"fd://{fd}", APPLICATION]
-        self.process = subprocess.Popen(command, pass_fds=(fd,), preexec_fn=_die_with_parent)
-        # Only the live server holds the socket from now on (the WSGI workers fork
-        # later): when it exits the port refuses connections, which NGINX passes
-        # to the next instance, instead of queueing them where nobody accepts.
+        # What only the live server runs, imported here first so that its pages are shared too.
+        import gunicorn.workers.gasgi  # noqa: F401
+
+        import conversations.live.app  # noqa: F401
+
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the master's code
+            status = 1
+            try:
+                _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)  # a SIGKILLed master takes its live server with it
+                _prctl(_PR_SET_NAME, PROCESS_NAME)
+                for descriptor in inherited:
+                    with contextlib.suppress(OSError):
+                        os.close(descriptor)
+                _serve(fd)
+                status = 0
+            except SystemExit as exit_:
+                status = exit_.code if isinstance(exit_.code, int) else 1
+            except BaseException:  # noqa: BLE001 - said on stderr, and the master sees the exit
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        self.pid = pid
+        # Readable once the child has ended, whoever reaps it (gunicorn's master reaps every child).
+        self._ended = os.pidfd_open(pid)
         self.socket.close()
+
+    def _has_ended(self, timeout: float = 0) -> bool:
+        return self._ended is not None and bool(select.select([self._ended], [], [], timeout)[0])
 
     def exited(self) -> bool:
         """Whether the live server ended on its own (not through `stop`): a crash, a kill, a worker that
-        failed to boot. Its status is gunicorn's to have read: the master's reaping takes any child."""
-        return self.process is not None and not self._stopping and self.process.poll() is not None
+        failed to boot."""
+        return not self._stopping and self._has_ended()
 
     def stop(self) -> None:
         """Answer every waiter, then stop (SIGTERM: conversations.live drains, gunicorn finishes gracefully)."""
         self._stopping = True
-        if self.process is None or self.process.poll() is not None:
+        if self.pid is None or self._has_ended():
             return
         self.wait_serving()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=self.graceful_timeout + 5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        if not self._has_ended(timeout=self.graceful_timeout + 5):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self._has_ended(timeout=5)
 
     def wait_serving(self) -> None:
         """Until the live server answers a request (bounded by GRACEFUL_TIMEOUT): before the instance's

@@ -14,6 +14,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -21,8 +23,6 @@ from pathlib import Path
 import pytest
 
 from conversations.refusals import MISSING_USER_ID, NOT_IN_CONVERSATION
-from core import config as config_schema
-from messenger.live_listener import LiveListener
 from tests.support.live import (
     a_stream_that_reconnects_with_last_event_id_misses_nothing,
     a_wait_that_expires_answers_an_empty_page,
@@ -35,7 +35,7 @@ from tests.support.live import (
     post,
 )
 from tests.support.load_balancer import Topology, alive
-from tests.support.processes import is_live_listener, wait_until
+from tests.support.processes import REPO_ROOT, is_live_listener, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -215,20 +215,52 @@ def test_a_waiter_on_a_draining_instance_is_answered_not_cut(topology, conversat
     topology.ensure_instances(2)
 
 
-def test_a_waiter_queued_while_the_live_listener_starts_is_answered_when_it_stops(topology, conversation, monkeypatch):
+# What a WSGI master does with its live listener, in a process of its own: preload the app, bind, then (one
+# line on stdin each) fork the live server and stop it.
+_LIVE_LISTENER_HOST = """
+import sys
+from messenger.wsgi import application  # the master's preload
+from core import config
+from messenger.live_listener import LiveListener
+
+live = LiveListener(config.load())
+print(live.port, flush=True)
+sys.stdin.readline()
+live.start(inherited=[])
+print("started", flush=True)
+sys.stdin.readline()
+live.stop()
+"""
+
+
+def test_a_waiter_queued_while_the_live_listener_starts_is_answered_when_it_stops(topology, conversation):
     """A waiter that connected before the live server served (it queues on the socket the WSGI master
     bound) gets its page from a stop that comes before the server is up, not a reset."""
     database = {"PGHOST": "127.0.0.1", "PGPORT": "5432", "PGUSER": "postgres", "PGDATABASE": topology.database}
-    for name, value in {**database, "BIND_HOST": "127.0.0.1", "LOG_LEVEL": "WARNING"}.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("LIVE_PORT", raising=False)
-    live = LiveListener(config_schema.load())
-    live.start()
+    env = {**os.environ, **database, "BIND_HOST": "127.0.0.1", "LOG_LEVEL": "WARNING"}
+    env.pop("LIVE_PORT", None)
+    host = subprocess.Popen(
+        [sys.executable, "-c", _LIVE_LISTENER_HOST],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
+        port = int(host.stdout.readline())
+        host.stdin.write("start\n")
+        host.stdin.flush()
+        assert host.stdout.readline() == "started\n"
         # Sent a moment after the server's process began: it is still starting.
-        [held] = _held_waiters(live.port, f"/conversations/{conversation}/messages?wait=30", 1)
+        [held] = _held_waiters(port, f"/conversations/{conversation}/messages?wait=30", 1)
+        host.stdin.write("stop\n")
+        host.stdin.flush()
+        assert host.wait(timeout=60) == 0
     finally:
-        live.stop()
+        if host.poll() is None:
+            host.kill()
+            host.wait()
     answer = _answer_of(held)
     assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b'\r\n\r\n{"messages":[]}'), answer
 

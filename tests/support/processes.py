@@ -18,6 +18,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from messenger.live_listener import PROCESS_NAME as LIVE_PROCESS_NAME
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -59,9 +61,10 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
 
 
 def is_live_listener(pid: int) -> bool:
-    """Whether a process is an instance's live server (messenger/live_listener.py: gunicorn_live_conf.py)."""
+    """Whether a process is an instance's live server, master or worker (messenger/live_listener.py forks it from
+    the WSGI master, so its command line is the master's; it names itself in its comm)."""
     try:
-        return b"gunicorn_live_conf" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        return Path(f"/proc/{pid}/comm").read_bytes().strip() == LIVE_PROCESS_NAME
     except FileNotFoundError:
         return False
 
