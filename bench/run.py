@@ -387,9 +387,9 @@ class Stack:
 
     def _component(self, process: Process) -> str | None:
         cmdline = process.cmdline
-        # An instance is two gunicorn servers: the WSGI one and the live listener its master forks (which carries
-        # the master's command line; one started as its own interpreter would name messenger.asgi_live).
-        if "gunicorn" in cmdline and ("messenger.wsgi" in cmdline or "messenger.asgi_live" in cmdline):
+        # An instance is two gunicorn servers: the WSGI one and the live listener its master forks, which carries
+        # the master's command line.
+        if "gunicorn" in cmdline and "messenger.wsgi" in cmdline:
             return "instances" if _environ(process.pid).get("PGDATABASE") == self.database else None
         if "celery" in cmdline and "messenger" in cmdline:
             return "worker" if _environ(process.pid).get("PGDATABASE") == self.database else None

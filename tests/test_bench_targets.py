@@ -107,28 +107,15 @@ def test_a_missed_reference_target_is_named_with_its_figure(key, ours, reference
 
 
 def test_an_instances_live_listener_is_counted_with_it():
-    """The stack's figures count each instance's whole process tree: its WSGI gunicorn and the live listener's
-    gunicorn it starts (messenger.asgi_live), grouped as one instance. Stand-in processes with those command
-    lines and the bench's database (the live listener's had been left out of the CPU and memory figures)."""
+    """The stack's figures count each instance's whole process tree: its WSGI gunicorn and the live listener its
+    master forks (which carries the master's command line), grouped as one instance. Stand-in processes with that
+    command line and the bench's database (the live listener's had been left out of the CPU and memory figures)."""
     database = f"bench_attribution_{os.getpid()}"
     sleeper = "import time; time.sleep(60)"
-    live = [
-        sys.executable,
-        "-c",
-        sleeper,
-        "gunicorn",
-        "-c",
-        "messenger/gunicorn_live_conf.py",
-        "messenger.asgi_live:application",
-    ]
+    argv_tail = ["gunicorn", "-c", "messenger/gunicorn_conf.py", "messenger.wsgi"]
+    live = [sys.executable, "-c", sleeper, *argv_tail]
     master = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            f"import subprocess; subprocess.Popen({live!r}); {sleeper}",
-            "gunicorn",
-            "messenger.wsgi",
-        ],
+        [sys.executable, "-c", f"import subprocess; subprocess.Popen({live!r}); {sleeper}", *argv_tail],
         env={**os.environ, "PGDATABASE": database},
     )
     try:
