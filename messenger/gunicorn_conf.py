@@ -4,6 +4,7 @@ Start a serving instance with:
     gunicorn -c messenger/gunicorn_conf.py messenger.wsgi
 """
 
+import gc
 import os
 import socket
 from pathlib import Path
@@ -137,6 +138,10 @@ def pre_request(worker, req):
 
 
 def when_ready(server):
+    # Every process forked from here (the live listener, the WSGI workers) starts with the preloaded app's
+    # objects in the collector's permanent generation: a collection in a child would otherwise write to
+    # each of them and copy every page that holds one (Python's docs on gc.freeze).
+    gc.freeze()
     if _config.PORT_FILE:  # what the container's health check asks, where PORT=0 chose the port
         Path(_config.PORT_FILE).write_text(f"{_config.PORT}\n")
     if _live is not None:
