@@ -212,9 +212,11 @@ form_swarm() {
 
 # Images reach each engine as a registry-less swarm's do: saved from this
 # machine's engine (where make docker-images builds them) and loaded where an
-# engine lacks that exact image.
+# engine lacks that exact image. Saved once, into one archive, and loaded into
+# every engine that lacks any of them side by side: host after host, a new
+# machine's three engines took 34 s each, 10 s of it saving the same archive again.
 images() {
-  local host image id missing=() wanted
+  local host image id missing=() wanted lacking=() union=() archive pids=() failed=() i started=${SECONDS}
   mapfile -t wanted < <(stack_images)
   for host in $(hosts); do
     engine_answers "${host}" || continue
@@ -225,12 +227,27 @@ images() {
         on_host "${host}" tag "${id}" "${image}"  # the same image under another name: no need to copy it
       else
         missing+=("${image}")
+        [[ " ${union[*]} " == *" ${image} "* ]] || union+=("${image}")
       fi
     done
     [ "${#missing[@]}" -gt 0 ] || continue
+    lacking+=("${host}")
     log "${host}: loading ${missing[*]}"
-    docker save "${missing[@]}" | on_host "${host}" load --quiet >/dev/null
   done
+  [ "${#lacking[@]}" -gt 0 ] || return 0
+  mkdir -p "${HOSTS_STATE_DIR}"
+  archive="${HOSTS_STATE_DIR}/images.tar"
+  docker save --output "${archive}" "${union[@]}"
+  for host in "${lacking[@]}"; do
+    on_host "${host}" load --quiet --input "${archive}" >/dev/null &
+    pids+=("$!")
+  done
+  for i in "${!pids[@]}"; do
+    wait "${pids[${i}]}" || failed+=("${lacking[${i}]}")
+  done
+  rm -f "${archive}"
+  [ "${#failed[@]}" -eq 0 ] || die "loading the stack's images failed on ${failed[*]}"
+  log "images loaded into ${lacking[*]} in $((SECONDS - started))s"
 }
 
 # The images of the stack: the platform's (docker/.env) and the messenger team's.
@@ -289,6 +306,7 @@ down() {
   if [ "$(docker info --format '{{.Swarm.NodeAddr}}' 2>/dev/null)" = "${EDGE_ADDRESS}" ]; then
     docker swarm leave --force >/dev/null && log "this machine left the swarm"
   fi
+  rm -f "${HOSTS_STATE_DIR}/images.tar"  # an `images` that was interrupted leaves its archive
   for host in $(hosts); do
     engine_answers "${host}" || (boot "${host}") || true
     if engine_answers "${host}"; then
