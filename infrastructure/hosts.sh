@@ -232,11 +232,13 @@ images() {
     done
     [ "${#missing[@]}" -gt 0 ] || continue
     lacking+=("${host}")
-    log "${host}: loading ${missing[*]}"
+    log "${host}: lacks ${missing[*]}"
   done
   [ "${#lacking[@]}" -gt 0 ] || return 0
   mkdir -p "${HOSTS_STATE_DIR}"
   archive="${HOSTS_STATE_DIR}/images.tar"
+  # One archive of every image some engine lacks: an engine that has some of them already skips their
+  # layers (docker load unpacks only a layer it lacks), which costs less than an archive per engine.
   docker save --output "${archive}" "${union[@]}"
   for host in "${lacking[@]}"; do
     on_host "${host}" load --quiet --input "${archive}" >/dev/null &
@@ -247,7 +249,7 @@ images() {
   done
   rm -f "${archive}"
   [ "${#failed[@]}" -eq 0 ] || die "loading the stack's images failed on ${failed[*]}"
-  log "images loaded into ${lacking[*]} in $((SECONDS - started))s"
+  log "loaded ${union[*]} into ${lacking[*]} in $((SECONDS - started))s"
 }
 
 # The images of the stack: the platform's (docker/.env) and the messenger team's.
